@@ -1,0 +1,1 @@
+"""Fused Triton backend (work in progress: registers nothing yet)."""
