@@ -410,8 +410,8 @@ def _check_order(
         raise OrderingError(
             f"user {users[int(user_codes[a])].as_py()!r}: time goes backwards along the order column "
             f"(line {lines[a]}: time {times[a]:g} at position {order[a]:g}; "
-            f"line {lines[b]}: time {times[b]:g} at position {order[b]:g}; {backwards.size} such pair(s) in all). The order and time columns "
-            "disagree; drop one of them"
+            f"line {lines[b]}: time {times[b]:g} at position {order[b]:g}; "
+            f"{backwards.size} such pair(s) in all). The order and time columns disagree; drop one of them"
         )
 
 
