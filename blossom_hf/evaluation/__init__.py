@@ -1,0 +1,33 @@
+"""Ranking evaluation (full and sampled ``uniN``) and HR/Recall/MRR/NDCG@K metrics."""
+
+from .baselines import most_popular_scorer
+from .metrics import DEFAULT_CUTOFFS, hit_at_k, metrics_from_ranks, mrr_at_k, ndcg_at_k
+from .ranking import (
+    Protocol,
+    RankingResult,
+    Scorer,
+    evaluate_ranking,
+    full_ranks,
+    model_scorer,
+    parse_protocol,
+    sample_negatives,
+    sampled_ranks,
+)
+
+__all__ = [
+    "DEFAULT_CUTOFFS",
+    "Protocol",
+    "RankingResult",
+    "Scorer",
+    "evaluate_ranking",
+    "full_ranks",
+    "hit_at_k",
+    "metrics_from_ranks",
+    "model_scorer",
+    "most_popular_scorer",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "parse_protocol",
+    "sample_negatives",
+    "sampled_ranks",
+]
