@@ -125,6 +125,8 @@ def ltis_window_keys(key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomP
     batch, groups, seq_len, head_dim = key.shape
     b, l = pattern.block_size, pattern.compression_window
     num_windows = seq_len // b
+    if num_windows == 0:
+        return key.new_zeros(batch, groups, 0, l, head_dim)
     real = query_is_real(lengths, seq_len)[:, None, :, None]
     key = key.masked_fill(~real, 0.0)
     covered = key[:, :, : num_windows * b]

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from . import attention_triton  # noqa: F401  (registers the "triton" backend)
+from .attention_triton import triton_attention_forward  # noqa: F401  (importing it registers "triton")
 from .attention_patterns import BlossomPattern, ltis_window_keys
 from .configuration_blossomrec import BlossomRecConfig
 from .item_vocabulary import VOCABULARY_FILE, ItemVocabulary, as_histories
@@ -78,17 +78,22 @@ class Recommendations:
 # building blocks
 # ------------------------------------------------------------------------------------------------
 class BlossomRecRotaryEmbedding(nn.Module):
-    """RoPE tables ``cos, sin [L, head_dim]`` for positions ``0..L-1`` (half-split rotation)."""
+    """RoPE tables ``cos, sin [L, head_dim]`` for positions ``0..L-1`` (half-split rotation).
+
+    The frequencies are recomputed at each call (a few dozen numbers) rather than kept in a buffer, so
+    no state can be missed when weights are loaded onto a model built on the meta device.
+    """
 
     def __init__(self, config: BlossomRecConfig):
         super().__init__()
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = config.head_dim
+        self.theta = float(config.rope_theta)
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
         positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.to(device=device, dtype=torch.float32))
+        freqs = torch.outer(positions, inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos(), emb.sin()
 

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_config(**overrides):
+    from blossom_hf import BlossomRecConfig
+
+    params = dict(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48, hidden_dropout_prob=0.0, max_history_length=64, ltis_block_size=4,
+        ltis_compression_window=8, ltis_num_selected_blocks=2, stis_window=3, stis_num_sinks=0,
+    )
+    params.update(overrides)
+    return BlossomRecConfig(**params)
+
+
+def random_histories(batch: int, seq_len: int, vocab: int, generator: torch.Generator, min_len: int = 1,
+                     padding: str = "right") -> torch.Tensor:
+    """[B, L] histories of random real lengths in [min_len, L], padded on the given side."""
+    ids = torch.zeros(batch, seq_len, dtype=torch.long)
+    for row in range(batch):
+        length = int(torch.randint(min_len, seq_len + 1, (1,), generator=generator))
+        items = torch.randint(1, vocab, (length,), generator=generator)
+        if padding == "right":
+            ids[row, :length] = items
+        else:
+            ids[row, seq_len - length:] = items
+    return ids
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    seed = int(os.environ.get("BLOSSOM_TEST_SEED", torch.randint(0, 2**31 - 1, (1,)).item()))
+    print(f"test seed {seed}")
+    return torch.Generator().manual_seed(seed)
