@@ -10,9 +10,9 @@ import copy
 
 import pytest
 import torch
+from conftest import random_histories, tiny_config
 
 from blossom_hf import BlossomRecModel
-from conftest import random_histories, tiny_config
 
 
 def _run(model, ids, labels):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import bruteforce_reference as brute
 import pytest
 import torch
 
-import bruteforce_reference as brute
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
 from blossom_hf.models.blossomrec.attention_patterns import (
     BlossomPattern,

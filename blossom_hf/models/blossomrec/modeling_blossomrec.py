@@ -28,8 +28,8 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .attention_triton import triton_attention_forward  # noqa: F401  (importing it registers "triton")
 from .attention_patterns import BlossomPattern, ltis_window_keys
+from .attention_triton import triton_attention_forward  # noqa: F401  (importing it registers "triton")
 from .configuration_blossomrec import BlossomRecConfig
 from .item_vocabulary import VOCABULARY_FILE, ItemVocabulary, as_histories
 from .registry import get_attention_function, resolve_attention_backend

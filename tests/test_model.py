@@ -1,0 +1,132 @@
+"""Model behaviour: padding, truncation, gradients, loss, recommend(), and clear errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_histories, tiny_config
+
+from blossom_hf import BlossomRecModel, ItemVocabulary, UnknownItemError
+
+
+@pytest.fixture
+def model(generator):
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    return BlossomRecModel(tiny_config()).eval()
+
+
+def _left_to_right(ids: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(ids)
+    for row in range(ids.shape[0]):
+        items = ids[row][ids[row] != 0]
+        out[row, : len(items)] = items
+    return out
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_left_and_right_padding_give_the_same_scores(model, generator, backend):
+    model.set_attn_implementation(backend)
+    left = random_histories(5, 40, model.config.vocab_size, generator, padding="left")
+    right = _left_to_right(left)
+    out_l, out_r = model(left), model(right)
+    torch.testing.assert_close(out_l.logits, out_r.logits, rtol=1e-5, atol=1e-5)
+    # hidden states follow their items
+    torch.testing.assert_close(out_l.last_hidden_state[left != 0], out_r.last_hidden_state[right != 0],
+                               rtol=1e-5, atol=1e-5)
+    assert (out_l.last_hidden_state[left == 0] == 0).all()
+    assert torch.isfinite(out_l.last_hidden_state).all() and torch.isfinite(out_l.logits[:, 1:]).all()
+    assert torch.isinf(out_l.logits[:, 0]).all(), "padding id 0 is never recommended"
+    # interior padding too: the model compacts real items
+    gappy = torch.zeros(5, 80, dtype=torch.long)
+    gappy[:, ::2] = left
+    torch.testing.assert_close(model(gappy).logits, out_l.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_history_of_length_one_and_batch_independence(model):
+    ids = torch.tensor([[0, 0, 7], [3, 4, 5]])
+    out = model(ids)
+    alone = model(torch.tensor([[7]]))
+    torch.testing.assert_close(out.logits[0], alone.logits[0], rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(out.logits[:, 1:]).all()
+
+
+def test_longer_history_keeps_most_recent_items(generator):
+    model = BlossomRecModel(tiny_config(max_history_length=10)).eval()
+    ids = random_histories(2, 30, model.config.vocab_size, generator, min_len=30)
+    out = model(ids)
+    torch.testing.assert_close(out.logits, model(ids[:, -10:]).logits, rtol=1e-6, atol=1e-6)
+    assert (out.last_hidden_state[:, :20] == 0).all() and (out.last_hidden_state[:, 20:] != 0).any()
+
+
+@pytest.mark.parametrize("attention_type", ["blossom", "full"])
+def test_every_parameter_receives_a_gradient(generator, attention_type):
+    model = BlossomRecModel(tiny_config(attention_type=attention_type, hidden_dropout_prob=0.1)).train()
+    ids = random_histories(4, 40, model.config.vocab_size, generator, min_len=20)
+    labels = torch.where(ids > 0, torch.randint(1, model.config.vocab_size, ids.shape, generator=generator), 0)
+    model(ids, labels=labels).loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+    assert (model.item_embeddings.weight.grad[0] == 0).all(), "the padding row gets no gradient"
+
+
+def test_loss_forms(model, generator):
+    ids = random_histories(3, 12, model.config.vocab_size, generator, min_len=2)
+    last_targets = torch.randint(1, model.config.vocab_size, (3,), generator=generator)
+    out = model(ids, labels=last_targets)
+    expected = torch.nn.functional.cross_entropy(out.logits, last_targets)
+    torch.testing.assert_close(out.loss, expected)
+    per_position = torch.zeros_like(ids)
+    lengths = (ids != 0).sum(1)
+    per_position[torch.arange(3), lengths - 1] = last_targets  # only the last position has a target
+    torch.testing.assert_close(model(ids, labels=per_position).loss, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model(ids, labels=torch.ones(3, 5, dtype=torch.long))
+
+
+def test_recommend_with_vocabulary(model):
+    model.vocabulary = ItemVocabulary([1000 + i for i in range(model.config.num_items)])
+    recs = model.recommend([[1001, 1002, 1003], [1010]], k=5)
+    assert len(recs) == 2 and all(len(r.items) == 5 for r in recs)
+    assert all(isinstance(i, int) and i >= 1000 for i in recs[0].items)
+    assert recs[0].scores == sorted(recs[0].scores, reverse=True)
+    direct = model(torch.tensor([[2, 3, 4]])).logits[0]
+    torch.testing.assert_close(torch.tensor(recs[0].scores), direct.topk(5).values, rtol=1e-5, atol=1e-6)
+    seen = model.recommend([1001, 1002, 1003], k=model.config.num_items - 3, exclude_seen=True)[0]
+    assert not {1001, 1002, 1003} & set(seen.items) and len(seen.items) == model.config.num_items - 3
+    assert model.recommend([1001, 424242], k=3, unknown="skip")[0].items == model.recommend([1001], k=3)[0].items
+
+
+def test_recommend_errors(model):
+    model.vocabulary = ItemVocabulary([f"i{i}" for i in range(model.config.num_items)])
+    with pytest.raises(UnknownItemError, match="history 1: unknown item id 'nope'"):
+        model.recommend([["i1"], ["i2", "nope"]])
+    with pytest.raises(ValueError, match="history 0 is empty"):
+        model.recommend([[]])
+    with pytest.raises(ValueError, match="empty after skipping|is empty after"):
+        model.recommend([["nope"]], unknown="skip")
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend(["i1"], k=0)
+    with pytest.raises(ValueError, match="at least one history"):
+        model.recommend([])
+
+
+def test_bad_input_errors(model):
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=f"item index {vocab} at row 1, position 2 is outside the vocabulary"):
+        model(torch.tensor([[1, 2, 3], [1, 2, vocab]]))
+    with pytest.raises(ValueError, match="item index -1"):
+        model(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match=r"empty history .* row\(s\) \[1\]"):
+        model(torch.tensor([[1, 2], [0, 0]]))
+    with pytest.raises(TypeError, match="integer item indices, got dtype torch.float32"):
+        model(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\) but input_ids has shape \(1, 2\)"):
+        model(torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="attention_mask disagrees"):
+        model(torch.tensor([[1, 2]]), attention_mask=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.ones(2, 2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model([[1, 2]])
+    ok = model(torch.tensor([[0, 1, 2]]), attention_mask=torch.tensor([[0, 1, 1]]))
+    assert torch.isfinite(ok.logits[:, 1:]).all()
