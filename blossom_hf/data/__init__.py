@@ -15,11 +15,14 @@ from .errors import InteractionDataError, MalformedLineError, OrderingError, Unk
 from .examples import PrefixExamples, RankingDataset, WindowExamples, training_examples
 from .formats import FORMATS, PRESETS, Interactions, default_data_root, load_interactions, preset_path
 from .preprocessing import PreprocessingConfig, SequenceData, preprocess
+from .spec import SPEC_FILE, DataSpec
 from .splits import LeaveOneOutSplit, RankingExamples, leave_one_out
 
 __all__ = [
     "FORMATS",
     "PAD_ID",
+    "SPEC_FILE",
+    "DataSpec",
     "PRESETS",
     "InteractionDataError",
     "Interactions",

@@ -118,6 +118,13 @@ class SequenceData:
         """Raw item id -> index (1..N)."""
         return {raw: index + 1 for index, raw in enumerate(self.item_ids)}
 
+    def item_vocabulary(self) -> Any:
+        """The item map as a ``blossom_hf.vocabulary.ItemVocabulary`` (integer raw ids stay integers)."""
+        from ..vocabulary import ItemVocabulary
+
+        integer_like = all(raw.lstrip("-").isdigit() and len(raw) < 19 for raw in self.item_ids)
+        return ItemVocabulary([int(raw) for raw in self.item_ids] if integer_like else list(self.item_ids))
+
     def item_popularity(self) -> np.ndarray:
         """Interaction count of every index (length ``n_items + 1``; entry 0 is 0)."""
         return np.bincount(self.items, minlength=self.n_items + 1)

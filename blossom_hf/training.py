@@ -1,0 +1,638 @@
+"""Training a BlossomRec (or any model with the same interface) with ``transformers.Trainer``.
+
+Why ``transformers.Trainer`` and not a hand-written loop or bare Accelerate:
+
+* mixed precision (bf16 autocast through Accelerate), gradient accumulation, and DDP across GPUs with
+  ``torchrun``/``accelerate launch`` come with it, without a line of code changing;
+* checkpoints resume exactly (weights via ``save_pretrained``, optimizer, scheduler, RNG states and the
+  trainer state, including the early-stopping counter), and the best checkpoint is a loadable model
+  folder (with its item vocabulary, since ``BlossomRecModel.save_pretrained`` writes it);
+* early stopping, best-checkpoint tracking, logging integrations and tqdm progress are callbacks.
+
+What this module replaces: the evaluation loop (ranking metrics from :mod:`blossom_hf.evaluation`
+instead of an eval loss: full ranking and ``uniN`` against negatives drawn once, users sharded across
+processes and ranks gathered), and, optionally, the loss, with two catalogue-size-independent
+variants computed from ``last_hidden_state`` and the tied item embedding:
+
+* ``loss="chunked"`` -- exact cross-entropy over all items, computed chunk by chunk of items by a custom
+  autograd function that never holds more than ``tokens x chunk`` logits (forward and backward);
+* ``loss="sampled"`` -- sampled softmax against ``sampled_negatives`` uniform negatives shared by the
+  batch (accidental hits masked; with a uniform proposal the logQ correction is a constant and drops out).
+
+:func:`run_training` is the whole recipe (split, examples, Trainer, early stopping on validation
+NDCG@10, final validation + test metrics, ``metrics.json``); ``scripts/train.py`` is its command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+from .data.collator import SequenceCollator
+from .data.examples import ExampleStyle, RankingDataset, WindowMode, training_examples
+from .data.preprocessing import SequenceData
+from .data.splits import LeaveOneOutSplit, RankingExamples, leave_one_out
+from .evaluation.metrics import DEFAULT_CUTOFFS, metrics_from_ranks
+from .evaluation.ranking import RankingResult, evaluate_ranking, parse_protocol, sample_negatives
+
+logger = logging.getLogger(__name__)
+
+LossType = Literal["full", "chunked", "sampled"]
+METRICS_FILE = "metrics.json"
+BEST_MODEL_DIR = "best_model"
+
+
+# --------------------------------------------------------------------------------------------------
+# losses
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean over tokens of ``logsumexp_{i>=1}(h . w_i) - h . w_target``, item chunk by item chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, compute_dtype):  # type: ignore[override]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            h = hidden.to(compute_dtype)
+            lse = torch.full((h.shape[0],), float("-inf"), device=h.device, dtype=torch.float32)
+            for start in range(1, weight.shape[0], chunk_size):  # column 0 (padding) never competes
+                logits = (h @ weight[start : start + chunk_size].to(compute_dtype).t()).float()
+                lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
+            target_logits = (hidden.float() * weight[targets].float()).sum(dim=1)
+            loss = (lse - target_logits).mean()
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size = chunk_size
+        ctx.compute_dtype = compute_dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk_size, compute_dtype = ctx.chunk_size, ctx.compute_dtype
+        scale = grad_output.float() / hidden.shape[0]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            h = hidden.to(compute_dtype)
+            grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
+            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+            for start in range(1, weight.shape[0], chunk_size):
+                w = weight[start : start + chunk_size].to(compute_dtype)
+                probabilities = torch.exp((h @ w.t()).float() - lse[:, None]) * scale
+                grad_hidden += (probabilities.to(compute_dtype) @ w).float()
+                grad_weight[start : start + chunk_size] += (probabilities.t().to(compute_dtype) @ h).float()
+            grad_hidden -= scale * weight[targets].float()
+            grad_weight.index_add_(0, targets, -scale * hidden.float())
+        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int | None = None,
+    max_chunk_elements: int = 1 << 26,
+) -> torch.Tensor:
+    """Exact cross-entropy over all items (padding 0 excluded) without materialising ``T x V`` logits.
+
+    Args:
+        hidden: ``[T, d]`` states at the positions that have a target.
+        weight: ``[V, d]`` item embedding (row 0 = padding).
+        targets: ``[T]`` item indices in ``1..V-1``.
+        chunk_size: items per chunk; default: ``max_chunk_elements // T`` (at least 128).
+
+    Peak extra memory is about ``T x chunk_size`` floats (plus ``V x d`` for the weight gradient).
+    Under autocast the chunk products run in the autocast dtype (e.g. bf16) with float32 accumulation
+    of the log-sum-exp and of the gradients.
+    """
+    if hidden.dim() != 2 or targets.dim() != 1 or hidden.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"expected hidden [T, d] and targets [T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}"
+        )
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0 + weight.sum() * 0.0
+    if chunk_size is None:
+        chunk_size = max(128, max_chunk_elements // hidden.shape[0])
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = hidden.dtype
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, int(chunk_size), compute_dtype)
+
+
+def sampled_softmax_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, num_negatives: int
+) -> torch.Tensor:
+    """Softmax over the target and ``num_negatives`` uniform negatives shared by the batch.
+
+    A negative equal to a row's target is masked for that row. The proposal is uniform, so the logQ
+    correction is the same constant for every candidate and cancels.
+    """
+    negatives = torch.randint(1, weight.shape[0], (num_negatives,), device=hidden.device)
+    positive = (hidden * weight[targets].to(hidden.dtype)).sum(dim=1, keepdim=True)
+    negative = hidden @ weight[negatives].to(hidden.dtype).t()
+    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive, negative], dim=1).float()
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def positions_with_targets(
+    last_hidden_state: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States and targets where a loss applies: every ``labels > 0`` of ``[B, L]`` labels, or the last
+    real position of each row for ``[B]`` labels."""
+    if labels.dim() == 2:
+        keep = labels > 0
+        return last_hidden_state[keep], labels[keep]
+    real = input_ids != 0
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = torch.where(real, positions, -1).amax(dim=1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    keep = labels > 0
+    return last_hidden_state[rows, last][keep], labels[keep]
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class RecTrainingConfig:
+    """Recommendation-specific training options (the rest are ``transformers.TrainingArguments``).
+
+    Attributes:
+        example_style: ``"sasrec"`` (every position of each history once per epoch; fast, default) or
+            ``"recbole"`` (every prefix predicts its next item; the paper's setting).
+        windows: SASRec style only: ``"tile"`` (histories longer than the window are cut into windows so
+            every training target is used once per epoch) or ``"last"`` (most recent window only).
+        loss: ``"full"`` (the model's own cross-entropy over all items), ``"chunked"`` (exact, chunked over
+            items) or ``"sampled"`` (sampled softmax).
+        ce_chunk_size: items per chunk for ``"chunked"`` (default: automatic).
+        sampled_negatives: negatives per batch for ``"sampled"``.
+        eval_protocols: protocols ranked at every validation (``"full"``, ``"uniN"``).
+        early_stopping_metric: ``"<protocol>_<metric>@K"`` watched for early stopping and the best checkpoint.
+        patience: validations without improvement before stopping (the paper: 15).
+        eval_batch_size: users scored at once.
+        exclude_history: full ranking without the user's history items.
+        negatives_seed: seed of the one-time draw of ``uniN`` negatives (independent of the training
+            seed, so runs with different seeds are ranked on the same candidates).
+        cutoffs: the K of the metrics.
+    """
+
+    example_style: ExampleStyle = "sasrec"
+    windows: WindowMode = "tile"
+    loss: LossType = "full"
+    ce_chunk_size: int | None = None
+    sampled_negatives: int = 1024
+    eval_protocols: tuple[str, ...] = ("full", "uni100")
+    early_stopping_metric: str = "full_ndcg@10"
+    patience: int = 15
+    eval_batch_size: int = 1024
+    exclude_history: bool = False
+    negatives_seed: int = 0
+    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+
+    def __post_init__(self) -> None:
+        if self.example_style not in ("sasrec", "recbole"):
+            raise ValueError(f"example_style must be 'sasrec' or 'recbole', not {self.example_style!r}")
+        if self.loss not in ("full", "chunked", "sampled"):
+            raise ValueError(f"loss must be 'full', 'chunked' or 'sampled', not {self.loss!r}")
+        self.eval_protocols = tuple(parse_protocol(p).name for p in self.eval_protocols)
+        protocol = self.early_stopping_metric.split("_", 1)[0]
+        if protocol not in self.eval_protocols or "_" not in self.early_stopping_metric:
+            raise ValueError(
+                f"early_stopping_metric {self.early_stopping_metric!r} must read '<protocol>_<metric>@K' "
+                f"with a protocol among eval_protocols {list(self.eval_protocols)}"
+            )
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["eval_protocols"] = list(self.eval_protocols)
+        values["cutoffs"] = list(self.cutoffs)
+        return values
+
+
+def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, **overrides: Any) -> TrainingArguments:
+    """``TrainingArguments`` for recommendation: evaluate and save every epoch, keep the best checkpoint by
+    ``rec.early_stopping_metric``, constant learning rate, no weight decay and no gradient clipping
+    (RecBole's Adam), bf16 on a GPU
+    that supports it, pinned memory, no external loggers. ``overrides`` win."""
+    cuda = torch.cuda.is_available()
+    values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": rec.early_stopping_metric,
+        "greater_is_better": True,
+        "save_total_limit": 2,
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "max_grad_norm": 0.0,  # no clipping, as RecBole
+        "num_train_epochs": 300,
+        "per_device_train_batch_size": 256 if rec.example_style == "sasrec" else 2048,
+        "per_device_eval_batch_size": rec.eval_batch_size,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "dataloader_pin_memory": cuda,
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": False,
+        "report_to": "none",
+        "logging_strategy": "steps",
+        "logging_steps": 50,
+        "save_safetensors": True,
+        "seed": 42,
+    }
+    values.update(overrides)
+    accepted = set(TrainingArguments.__dataclass_fields__)
+    dropped = [key for key in values if key not in accepted]
+    if dropped:  # e.g. save_safetensors disappeared from recent transformers
+        logger.debug("TrainingArguments has no field(s) %s; not set", dropped)
+    return TrainingArguments(**{key: value for key, value in values.items() if key in accepted})
+
+
+# --------------------------------------------------------------------------------------------------
+# trainer
+
+
+@dataclass
+class EvaluationSet:
+    """One split's examples and its ``uniN`` negatives (drawn once)."""
+
+    name: str
+    examples: RankingExamples
+    negatives: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def build_evaluation_sets(split: LeaveOneOutSplit, protocols: tuple[str, ...], seed: int) -> dict[str, EvaluationSet]:
+    """Validation and test examples, with negatives for every ``uniN`` protocol.
+
+    Negatives come from the items the user never interacted with (all splits). Validation uses
+    ``seed``, test ``seed + 1``; the same seed gives the same candidates in every run.
+    """
+    data = split.data
+    sets = {"valid": EvaluationSet("valid", split.validation()), "test": EvaluationSet("test", split.test())}
+    for offset, evaluation_set in enumerate(sets.values()):
+        for name in protocols:
+            protocol = parse_protocol(name)
+            if protocol.is_full:
+                continue
+            evaluation_set.negatives[protocol.name] = sample_negatives(
+                data.offsets, data.items, data.n_items, evaluation_set.examples.users,
+                protocol.num_negatives, seed + offset,
+            )  # fmt: skip
+    return sets
+
+
+class EpochTimerCallback(TrainerCallback):
+    """Adds ``{"epoch", "step", "epoch_train_seconds"}`` to the trainer's log history at each epoch end."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            seconds = time.perf_counter() - self._started
+            state.log_history.append(
+                {
+                    "epoch": round(state.epoch or 0.0, 4),
+                    "step": state.global_step,
+                    "epoch_train_seconds": seconds,
+                }
+            )
+            logger.info("epoch %.0f trained in %.1f s", state.epoch or 0.0, seconds)
+
+
+class SequentialRecTrainer(Trainer):
+    """``Trainer`` whose evaluation ranks the validation users, and whose loss may be chunked or sampled.
+
+    ``evaluate()`` returns ``eval_<protocol>_<metric>@K`` (e.g. ``eval_full_ndcg@10``) for every
+    protocol of ``rec_config.eval_protocols``. With several processes each ranks a shard of the users
+    and the ranks are gathered, so every process sees the same metrics.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(
+        self,
+        *args: Any,
+        split: LeaveOneOutSplit,
+        rec_config: RecTrainingConfig,
+        evaluation_sets: dict[str, EvaluationSet] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.split = split
+        self.rec_config = rec_config
+        self.evaluation_sets = evaluation_sets or build_evaluation_sets(
+            split, rec_config.eval_protocols, rec_config.negatives_seed
+        )
+        self._supports_no_logits: bool | None = None
+
+    # ---- loss ---------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rec = self.rec_config
+        input_ids, labels = inputs["input_ids"], inputs["labels"]
+        if rec.loss == "full":
+            outputs = model(input_ids=input_ids, labels=labels)
+            loss = outputs.loss
+        else:
+            outputs = model(input_ids=input_ids, **self._no_logits_kwargs())
+            hidden, targets = positions_with_targets(outputs.last_hidden_state, input_ids, labels)
+            weight = self.accelerator.unwrap_model(model).item_embeddings.weight
+            if rec.loss == "chunked":
+                loss = chunked_cross_entropy(hidden, weight, targets, rec.ce_chunk_size)
+            else:
+                loss = sampled_softmax_loss(hidden, weight, targets, rec.sampled_negatives)
+        return (loss, outputs) if return_outputs else loss
+
+    def _no_logits_kwargs(self) -> dict[str, Any]:
+        """Ask the model not to compute ``[B, V]`` logits when its forward supports ``return_logits``."""
+        if self._supports_no_logits is None:
+            import inspect
+
+            forward = self.accelerator.unwrap_model(self.model).forward
+            self._supports_no_logits = "return_logits" in inspect.signature(forward).parameters
+        return {"return_logits": False} if self._supports_no_logits else {}
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def rank(self, split_name: str = "valid", protocols: tuple[str, ...] | None = None) -> dict[str, RankingResult]:
+        """Rank the users of ``split_name`` (``"valid"`` or ``"test"``) under each protocol."""
+        if split_name not in self.evaluation_sets:
+            raise KeyError(f"unknown split {split_name!r}; choose from {list(self.evaluation_sets)}")
+        evaluation_set = self.evaluation_sets[split_name]
+        protocols = protocols or self.rec_config.eval_protocols
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        shard = np.array_split(np.arange(len(evaluation_set.examples)), world)[rank]
+        examples = evaluation_set.examples.subset(shard)
+        model = self.accelerator.unwrap_model(self.model)
+        results: dict[str, RankingResult] = {}
+        for name in protocols:
+            protocol = parse_protocol(name)
+            negatives = None if protocol.is_full else evaluation_set.negatives[protocol.name][shard]
+            result = evaluate_ranking(
+                model,
+                examples,
+                max_length=model.config.max_history_length,
+                n_items=model.config.vocab_size - 1,
+                protocol=protocol,
+                negatives=negatives,
+                exclude_history=self.rec_config.exclude_history,
+                batch_size=self.rec_config.eval_batch_size,
+                device=self.args.device,
+                cutoffs=self.rec_config.cutoffs,
+                progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+                description=f"{split_name} {protocol.name}",
+            )
+            if world > 1:
+                result = self._gather(result, len(evaluation_set.examples))
+            results[protocol.name] = result
+        return results
+
+    def _gather(self, result: RankingResult, total: int) -> RankingResult:
+        width = -(-total // self.accelerator.num_processes)
+        padded = torch.zeros(width, dtype=torch.long, device=self.args.device)
+        padded[: result.ranks.size] = torch.from_numpy(result.ranks).to(self.args.device)
+        gathered = self.accelerator.gather(padded).cpu().numpy()
+        ranks = gathered[gathered > 0]
+        return RankingResult(
+            protocol=result.protocol,
+            ranks=ranks,
+            metrics=metrics_from_ranks(ranks, self.rec_config.cutoffs),
+            seconds=result.seconds,
+            options=result.options,
+        )
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        started = time.perf_counter()
+        results = self.rank("valid")
+        metrics: dict[str, float] = {}
+        for protocol, result in results.items():
+            for key, value in result.metrics.items():
+                metrics[f"{metric_key_prefix}_{protocol}_{key}"] = value
+        metrics[f"{metric_key_prefix}_seconds"] = time.perf_counter() - started
+        if self.state.epoch is not None:
+            metrics["epoch"] = self.state.epoch
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe
+
+
+def run_training(
+    data: SequenceData,
+    model: nn.Module,
+    output_dir: str | Path,
+    rec_config: RecTrainingConfig | None = None,
+    training_arguments: TrainingArguments | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    command: list[str] | None = None,
+    extra_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train with early stopping, reload the best checkpoint, evaluate it, save it, write ``metrics.json``.
+
+    Args:
+        data: preprocessed histories (their item map becomes ``model.vocabulary``).
+        model: a fresh model with ``config.vocab_size == data.n_items + 1``.
+        output_dir: checkpoints go to ``output_dir/checkpoint-*``, the best model to
+            ``output_dir/best_model`` (``save_pretrained`` + item vocabulary + data spec), the record
+            to ``output_dir/metrics.json``.
+        rec_config: recommendation options (default :class:`RecTrainingConfig`).
+        training_arguments: default :func:`default_training_arguments`.
+        resume_from_checkpoint: ``True`` (latest checkpoint in ``output_dir``) or a checkpoint folder.
+        command: the command line to record (default ``sys.argv``).
+        extra_record: more entries for ``metrics.json``.
+
+    Returns:
+        The ``metrics.json`` record.
+    """
+    rec = rec_config or RecTrainingConfig()
+    output_dir = Path(output_dir)
+    args = training_arguments or default_training_arguments(output_dir, rec)
+    if model.config.vocab_size != data.n_items + 1:
+        raise ValueError(f"model vocab_size {model.config.vocab_size} != number of items {data.n_items} + 1 (padding)")
+    started = time.perf_counter()
+    split = leave_one_out(data)
+    max_length = model.config.max_history_length
+    train_dataset = training_examples(split, rec.example_style, max_length, rec.windows)
+    logger.info(
+        "%d training examples (%s style, window %d); %d users evaluated",
+        len(train_dataset), rec.example_style, max_length, len(split.evaluated_users),
+    )  # fmt: skip
+    model.vocabulary = data.item_vocabulary()
+    evaluation_sets = build_evaluation_sets(split, rec.eval_protocols, rec.negatives_seed)
+    trainer = SequentialRecTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=RankingDataset(evaluation_sets["valid"].examples, max_length),
+        data_collator=SequenceCollator(max_length),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=rec.patience), EpochTimerCallback()],
+        split=split,
+        rec_config=rec,
+        evaluation_sets=evaluation_sets,
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_seconds = time.perf_counter() - started
+
+    final: dict[str, dict[str, Any]] = {}
+    for split_name in ("valid", "test"):
+        final[split_name] = {}
+        for protocol, result in trainer.rank(split_name).items():
+            final[split_name][protocol] = {**result.metrics, "users": result.n_examples}
+    record = {
+        "valid": final["valid"],
+        "test": final["test"],
+        "best": {
+            "metric": rec.early_stopping_metric,
+            "value": trainer.state.best_metric,
+            "checkpoint": trainer.state.best_model_checkpoint,
+            "epoch": _best_epoch(trainer.state.log_history, trainer.state.best_global_step),
+        },
+        "epochs": _epoch_history(trainer.state.log_history),
+        "protocol": {
+            "split": split.summary,
+            "ranking": "full ranking excludes padding; history items "
+            + ("removed" if rec.exclude_history else "kept (RecBole)"),
+            "uniN": f"negatives drawn once (seed {rec.negatives_seed} valid, {rec.negatives_seed + 1} test), "
+            "uniformly without replacement from items the user never interacted with",
+            "ties": "pessimistic (the target ranks below every equal score)",
+            "training_examples": rec.example_style,
+        },
+        "model_config": model.config.to_dict(),
+        "training": {**rec.to_dict(), **_training_arguments_record(args)},
+        "data": {k: v for k, v in data.metadata.items() if k != "source"} | {"source": data.metadata.get("source")},
+        "seed": args.seed,
+        "command": command if command is not None else sys.argv,
+        "versions": _versions(),
+        "device": _device_description(),
+        "timings": {
+            "total_seconds": time.perf_counter() - started,
+            "train_seconds": train_seconds,
+            "train_runtime_reported_by_trainer": train_output.metrics.get("train_runtime"),
+            "global_steps": trainer.state.global_step,
+        },
+    }
+    if extra_record:
+        record.update(extra_record)
+    if trainer.is_world_process_zero():
+        best_dir = output_dir / BEST_MODEL_DIR
+        trainer.save_model(str(best_dir))
+        spec = data.metadata.get("data_spec")
+        if spec is not None:
+            (best_dir / "data_spec.json").write_text(json.dumps(spec, indent=2))
+        (output_dir / METRICS_FILE).write_text(json.dumps(_jsonable(record), indent=2))
+        logger.info("Wrote %s and %s", output_dir / METRICS_FILE, best_dir)
+    _log_summary(record)
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# record helpers
+
+
+def _best_epoch(history: list[dict[str, Any]], best_step: int | None) -> float | None:
+    if not best_step:
+        return None
+    for entry in history:
+        if entry.get("step") == best_step and "epoch" in entry:
+            return entry["epoch"]
+    return None
+
+
+def _epoch_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch training time and validation metrics, merged by step."""
+    merged: dict[int, dict[str, Any]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        if "epoch_train_seconds" in entry or any(key.startswith("eval_") for key in entry):
+            merged.setdefault(step, {"step": step}).update(entry)
+    return [merged[step] for step in sorted(merged)]
+
+
+def _training_arguments_record(args: TrainingArguments) -> dict[str, Any]:
+    keys = (
+        "learning_rate", "weight_decay", "lr_scheduler_type", "num_train_epochs",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "fp16", "seed", "optim",
+        "max_grad_norm", "world_size",
+    )  # fmt: skip
+    return {key: getattr(args, key, None) for key in keys}
+
+
+def _versions() -> dict[str, str]:
+    import datasets
+    import transformers
+
+    import blossom_hf
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "numpy": np.__version__,
+        "blossom_hf": getattr(blossom_hf, "__version__", "unknown"),
+    }
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def _device_description() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _log_summary(record: dict[str, Any]) -> None:
+    for split_name in ("valid", "test"):
+        for protocol, metrics in record[split_name].items():
+            logger.info(
+                "%s %s: NDCG@10 %.4f  HR@10 %.4f  MRR@10 %.4f  (%d users)",
+                split_name, protocol, metrics.get("ndcg@10", float("nan")),
+                metrics.get("hit@10", float("nan")), metrics.get("mrr@10", float("nan")), metrics.get("users", 0),
+            )  # fmt: skip
