@@ -69,9 +69,7 @@ class SequenceCollator:
         if len(features) == 0:
             raise ValueError("SequenceCollator got an empty batch")
         if "input_ids" not in features[0]:
-            raise KeyError(
-                f"SequenceCollator needs 'input_ids' in each example; got keys {list(features[0])}"
-            )
+            raise KeyError(f"SequenceCollator needs 'input_ids' in each example; got keys {list(features[0])}")
         batch: dict[str, torch.Tensor] = {
             "input_ids": torch.from_numpy(
                 pad_sequences([f["input_ids"] for f in features], self.max_history_length, self.pad_id)

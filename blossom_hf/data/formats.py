@@ -248,9 +248,7 @@ def load_interactions(
                 rating_col = value
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"interaction file {path} does not exist (known presets: {', '.join(PRESETS)})"
-        )
+        raise FileNotFoundError(f"interaction file {path} does not exist (known presets: {', '.join(PRESETS)})")
     if format not in FORMATS:
         raise InteractionDataError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "auto":
@@ -272,13 +270,9 @@ def load_interactions(
             )
 
     if format == "movielens":
-        table, source = _read_fixed_fields(
-            path, "::", [USER, ITEM, RATING, TIME], encoding or "latin-1", cache_dir
-        )
+        table, source = _read_fixed_fields(path, "::", [USER, ITEM, RATING, TIME], encoding or "latin-1", cache_dir)
     elif format == "ml-100k":
-        table, source = _read_fixed_fields(
-            path, "\t", [USER, ITEM, RATING, TIME], encoding or "utf-8", cache_dir
-        )
+        table, source = _read_fixed_fields(path, "\t", [USER, ITEM, RATING, TIME], encoding or "utf-8", cache_dir)
     elif format == "sequences":
         table, source = _read_sequence_lines(path, encoding or "utf-8", cache_dir)
     elif format == "user-item":
@@ -352,9 +346,7 @@ def guess_format(path: Path) -> str:
 
 
 def _read_lines(path: Path, encoding: str, cache_dir: str | None) -> pa.ChunkedArray:
-    dataset = datasets.load_dataset(
-        "text", data_files=str(path), split="train", encoding=encoding, cache_dir=cache_dir
-    )
+    dataset = datasets.load_dataset("text", data_files=str(path), split="train", encoding=encoding, cache_dir=cache_dir)
     return dataset.data.column("text")
 
 
@@ -449,9 +441,7 @@ def _read_sequence_lines(path: Path, encoding: str, cache_dir: str | None) -> tu
     return table, source
 
 
-def _read_user_item_lines(
-    path: Path, encoding: str, cache_dir: str | None
-) -> tuple[pa.Table, dict[str, Any]]:
+def _read_user_item_lines(path: Path, encoding: str, cache_dir: str | None) -> tuple[pa.Table, dict[str, Any]]:
     lines, numbers, n_blank = _drop_blank(_read_lines(path, encoding, cache_dir))
     split = pc.utf8_split_whitespace(lines)
     _check_field_counts(path, split, lines, numbers, 2, "white space")
@@ -483,18 +473,14 @@ def _read_recbole(
         raise MalformedLineError(path, 1, "empty file: a RecBole atomic file needs a header line")
     header = raw[0].as_py().rstrip("\r\n").split("\t")
     names = [h.split(":", 1)[0].strip() for h in header]
-    types = {
-        h.split(":", 1)[0].strip(): (h.split(":", 1)[1].strip() if ":" in h else "token") for h in header
-    }
+    types = {h.split(":", 1)[0].strip(): (h.split(":", 1)[1].strip() if ":" in h else "token") for h in header}
     user_col = user_col or "user_id"
     item_col = item_col or "item_id"
     if time_col is None and order_col is None and not assume_file_order and "timestamp" in names:
         time_col = "timestamp"
     if rating_col is None and "rating" in names:
         rating_col = "rating"
-    wanted = _wanted_columns(
-        path, names, user_col, item_col, time_col, order_col, rating_col, assume_file_order
-    )
+    wanted = _wanted_columns(path, names, user_col, item_col, time_col, order_col, rating_col, assume_file_order)
     lines, numbers, n_blank = _drop_blank(raw.slice(1), first_line=2)
     split = pc.split_pattern(lines, "\t")
     _check_field_counts(path, split, lines, numbers, len(names), "tabs (as many as header fields)")
@@ -587,7 +573,8 @@ def _read_table(
         wanted = _wanted_columns(
             path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
         )
-        used = sorted(set(wanted.values()), key=available.index)
+        # every column read as text (so numbers are validated here, with line numbers); all columns, not
+        # only the used ones, so that pandas reports lines with too many fields
         try:
             dataset = datasets.load_dataset(
                 "csv",
@@ -596,8 +583,7 @@ def _read_table(
                 cache_dir=cache_dir,
                 sep=sep,
                 encoding=encoding,
-                usecols=used,
-                features=datasets.Features({c: datasets.Value("string") for c in used}),
+                features=datasets.Features({c: datasets.Value("string") for c in available}),
                 keep_default_na=False,
                 na_values=[""],
                 skip_blank_lines=False,
@@ -719,11 +705,7 @@ def _parse_numbers(
     """Numbers as float64; empty fields become null; anything else non-numeric is an error."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if (
-        pa.types.is_integer(values.type)
-        or pa.types.is_floating(values.type)
-        or pa.types.is_boolean(values.type)
-    ):
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type):
         return pc.cast(values, pa.float64())
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise InteractionDataError(f"{path}: the {role} column has type {values.type}, expected numbers")

@@ -228,8 +228,7 @@ def preprocess(
     if config.min_rating is not None:
         if RATING not in table.column_names:
             raise InteractionDataError(
-                f"min_rating={config.min_rating} needs a rating column; this data has columns "
-                f"{table.column_names}"
+                f"min_rating={config.min_rating} needs a rating column; this data has columns {table.column_names}"
             )
         ratings = _numpy(table.column(RATING), np.float64)[permutation]
         passes = ratings >= config.min_rating  # NaN (missing rating) fails
@@ -298,9 +297,7 @@ def preprocess(
         code_to_index = np.zeros(len(item_values), dtype=np.int64)
         code_to_index[ordered_codes] = np.arange(1, len(ordered_codes) + 1)
         item_ids = pc.take(item_values, pa.array(ordered_codes)).to_pylist()
-        steps.append(
-            {"step": "item_ids", "order": config.item_id_order, "n_items": len(item_ids), "padding_id": 0}
-        )
+        steps.append({"step": "item_ids", "order": config.item_id_order, "n_items": len(item_ids), "padding_id": 0})
 
     if not alive.any():
         raise InteractionDataError(f"no interactions left after preprocessing; steps: {json.dumps(steps)}")
@@ -345,9 +342,7 @@ def preprocess(
 
 def _numpy(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
     if dtype is np.float64:
-        return np.asarray(
-            pc.fill_null(pc.cast(column, pa.float64()), float("nan")).to_numpy(), dtype=np.float64
-        )
+        return np.asarray(pc.fill_null(pc.cast(column, pa.float64()), float("nan")).to_numpy(), dtype=np.float64)
     return np.asarray(column.to_numpy(), dtype=dtype)
 
 

@@ -274,11 +274,7 @@ def evaluate_ranking(
         model.eval()
     started = time.perf_counter()
     rank_chunks: list[np.ndarray] = []
-    amp = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else nullcontext()
-    )
+    amp = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     try:
         bar = tqdm(
             range(0, len(examples), batch_size),
@@ -288,9 +284,7 @@ def evaluate_ranking(
         )
         for start in bar:
             index = np.arange(start, min(start + batch_size, len(examples)))
-            input_ids = pack_histories(
-                examples.items, examples.starts[index], examples.ends[index], max_length
-            )
+            input_ids = pack_histories(examples.items, examples.starts[index], examples.ends[index], max_length)
             input_ids = torch.from_numpy(input_ids).to(device, non_blocking=True)
             targets = torch.from_numpy(examples.targets[index]).to(device)
             with amp:
@@ -323,9 +317,7 @@ def evaluate_ranking(
     )
 
 
-def _mask_history(
-    scores: torch.Tensor, examples: RankingExamples, index: np.ndarray, targets: torch.Tensor
-) -> None:
+def _mask_history(scores: torch.Tensor, examples: RankingExamples, index: np.ndarray, targets: torch.Tensor) -> None:
     """Set the scores of every history item to -inf, except the target's own score."""
     starts, ends = examples.starts[index], examples.ends[index]
     lengths = ends - starts
