@@ -31,7 +31,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,9 +44,10 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from .data.collator import SequenceCollator
 from .data.examples import ExampleStyle, RankingDataset, WindowMode, training_examples
 from .data.preprocessing import SequenceData
-from .data.splits import LeaveOneOutSplit, RankingExamples, leave_one_out
+from .data.splits import LeaveOneOutSplit, leave_one_out
 from .evaluation.metrics import DEFAULT_CUTOFFS, metrics_from_ranks
-from .evaluation.ranking import RankingResult, evaluate_ranking, parse_protocol, sample_negatives
+from .evaluation.ranking import RankingResult, parse_protocol
+from .evaluation.suite import EvaluationSet, build_evaluation_sets, evaluate_model, results_to_record
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +61,21 @@ BEST_MODEL_DIR = "best_model"
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean over tokens of ``logsumexp_{i>=1}(h . w_i) - h . w_target``, item chunk by item chunk."""
+    """Mean over tokens of ``logsumexp_{i>=1}(h . w_i) - h . w_target``, item chunk by item chunk.
+
+    Products run in ``compute_dtype``; the log-sum-exp and the gradients accumulate in at least float32.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size, compute_dtype):  # type: ignore[override]
+        accumulate = torch.promote_types(compute_dtype, torch.float32)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             h = hidden.to(compute_dtype)
-            lse = torch.full((h.shape[0],), float("-inf"), device=h.device, dtype=torch.float32)
+            lse = torch.full((h.shape[0],), float("-inf"), device=h.device, dtype=accumulate)
             for start in range(1, weight.shape[0], chunk_size):  # column 0 (padding) never competes
-                logits = (h @ weight[start : start + chunk_size].to(compute_dtype).t()).float()
+                logits = (h @ weight[start : start + chunk_size].to(compute_dtype).t()).to(accumulate)
                 lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-            target_logits = (hidden.float() * weight[targets].float()).sum(dim=1)
+            target_logits = (hidden.to(accumulate) * weight[targets].to(accumulate)).sum(dim=1)
             loss = (lse - target_logits).mean()
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk_size = chunk_size
@@ -80,19 +85,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         hidden, weight, targets, lse = ctx.saved_tensors
-        chunk_size, compute_dtype = ctx.chunk_size, ctx.compute_dtype
-        scale = grad_output.float() / hidden.shape[0]
+        chunk_size, compute_dtype, accumulate = ctx.chunk_size, ctx.compute_dtype, lse.dtype
+        scale = grad_output.to(accumulate) / hidden.shape[0]
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             h = hidden.to(compute_dtype)
-            grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32)
-            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+            grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=accumulate)
+            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=accumulate)
             for start in range(1, weight.shape[0], chunk_size):
                 w = weight[start : start + chunk_size].to(compute_dtype)
-                probabilities = torch.exp((h @ w.t()).float() - lse[:, None]) * scale
-                grad_hidden += (probabilities.to(compute_dtype) @ w).float()
-                grad_weight[start : start + chunk_size] += (probabilities.t().to(compute_dtype) @ h).float()
-            grad_hidden -= scale * weight[targets].float()
-            grad_weight.index_add_(0, targets, -scale * hidden.float())
+                probabilities = torch.exp((h @ w.t()).to(accumulate) - lse[:, None]) * scale
+                grad_hidden += (probabilities.to(compute_dtype) @ w).to(accumulate)
+                grad_weight[start : start + chunk_size] += (probabilities.t().to(compute_dtype) @ h).to(accumulate)
+            grad_hidden -= scale * weight[targets].to(accumulate)
+            grad_weight.index_add_(0, targets, -scale * hidden.to(accumulate))
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
 
@@ -271,35 +276,6 @@ def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, *
 # trainer
 
 
-@dataclass
-class EvaluationSet:
-    """One split's examples and its ``uniN`` negatives (drawn once)."""
-
-    name: str
-    examples: RankingExamples
-    negatives: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def build_evaluation_sets(split: LeaveOneOutSplit, protocols: tuple[str, ...], seed: int) -> dict[str, EvaluationSet]:
-    """Validation and test examples, with negatives for every ``uniN`` protocol.
-
-    Negatives come from the items the user never interacted with (all splits). Validation uses
-    ``seed``, test ``seed + 1``; the same seed gives the same candidates in every run.
-    """
-    data = split.data
-    sets = {"valid": EvaluationSet("valid", split.validation()), "test": EvaluationSet("test", split.test())}
-    for offset, evaluation_set in enumerate(sets.values()):
-        for name in protocols:
-            protocol = parse_protocol(name)
-            if protocol.is_full:
-                continue
-            evaluation_set.negatives[protocol.name] = sample_negatives(
-                data.offsets, data.items, data.n_items, evaluation_set.examples.users,
-                protocol.num_negatives, seed + offset,
-            )  # fmt: skip
-    return sets
-
-
 class EpochTimerCallback(TrainerCallback):
     """Adds ``{"epoch", "step", "epoch_train_seconds"}`` to the trainer's log history at each epoch end."""
 
@@ -376,36 +352,27 @@ class SequentialRecTrainer(Trainer):
 
     # ---- evaluation ---------------------------------------------------------------------------
     def rank(self, split_name: str = "valid", protocols: tuple[str, ...] | None = None) -> dict[str, RankingResult]:
-        """Rank the users of ``split_name`` (``"valid"`` or ``"test"``) under each protocol."""
-        if split_name not in self.evaluation_sets:
-            raise KeyError(f"unknown split {split_name!r}; choose from {list(self.evaluation_sets)}")
-        evaluation_set = self.evaluation_sets[split_name]
-        protocols = protocols or self.rec_config.eval_protocols
+        """Rank the users of ``split_name`` (``"valid"`` or ``"test"``) under each protocol.
+
+        With several processes each ranks its shard of the users; ranks are gathered everywhere.
+        """
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        shard = np.array_split(np.arange(len(evaluation_set.examples)), world)[rank]
-        examples = evaluation_set.examples.subset(shard)
-        model = self.accelerator.unwrap_model(self.model)
-        results: dict[str, RankingResult] = {}
-        for name in protocols:
-            protocol = parse_protocol(name)
-            negatives = None if protocol.is_full else evaluation_set.negatives[protocol.name][shard]
-            result = evaluate_ranking(
-                model,
-                examples,
-                max_length=model.config.max_history_length,
-                n_items=model.config.vocab_size - 1,
-                protocol=protocol,
-                negatives=negatives,
-                exclude_history=self.rec_config.exclude_history,
-                batch_size=self.rec_config.eval_batch_size,
-                device=self.args.device,
-                cutoffs=self.rec_config.cutoffs,
-                progress=not self.args.disable_tqdm and self.is_local_process_zero(),
-                description=f"{split_name} {protocol.name}",
-            )
-            if world > 1:
-                result = self._gather(result, len(evaluation_set.examples))
-            results[protocol.name] = result
+        total = len(self.evaluation_sets[split_name].examples) if split_name in self.evaluation_sets else 0
+        shard = np.array_split(np.arange(total), world)[rank] if world > 1 else None
+        results = evaluate_model(
+            self.accelerator.unwrap_model(self.model),
+            self.evaluation_sets,
+            splits=(split_name,),
+            protocols=protocols or self.rec_config.eval_protocols,
+            exclude_history=self.rec_config.exclude_history,
+            batch_size=self.rec_config.eval_batch_size,
+            device=self.args.device,
+            cutoffs=self.rec_config.cutoffs,
+            shard=shard,
+            progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+        )[split_name]
+        if world > 1:
+            results = {name: self._gather(result, total) for name, result in results.items()}
         return results
 
     def _gather(self, result: RankingResult, total: int) -> RankingResult:
@@ -497,11 +464,7 @@ def run_training(
     train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
 
-    final: dict[str, dict[str, Any]] = {}
-    for split_name in ("valid", "test"):
-        final[split_name] = {}
-        for protocol, result in trainer.rank(split_name).items():
-            final[split_name][protocol] = {**result.metrics, "users": result.n_examples}
+    final = results_to_record({name: trainer.rank(name) for name in ("valid", "test")})
     record = {
         "valid": final["valid"],
         "test": final["test"],

@@ -13,12 +13,16 @@ from .ranking import (
     sample_negatives,
     sampled_ranks,
 )
+from .suite import EvaluationSet, build_evaluation_sets, evaluate_model, results_to_record
 
 __all__ = [
     "DEFAULT_CUTOFFS",
+    "EvaluationSet",
     "Protocol",
     "RankingResult",
     "Scorer",
+    "build_evaluation_sets",
+    "evaluate_model",
     "evaluate_ranking",
     "full_ranks",
     "hit_at_k",
@@ -28,6 +32,7 @@ __all__ = [
     "mrr_at_k",
     "ndcg_at_k",
     "parse_protocol",
+    "results_to_record",
     "sample_negatives",
     "sampled_ranks",
 ]
