@@ -530,14 +530,41 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained`` (safetensors only) plus the item vocabulary when present."""
+        """``PreTrainedModel.from_pretrained`` (safetensors only) plus the item vocabulary when present.
+
+        Raises:
+            OSError: ``model.safetensors`` is damaged (truncated download, corrupted header); the message names
+                the file and how to get a good copy.
+            ValueError: the config is invalid or from a newer format version, or ``item_vocabulary.json`` is
+                unreadable or does not fit the weights (``vocab_size`` != items + 1).
+        """
         kwargs.setdefault("use_safetensors", True)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model.vocabulary = _load_vocabulary(pretrained_model_name_or_path, kwargs)
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            local = Path(str(pretrained_model_name_or_path))
+            where = (local / (kwargs.get("subfolder") or "") / "model.safetensors") if local.is_dir() else (
+                f"model.safetensors of {pretrained_model_name_or_path} (revision {kwargs.get('revision') or 'main'})"
+            )
+            raise OSError(
+                f"Cannot read the weights in {where}: the file is damaged or incomplete (safetensors says: {err}). "
+                "If it was downloaded, download it again (from_pretrained(..., force_download=True), or delete it "
+                "from the Hugging Face cache); if it was exported locally, export the checkpoint again."
+            ) from err
+        vocabulary = _load_vocabulary(pretrained_model_name_or_path, kwargs)
+        if vocabulary is not None and len(vocabulary) + 1 != model.config.vocab_size:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: item_vocabulary.json has {len(vocabulary)} items but the model's "
+                f"vocab_size is {model.config.vocab_size} (items + 1 for padding): the files do not belong together"
+            )
+        model.vocabulary = vocabulary
         return model
 
 
 def _load_vocabulary(path_or_repo, kwargs: dict) -> ItemVocabulary | None:
+    """The checkpoint's ``item_vocabulary.json`` (local folder or Hub repo), or ``None`` if it has none."""
     local = Path(str(path_or_repo))
     subfolder = kwargs.get("subfolder") or ""
     if local.is_dir():
