@@ -256,6 +256,7 @@ def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, *
         "per_device_eval_batch_size": rec.eval_batch_size,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         "dataloader_pin_memory": cuda,
+        "use_cpu": not cuda,  # lets torchrun on CPU-only hosts run multi-process (gloo) too
         "dataloader_num_workers": 0,
         "remove_unused_columns": False,
         "report_to": "none",
