@@ -151,6 +151,10 @@ KNOWN_DATASETS: dict[str, DatasetInfo] = {
 _ML1M_SAMPLE_HISTORIES = ([1, 1196, 260], [2571, 1210, 1198, 1240, 589], [318, 858, 50, 527, 593, 2028, 296, 608])
 
 
+# An absolute local path inside a string (not a URL, not a relative path, not "a / b").
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~>:/])/[^\s`'\"(),;:]+")
+
+
 class HubExportError(ValueError):
     """The model, the metrics or the target folder cannot make a valid Hub repository."""
 
@@ -210,24 +214,20 @@ def redact_paths(value: Any, roots: Mapping[str, str | os.PathLike] | None = Non
         roots = default_redaction_roots()
     ordered = sorted(((str(Path(p)), name) for name, p in roots.items() if p), key=lambda x: -len(x[0]))
 
-    def one(text: str) -> str:
+    def one(match: re.Match) -> str:
+        text = match.group(0)
         for prefix, name in ordered:
             if text == prefix or text.startswith(prefix + "/"):
                 return name + text[len(prefix):]
-        if re.fullmatch(r"/[^\s]*", text) and text.count("/") >= 2:
-            return "<local>/" + Path(text).name
-        return text
+        return "<local>/" + Path(text).name if text.count("/") >= 2 else text
 
     def walk(item: Any) -> Any:
         if isinstance(item, Mapping):
             return {k: walk(v) for k, v in item.items()}
         if isinstance(item, list | tuple):
             return [walk(v) for v in item]
-        if isinstance(item, str):
-            if "=" in item and item.startswith("--"):
-                key, _, rest = item.partition("=")
-                return f"{key}={one(rest)}"
-            return " ".join(one(part) for part in item.split(" ")) if "/" in item else item
+        if isinstance(item, str) and "/" in item:
+            return _ABSOLUTE_PATH.sub(one, item)
         return item
 
     return walk(value)
@@ -404,8 +404,11 @@ def _command_text(metrics: Mapping[str, Any], override: str | None) -> str:
     command = metrics.get("command")
     if isinstance(command, list | tuple) and command:
         parts = [str(c) for c in command]
+        if re.search(r"python[\d.]*(\.exe)?$", parts[0]) and len(parts) > 1:
+            parts = parts[1:]  # the interpreter's local path says nothing
+        parts = [p.replace("<repo>/", "") for p in parts]
         if parts[0].endswith(".py"):
-            parts = ["python", parts[0].replace("<repo>/", "")] + parts[1:]
+            parts = ["python", *parts]
         return " ".join(_shell_quote(p) for p in parts)
     return str(command) if command else "(not recorded)"
 
@@ -563,7 +566,7 @@ def build_model_card(metrics: Mapping[str, Any], options: CardOptions) -> ModelC
     )))  # fmt: skip
     sections.append(("Hardware and software", _hardware_section(metrics, options.hardware)))
     for heading, text in options.extra_sections.items():
-        sections.append((heading, text))
+        sections.append((heading, redact_paths(text)))
     sections.append(("Limitations", (
         "- Trained and evaluated offline on one public dataset with leave-one-out splits; offline metrics are a "
         "weak proxy for online quality, and sampled (uniN) metrics overstate quality relative to full ranking.\n"
