@@ -262,15 +262,13 @@ def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, *
         "report_to": "none",
         "logging_strategy": "steps",
         "logging_steps": 50,
-        "save_safetensors": True,
         "seed": 42,
     }
     values.update(overrides)
-    accepted = set(TrainingArguments.__dataclass_fields__)
-    dropped = [key for key in values if key not in accepted]
-    if dropped:  # e.g. save_safetensors disappeared from recent transformers
-        logger.debug("TrainingArguments has no field(s) %s; not set", dropped)
-    return TrainingArguments(**{key: value for key, value in values.items() if key in accepted})
+    unknown = sorted(set(values) - set(TrainingArguments.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"TrainingArguments has no field(s) {unknown}")
+    return TrainingArguments(**values)
 
 
 # --------------------------------------------------------------------------------------------------

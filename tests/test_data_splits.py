@@ -42,6 +42,7 @@ def test_leave_one_out_targets_and_inputs(caplog):
     with caplog.at_level(logging.INFO, logger="blossom_hf.data.splits"):
         split = leave_one_out(data)
     assert "2 of 4 users have fewer than 3 interactions" in caplog.text
+    assert "1 of them have a single interaction" in caplog.text
     assert split.n_short_users == 2 and split.evaluated_users.tolist() == [0, 2]
     valid, test = split.validation(), split.test()
     assert valid.targets.tolist() == [4, 9] and test.targets.tolist() == [5, 10]
@@ -51,6 +52,7 @@ def test_leave_one_out_targets_and_inputs(caplog):
     assert ranges(data.items, split.train_starts, split.train_ends) == [[1, 2, 3], [6, 7], [8], [11]]
     assert split.train_item_counts().tolist() == [0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1]
     assert split.summary["users_with_fewer_than_3_interactions"] == 2
+    assert split.summary["users_with_one_interaction"] == 1
     assert split.summary["training_targets"] == 2 + 1
 
 

@@ -119,6 +119,7 @@ class LeaveOneOutSplit:
             "users": self.data.n_users,
             "evaluated_users": int(len(self.evaluated_users)),
             "users_with_fewer_than_3_interactions": self.n_short_users,
+            "users_with_one_interaction": int((self.data.lengths == 1).sum()),
             "training_interactions": int(lengths.sum()),
             "training_targets": int(np.maximum(lengths - 1, 0).sum()),
         }
@@ -133,10 +134,12 @@ def leave_one_out(data: SequenceData) -> LeaveOneOutSplit:
     if n_short:
         logger.info(
             "Leave-one-out: %d of %d users have fewer than %d interactions; all their interactions go to "
-            "training and they are not evaluated",
+            "training and they are not evaluated (%d of them have a single interaction, which gives no "
+            "training target either: skipped)",
             n_short,
             data.n_users,
             MIN_EVALUATED_LENGTH,
+            int((lengths == 1).sum()),
         )
     split = LeaveOneOutSplit(data=data, train_ends=train_ends, evaluated_users=np.flatnonzero(evaluated))
     logger.info("Leave-one-out split: %s", split.summary)
