@@ -18,53 +18,61 @@ under ``TRITON_INTERPRET=1``; head dim 16..128; query/key/value in fp16, bf16 or
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
-import sys
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .attention_patterns import BlossomPattern
-from .attention_triton_kernels import next_pow2
 from .registry import register_attention_backend
 
-try:  # guarded: this file must import where triton is absent
-    import triton
-except ImportError:  # pragma: no cover
-    triton = None
-
-__all__ = ["triton_blossom_attention", "triton_attention_forward", "triton_availability"]
+__all__ = ["triton_blossom_attention", "triton_attention_forward", "triton_availability", "triton_ltis_select"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 128
 
 
 def _interpret_requested() -> bool:
-    try:
-        from triton import knobs
+    """``TRITON_INTERPRET`` as triton reads it (without importing triton)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes", "y")
 
-        return bool(knobs.runtime.interpret)
-    except Exception:  # older triton without knobs
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def next_pow2(x: int) -> int:
+    x = int(x)
+    return 1 if x <= 1 else 1 << (x - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _kernels():
-    """The kernel module, (re)loaded so that its kernels match the current ``TRITON_INTERPRET`` setting.
+    """The kernel module, imported on first use (so ``import blossom_hf`` never imports triton).
 
-    Triton decides between compiled and interpreted kernels when they are decorated, so a process that
-    imported this package before setting ``TRITON_INTERPRET=1`` gets its kernels re-decorated here.
+    Triton fixes compiled-vs-interpreted when it is imported, so ``TRITON_INTERPRET`` must be set before the
+    first call of this backend (or any other ``import triton``) in the process.
     """
-    if triton is None:
+    if not _triton_installed():
         raise RuntimeError("the 'triton' attention backend needs the triton package (pip install triton)")
-    module = sys.modules[next_pow2.__module__]
+    from .attention_triton_kernels import INTERPRET  # noqa: F401  (imports triton)
+
+    module = importlib.import_module(".attention_triton_kernels", __package__)
     if module.INTERPRET != _interpret_requested():
-        module = importlib.reload(module)
+        raise RuntimeError(
+            "TRITON_INTERPRET changed after triton was imported in this process (it was "
+            f"{'on' if module.INTERPRET else 'off'}); set it before the first import of triton"
+        )
     return module
 
 
 def triton_availability() -> str | None:
     """None when the backend can run here, else a sentence saying why not."""
-    if triton is None:
+    if not _triton_installed():
         return "the triton package is not installed (pip install triton)."
     if torch.cuda.is_available() or _interpret_requested():
         return None
@@ -123,7 +131,7 @@ def _check_inputs(query, key, value, compressed_key, gate, lengths, pattern) -> 
                                "(or TRITON_INTERPRET=1 to run them, slowly, on the CPU)")
     else:
         raise RuntimeError(f"triton backend: unsupported device {device} (CUDA, or CPU under TRITON_INTERPRET=1)")
-    if triton is None:
+    if not _triton_installed():
         raise RuntimeError("triton backend: the triton package is not installed (pip install triton)")
 
 
@@ -201,7 +209,7 @@ def _select(kern, geo, query, compressed_key, lens, scaling, pattern, selected_b
         sel_in = selected_blocks.to(device=device, dtype=torch.int32).contiguous()
         if bool((sel_in >= num_windows).any()):
             raise ValueError(f"selected_blocks holds a block index >= L // block_size = {num_windows}")
-    grid = (triton.cdiv(seq_len, geo.TQ), batch * groups)
+    grid = (_cdiv(seq_len, geo.TQ), batch * groups)
     kern._select_kernel[grid](
         query, compressed_key, lens, sel_in, sel, psel, lse_z,
         *_strides(query), *_strides(compressed_key),
@@ -246,7 +254,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
             o_l = o_s = out
             lse = psel
         prec = "ieee" if query.dtype == torch.float32 else "tf32"
-        grid = (triton.cdiv(seq_len, geo.BQ), batch * groups)
+        grid = (_cdiv(seq_len, geo.BQ), batch * groups)
         kern._fwd_kernel[grid](
             query, key, value, gate, sel, lens, out, o_l, o_s, lse,
             *_strides(query), *_strides(key), *_strides(value), *_strides(gate),
@@ -281,7 +289,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
         dq = torch.empty(batch, heads, seq_len, head_dim, dtype=query.dtype, device=device)
         dgate = torch.zeros(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
         dps = torch.zeros(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
-        grid = (triton.cdiv(seq_len, geo.BQ), batch * groups)
+        grid = (_cdiv(seq_len, geo.BQ), batch * groups)
         kern._bwd_q_kernel[grid](
             query, key, value, gate, sel, lens, do, o_l, o_s, lse, dq, dgate, dps,
             *_strides(query), *_strides(key), *_strides(value), *_strides(gate), *_strides(do),
@@ -292,7 +300,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
         )
         dck = None
         if st and need_q:
-            grid = (triton.cdiv(seq_len, geo.TQ), batch * groups)
+            grid = (_cdiv(seq_len, geo.TQ), batch * groups)
             kern._select_bwd_q_kernel[grid](
                 query, compressed_key, lens, sel, psel, dps, lse_z, dq,
                 *_strides(query), *_strides(compressed_key),
@@ -301,7 +309,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
             )
         if st and need_ck:
             dck = torch.empty(batch, groups, num_windows, head_dim, dtype=compressed_key.dtype, device=device)
-            grid = (triton.cdiv(num_windows, geo.BW), batch * groups)
+            grid = (_cdiv(num_windows, geo.BW), batch * groups)
             kern._select_bwd_w_kernel[grid](
                 query, compressed_key, lens, sel, psel, dps, lse_z, dck,
                 *_strides(query), *_strides(compressed_key),
@@ -312,7 +320,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
         dk = torch.empty(batch, groups, seq_len, head_dim, dtype=torch.float32, device=device)
         dv = torch.empty_like(dk)
         kv_args = (*_strides(query), *_strides(key), *_strides(value), *_strides(gate), *_strides(do))
-        grid = (triton.cdiv(seq_len, geo.BK), batch * groups)
+        grid = (_cdiv(seq_len, geo.BK), batch * groups)
         kern._bwd_kv_kernel[grid](
             query, key, value, gate, lens, do, lse, dgate, dk, dv, *kv_args,
             seq_len, heads, groups, scaling, geo.NFK,
@@ -328,7 +336,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
                 **common, BP=geo.BP5, CQ=geo.CQ, R=geo.RK, PREC=prec, num_warps=geo.num_warps,
             )
         if geo.NSINK > 0:
-            grid = (triton.cdiv(seq_len, geo.CH), batch * groups)
+            grid = (_cdiv(seq_len, geo.CH), batch * groups)
             kern._bwd_sink_kv_kernel[grid](
                 query, key, value, gate, lens, do, lse, dgate, dk, dv, *kv_args,
                 seq_len, heads, groups, scaling,
@@ -361,8 +369,35 @@ def triton_blossom_attention(
     _check_inputs(query, key, value, compressed_key, gate, lengths, pattern)
     if query.shape[0] == 0 or query.shape[1] == 0:
         return query.new_zeros(query.shape)
+    if query.dtype == torch.bfloat16 and query.device.type == "cpu":
+        # Triton's CPU interpreter multiplies bf16 tiles wrongly (numpy has no bf16): compute from the
+        # exactly upcast values instead (a differentiable cast; compiled GPU kernels never take this path).
+        out = _BlossomTritonFunction.apply(query.float(), key.float(), value.float(), compressed_key.float(),
+                                           gate.float(), lengths, float(scaling), pattern, selected_blocks)
+        return out.to(torch.bfloat16)
     return _BlossomTritonFunction.apply(query, key, value, compressed_key, gate, lengths, float(scaling), pattern,
                                         selected_blocks)
+
+
+@torch.no_grad()
+def triton_ltis_select(
+    query: torch.Tensor,
+    compressed_key: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    scaling: float,
+    pattern: BlossomPattern,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selection kernel alone: ``selected [B, G, L, n]`` (long, -1 = none, slots by decreasing score)
+    and the probability ``p`` of each selected window (fp32), as :func:`attention_patterns.ltis_select`."""
+    if query.dtype == torch.bfloat16 and query.device.type == "cpu":
+        query, compressed_key = query.float(), compressed_key.float()
+    kern = _kernels()
+    batch, heads, seq_len, head_dim = query.shape
+    geo = _Geometry(heads, compressed_key.shape[1], seq_len, head_dim, pattern)
+    lens = lengths.to(device=query.device, dtype=torch.int32).clamp(0, seq_len).contiguous()
+    sel, psel, _ = _select(kern, geo, query, compressed_key, lens, scaling, pattern, None)
+    return sel.long(), psel
 
 
 def triton_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):

@@ -214,7 +214,7 @@ if triton is not None:
             acc_l = tl.zeros([R, DP], dtype=tl.float32)
             ks = (t0 // BLK) * BLK
             jo = ks + tl.arange(0, KO)
-            kmask = (jo < L)[:, None] & dmask[None, :]
+            kmask = (jo < seqlen)[:, None] & dmask[None, :]
             kt = tl.load(kb + jo[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)
             vt = tl.load(vb + jo[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)
             s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
@@ -241,7 +241,7 @@ if triton is not None:
             l_s = tl.zeros([R], dtype=tl.float32)
             acc_s = tl.zeros([R, DP], dtype=tl.float32)
             jn = t0 - (WIN - 1) + tl.arange(0, KN)
-            nmask = ((jn >= 0) & (jn < L))[:, None] & dmask[None, :]
+            nmask = ((jn >= 0) & (jn < seqlen))[:, None] & dmask[None, :]
             kt = tl.load(kb + jn[:, None] * skt + d[None, :] * skd, mask=nmask, other=0.0)
             vt = tl.load(vb + jn[:, None] * svt + d[None, :] * svd, mask=nmask, other=0.0)
             s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
@@ -253,7 +253,7 @@ if triton is not None:
                 fq = fc // NFP
                 fpow = tl.full([BQ * NFP], P0, tl.int32) << (fc % NFP)
                 jf = t0 + fq - fpow
-                fok = jf >= 0
+                fok = (jf >= 0) & (jf < seqlen)
                 fmask = fok[:, None] & dmask[None, :]
                 kc = tl.load(kb + jf[:, None] * skt + d[None, :] * skd, mask=fmask, other=0.0)
                 vc = tl.load(vb + jf[:, None] * svt + d[None, :] * svd, mask=fmask, other=0.0)
@@ -262,7 +262,7 @@ if triton is not None:
                 m_s, l_s, acc_s = _softmax_update(s, mask, m_s, l_s, acc_s, vc, PREC)
             if NSINK > 0:
                 js = tl.arange(0, SP)
-                smask = (js < NSINK)[:, None] & dmask[None, :]
+                smask = ((js < NSINK) & (js < seqlen))[:, None] & dmask[None, :]
                 kt = tl.load(kb + js[:, None] * skt + d[None, :] * skd, mask=smask, other=0.0)
                 vt = tl.load(vb + js[:, None] * svt + d[None, :] * svd, mask=smask, other=0.0)
                 s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
@@ -344,7 +344,7 @@ if triton is not None:
             # ---------------- LTIS own block ----------------
             ks = (t0 // BLK) * BLK
             jo = ks + tl.arange(0, KO)
-            kmask = (jo < L)[:, None] & dmask[None, :]
+            kmask = (jo < seqlen)[:, None] & dmask[None, :]
             kt = tl.load(kb + jo[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)
             vt = tl.load(vb + jo[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)
             cst = (t // BLK) * BLK
@@ -379,7 +379,7 @@ if triton is not None:
                 tl.store(DPS + ((bb * G + gam) * L + tq[:, None]) * NSEL + pcols[None, :], dpq, mask=dmask2)
             # ---------------- STIS ----------------
             jn = t0 - (WIN - 1) + tl.arange(0, KN)
-            nmask = ((jn >= 0) & (jn < L))[:, None] & dmask[None, :]
+            nmask = ((jn >= 0) & (jn < seqlen))[:, None] & dmask[None, :]
             kt = tl.load(kb + jn[:, None] * skt + d[None, :] * skd, mask=nmask, other=0.0)
             vt = tl.load(vb + jn[:, None] * svt + d[None, :] * svd, mask=nmask, other=0.0)
             delta = t[:, None] - jn[None, :]
@@ -390,7 +390,7 @@ if triton is not None:
                 fq = fc // NFP
                 fpow = tl.full([BQ * NFP], P0, tl.int32) << (fc % NFP)
                 jf = t0 + fq - fpow
-                fok = jf >= 0
+                fok = (jf >= 0) & (jf < seqlen)
                 fmask = fok[:, None] & dmask[None, :]
                 kc = tl.load(kb + jf[:, None] * skt + d[None, :] * skd, mask=fmask, other=0.0)
                 vc = tl.load(vb + jf[:, None] * svt + d[None, :] * svd, mask=fmask, other=0.0)
@@ -398,7 +398,7 @@ if triton is not None:
                 dq, ds, s = _bwd_q_part(q, do, kc, vc, mask, lse_s, beta, db, dq, scale, PREC)
             if NSINK > 0:
                 js = tl.arange(0, SP)
-                smask = (js < NSINK)[:, None] & dmask[None, :]
+                smask = ((js < NSINK) & (js < seqlen))[:, None] & dmask[None, :]
                 kt = tl.load(kb + js[:, None] * skt + d[None, :] * skd, mask=smask, other=0.0)
                 vt = tl.load(vb + js[:, None] * svt + d[None, :] * svd, mask=smask, other=0.0)
                 delta = t[:, None] - js[None, :]

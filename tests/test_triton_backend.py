@@ -1,0 +1,267 @@
+"""The fused Triton backend against the eager reference, on the CPU through Triton's interpreter.
+
+The interpreter is switched on for this module only (``TRITON_INTERPRET=1`` through a module fixture; the
+backend re-decorates its kernels when the setting changes, so import order does not matter). Shapes are
+small (B <= 3, L <= 40, D = 16/24) because the interpreter runs every program in numpy.
+
+Comparisons run on fresh random inputs (seed printed; ``BLOSSOM_TEST_SEED`` replays one). Where a near-tie
+in the LTIS scores could make two correct implementations select differently, the eager reference is
+given the Triton kernel's own selection (``selected_blocks=``); the selections themselves are compared
+separately (equal except where the two competing scores differ by < 1e-5).
+
+Tolerances, fp32 (exact fp32 products, different summation order): outputs and every input gradient
+within ``rtol=1e-4, atol=1e-5 x max|ref|``. fp16 inputs: ``rtol=atol=1e-2`` (relative to max|ref|).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Triton picks compiled vs interpreted kernels when it is first imported (``import transformers``'s model
+# classes import it), so the interpreter must be on before that. Run alone, this module switches it on
+# here; collected after modules that already imported triton, it re-runs itself in a fresh interpreter
+# (``test_interpreter_suite_in_subprocess``) and skips the in-process copies.
+if "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+triton = pytest.importorskip("triton")
+
+
+def _interpreter_active() -> bool:
+    zeros = getattr(triton.language, "zeros", None)
+    return type(zeros).__name__ == "InterpretedFunction"
+
+
+IN_PROCESS = _interpreter_active()
+needs_interpreter = pytest.mark.skipif(not IN_PROCESS, reason="runs in the subprocess copy of this module")
+
+from conftest import random_histories, tiny_config  # noqa: E402
+
+from blossom_hf import BlossomRecModel  # noqa: E402
+from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention  # noqa: E402
+from blossom_hf.models.blossomrec.attention_patterns import (  # noqa: E402
+    BlossomPattern,
+    ltis_scores,
+    ltis_select,
+)
+from blossom_hf.models.blossomrec.attention_triton import (  # noqa: E402
+    triton_availability,
+    triton_blossom_attention,
+    triton_ltis_select,
+)
+
+
+@pytest.mark.skipif(IN_PROCESS or os.environ.get("BLOSSOM_TRITON_SUBPROCESS") == "1",
+                    reason="the interpreter is active in this process: the tests below run directly")
+def test_interpreter_suite_in_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1", BLOSSOM_TRITON_SUBPROCESS="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve())]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=1800)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, f"interpreter tests failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
+
+
+def _inputs(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths=None, dtype=torch.float32):
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype).requires_grad_()
+
+    num_windows = seq_len // pattern.block_size
+    q = rnd(batch, heads, seq_len, head_dim)
+    k = rnd(batch, groups, seq_len, head_dim)
+    v = rnd(batch, groups, seq_len, head_dim)
+    ck = rnd(batch, groups, num_windows, head_dim)
+    gate = torch.rand(batch, heads, seq_len, 2, generator=gen).requires_grad_()
+    if lengths is None:
+        lengths = torch.randint(1, seq_len + 1, (batch,), generator=gen)
+        lengths[0] = seq_len
+    return q, k, v, ck, gate, torch.as_tensor(lengths)
+
+
+def _close(actual, expected, name, rtol=1e-4, atol=1e-5):
+    peak = expected.detach().abs().max()
+    if peak == 0:  # e.g. d query with a single key per row: exactly 0 in exact arithmetic
+        assert float(actual.detach().abs().max()) <= 10 * atol, f"{name}: expected ~0"
+        return
+    scale = peak
+    torch.testing.assert_close(actual.detach().float() / scale, expected.detach().float() / scale,
+                               rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def _compare(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths=None, dtype=torch.float32,
+             rtol=1e-4, atol=1e-5):
+    q, k, v, ck, gate, lengths = _inputs(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths, dtype)
+    scaling = head_dim**-0.5
+    selected, _ = triton_ltis_select(q, ck, lengths, scaling=scaling, pattern=pattern)
+    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
+    assert out.dtype == dtype and out.shape == q.shape
+    # reference in fp32 from the same (possibly low-precision) values, with the kernel's selection
+    ref_inputs = [x.detach().float().requires_grad_() for x in (q, k, v, ck, gate)]
+    ref = eager_blossom_attention(*ref_inputs, lengths, scaling=scaling, pattern=pattern,
+                                  selected_blocks=selected)
+    _close(out, ref, "output", rtol, atol)
+    padded = torch.arange(seq_len)[None, :] >= lengths[:, None]
+    assert bool((out.detach()[padded[:, None, :, None].expand_as(out)] == 0).all()), "padded rows must be 0"
+    grad_out = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, [q, k, v, ck, gate], grad_out, allow_unused=True)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, grad_out.float(), allow_unused=True)
+    for name, got, want in zip(("query", "key", "value", "compressed_key", "gate"), grads, ref_grads, strict=True):
+        if want is None or not pattern.straight_through and name == "compressed_key":
+            assert got is None or bool((got == 0).all()), f"{name}: expected no gradient"
+            continue
+        assert got is not None, f"{name}: missing gradient"
+        assert got.dtype == (torch.float32 if name == "gate" else dtype)
+        _close(got, want, f"d {name}", rtol, atol)
+
+
+CASES = {
+    # name: (batch, heads, groups, seq_len, head_dim, pattern kwargs)
+    "gqa2_g2": (2, 4, 2, 40, 16, dict(block_size=4, num_selected_blocks=2, stis_window=3)),
+    "mha_g1_no_st": (2, 2, 2, 33, 16, dict(block_size=4, num_selected_blocks=3, stis_window=2,
+                                           straight_through=False)),
+    "g4_sinks": (2, 4, 1, 36, 16, dict(block_size=4, num_selected_blocks=2, stis_window=3, stis_num_sinks=2)),
+    "odd_block_dim24_sinks": (2, 4, 2, 37, 24, dict(block_size=6, num_selected_blocks=3, stis_window=9,
+                                                    stis_num_sinks=3)),
+    "b16_n1": (2, 2, 1, 40, 16, dict(block_size=16, num_selected_blocks=1, stis_window=1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@needs_interpreter
+def test_matches_eager_forward_and_backward(generator, case):
+    batch, heads, groups, seq_len, head_dim, kwargs = CASES[case]
+    pattern = BlossomPattern(compression_window=2 * kwargs["block_size"], **kwargs)
+    _compare(generator, batch, heads, groups, seq_len, head_dim, pattern)
+
+
+@pytest.mark.parametrize("seq_len,lengths", [(1, [1, 1]), (3, [3, 1]), (9, [9, 1, 4])])
+@needs_interpreter
+def test_short_histories(generator, seq_len, lengths):
+    """L < b (no compression window at all, M = 0) and L < 2b; length-1 rows."""
+    pattern = BlossomPattern(block_size=4 if seq_len > 3 else 8, compression_window=16, num_selected_blocks=2,
+                             stis_window=2, stis_num_sinks=1)
+    _compare(generator, len(lengths), 4, 2, seq_len, 16, pattern, lengths=lengths)
+
+
+@needs_interpreter
+def test_fp16_and_bf16(generator):
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
+    _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.float16, rtol=1e-2, atol=1e-2)
+    _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.bfloat16, rtol=1e-2, atol=1e-2)
+
+
+@needs_interpreter
+def test_selection_matches_ltis_select(generator):
+    """Random scores: same selected windows (slot order too) and probabilities as the PyTorch reference,
+    except where two competing scores are a near-tie (< 1e-5 apart)."""
+    batch, heads, groups, seq_len, head_dim = 3, 4, 2, 40, 16
+    pattern = BlossomPattern(block_size=2, compression_window=4, num_selected_blocks=3)
+    q, _, _, ck, _, lengths = _inputs(generator, batch, heads, groups, seq_len, head_dim, pattern)
+    q, ck = q.detach(), ck.detach()
+    scaling = head_dim**-0.5
+    got, got_p = triton_ltis_select(q, ck, lengths, scaling=scaling, pattern=pattern)
+    want, want_p = ltis_select(q, ck, lengths, scaling, pattern)
+    z = ltis_scores(q, ck, scaling)
+    differ = (got != want).any(-1)
+    for b_, g_, t_ in differ.nonzero().tolist():
+        a, w = got[b_, g_, t_], want[b_, g_, t_]
+        assert bool(((a >= 0) == (w >= 0)).all()), f"different number of selected blocks at {(b_, g_, t_)}"
+        gap = (z[b_, g_, t_][a[a >= 0]] - z[b_, g_, t_][w[w >= 0]]).abs().max()
+        assert gap < 1e-5, f"selection differs at {(b_, g_, t_)}: {a.tolist()} vs {w.tolist()} (gap {gap})"
+    same = ~differ[..., None].expand_as(got)
+    torch.testing.assert_close(got_p[same], want_p[same], rtol=1e-5, atol=1e-7)
+
+
+@needs_interpreter
+def test_selection_tie_rule_is_exact(generator):
+    """Small-integer inputs make every score exact in fp32 (any summation order), with many exact ties:
+    the selection must then equal the reference exactly (ties -> larger w, slots by decreasing score)."""
+    batch, heads, groups, seq_len, head_dim = 3, 4, 2, 40, 16
+    pattern = BlossomPattern(block_size=2, compression_window=4, num_selected_blocks=4)
+    q = torch.randint(-1, 2, (batch, heads, seq_len, head_dim), generator=generator).float()
+    ck = torch.randint(-1, 2, (batch, groups, seq_len // 2, head_dim), generator=generator).float()
+    lengths = torch.tensor([seq_len, 17, 2])
+    got, got_p = triton_ltis_select(q, ck, lengths, scaling=0.25, pattern=pattern)
+    want, want_p = ltis_select(q, ck, lengths, 0.25, pattern)
+    z = ltis_scores(q, ck, 0.25)
+    sorted_z = z.sort(-1).values
+    assert bool((sorted_z[..., 1:] == sorted_z[..., :-1]).any()), "the test needs exact ties"
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_p, want_p, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("straight_through", [True, False])
+@needs_interpreter
+def test_whole_model_gradients_match_eager(generator, straight_through):
+    """A 2-layer BlossomRecModel: loss and the gradient of every parameter, eager vs triton (fp32)."""
+    config = tiny_config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_history_length=40,
+                         ltis_block_size=4, ltis_compression_window=8, ltis_num_selected_blocks=2, stis_window=3,
+                         stis_num_sinks=1, ltis_straight_through=straight_through, attn_implementation="eager")
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    eager = BlossomRecModel(config)
+    fused = copy.deepcopy(eager)
+    fused.set_attn_implementation("triton")
+    ids = random_histories(3, 40, config.vocab_size, generator, padding="right")
+    labels = torch.where(ids > 0, torch.randint(1, config.vocab_size, ids.shape, generator=generator), 0)
+    results = []
+    for model in (eager, fused):
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (out_e, grads_e), (out_t, grads_t) = results
+    torch.testing.assert_close(out_t.loss, out_e.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_t.logits, out_e.logits, rtol=1e-4, atol=1e-4)
+    assert grads_t.keys() == grads_e.keys()
+    assert any("compressor" in n for n in grads_e) == straight_through
+    overall = max(float(g.abs().max()) for g in grads_e.values())
+    for name in grads_e:
+        if float(grads_e[name].abs().max()) < 1e-6 * overall:
+            # exactly 0 in exact arithmetic (compressor.fc2.bias: softmax is shift invariant); rounding only
+            assert float(grads_t[name].abs().max()) < 1e-6 * overall, name
+            continue
+        _close(grads_t[name], grads_e[name], name)
+
+
+@needs_interpreter
+def test_full_attention_is_refused():
+    config = tiny_config(attention_type="full", attn_implementation="triton")
+    model = BlossomRecModel(config)
+    with pytest.raises(NotImplementedError, match="sdpa"):
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+@needs_interpreter
+def test_clear_errors(generator):
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
+    q, k, v, ck, gate, lengths = _inputs(generator, 1, 2, 1, 8, 16, pattern)
+    call = dict(scaling=0.25, pattern=pattern)
+    with pytest.raises(ValueError, match="head dims 16..128"):
+        triton_blossom_attention(q[..., :8], k[..., :8], v[..., :8], ck[..., :8], gate, lengths, **call)
+    with pytest.raises(TypeError, match="float16, bfloat16 and float32"):
+        triton_blossom_attention(q.double(), k.double(), v.double(), ck, gate, lengths, **call)
+    with pytest.raises(TypeError, match="one dtype"):
+        triton_blossom_attention(q, k.half(), v, ck, gate, lengths, **call)
+    with pytest.raises(ValueError, match="compressed_key"):
+        triton_blossom_attention(q, k, v, ck[:, :, :1], gate, lengths, **call)
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        triton_blossom_attention(q[:, :1], k.expand(1, 2, 8, 16), v.expand(1, 2, 8, 16),
+                                 ck.expand(1, 2, 2, 16), gate[:, :1], lengths, **call)
+    assert triton_availability() is None
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setenv("TRITON_INTERPRET", "0")
+        if not torch.cuda.is_available():
+            assert "CUDA" in triton_availability()
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            triton_blossom_attention(q, k, v, ck, gate, lengths, **call)
+    finally:
+        mp.undo()
