@@ -289,32 +289,40 @@ def compute_sample_scores(model: torch.nn.Module, histories: Sequence[Sequence[A
 
 
 def check_sample_scores(model: torch.nn.Module, expected: Mapping[str, Any], atol: float = 1e-4) -> list[str]:
-    """Recompute ``expected`` (a ``sample_scores.json``) with ``model``; return the differences (empty = same).
-
-    Scores must agree within ``atol`` (plus 1e-5 relative); the top-k ids must be the same, except that
-    items whose scores lie within ``atol`` of each other may swap places.
-    """
+    """Recompute ``expected`` (a ``sample_scores.json``) with ``model``; return the differences (empty = same)."""
     if expected.get("format") != SAMPLE_SCORES_FORMAT:
         return [f"not a sample-scores record (format {expected.get('format')!r})"]
+    got = model.recommend([s["history"] for s in expected["samples"]], k=int(expected["k"]))
+    return compare_sample_scores(expected, [r.items for r in got], [r.scores for r in got], atol)
+
+
+def compare_sample_scores(
+    expected: Mapping[str, Any], items: Sequence[Sequence[Any]], scores: Sequence[Sequence[float]], atol: float = 1e-4
+) -> list[str]:
+    """Differences between ``expected`` (a ``sample_scores.json``) and recomputed top-k ``items``/``scores``.
+
+    Scores must agree within ``atol`` (plus 1e-5 relative); the ids must be the same, except that items whose
+    scores lie within that tolerance of each other may swap places.
+    """
+    samples = expected.get("samples") or []
+    if len(items) != len(samples) or len(scores) != len(samples):
+        return [f"expected {len(samples)} histories, got {len(items)}"]
     problems: list[str] = []
-    k = int(expected["k"])
-    histories = [s["history"] for s in expected["samples"]]
-    got = model.recommend(histories, k=k)
-    for index, (sample, recs) in enumerate(zip(expected["samples"], got, strict=True)):
+    for index, (sample, got_items, got_scores) in enumerate(zip(samples, items, scores, strict=True)):
+        if len(got_items) != len(sample["items"]):
+            problems.append(f"history {index}: {len(got_items)} items, expected {len(sample['items'])}")
+            continue
         tol = atol + 1e-5 * max(abs(s) for s in sample["scores"])
+        got = {str(i): float(s) for i, s in zip(got_items, got_scores, strict=True)}
         for rank, (item, score) in enumerate(zip(sample["items"], sample["scores"], strict=True)):
-            if rank < len(recs.items) and recs.items[rank] == item:
-                if abs(recs.scores[rank] - score) > tol:
-                    problems.append(f"history {index}, rank {rank + 1}: item {item!r} scores "
-                                    f"{recs.scores[rank]:.6g}, expected {score:.6g}")  # fmt: skip
-                continue
-            near = [s for i, s in zip(recs.items, recs.scores, strict=True) if i == item]
-            if near and abs(near[0] - score) <= tol and abs(recs.scores[rank] - score) <= 2 * tol:
-                continue  # a near tie swapped
-            problems.append(
-                f"history {index}, rank {rank + 1}: got item {recs.items[rank]!r} "
-                f"(score {recs.scores[rank]:.6g}), expected {item!r} (score {score:.6g})"
-            )
+            here_item, here_score = got_items[rank], float(got_scores[rank])
+            if str(here_item) == str(item):
+                if abs(here_score - score) > tol:
+                    problems.append(f"history {index}, rank {rank + 1}: item {item!r} scores {here_score:.6g}, "
+                                    f"expected {score:.6g}")  # fmt: skip
+            elif not (str(item) in got and abs(got[str(item)] - score) <= tol and abs(here_score - score) <= 2 * tol):
+                problems.append(f"history {index}, rank {rank + 1}: got item {here_item!r} (score {here_score:.6g}), "
+                                f"expected {item!r} (score {score:.6g})")  # fmt: skip
     return problems
 
 
@@ -729,6 +737,7 @@ __all__ = [
     "build_model_card",
     "check_folder_contents",
     "check_sample_scores",
+    "compare_sample_scores",
     "compute_sample_scores",
     "dataset_key",
     "default_sample_histories",

@@ -1,0 +1,274 @@
+"""Hub export: the folder's files, the model card and its model-index, loading through both AutoModel routes
+(library; trust_remote_code without blossom_hf), through a Hub-compatible server and then offline from the
+cache, damaged files, push_to_hub --dry-run, and every bundled checkpoint under model_cards/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from hub_server import LocalHub, olah_missing_reason
+from hub_testing import (
+    USER_PREFIX,
+    bundled_checkpoints,
+    load_script,
+    run_loader,
+    tiny_training_run,
+    write_interactions,
+)
+from huggingface_hub import ModelCard
+from transformers import AutoModel
+
+import blossom_hf  # noqa: F401  (registers the Auto classes)
+from blossom_hf.hub import (
+    DEFAULT_TAGS,
+    KNOWN_DATASETS,
+    CardOptions,
+    HubExportError,
+    build_model_card,
+    check_folder_contents,
+    check_sample_scores,
+    compare_sample_scores,
+    export_hub_folder,
+    reported_test_metrics,
+)
+
+REPO_ID = "org/blossomrec-tiny"
+EXPECTED_FILES = {"config.json", "model.safetensors", "item_vocabulary.json", "README.md", "metrics.json",
+                  "sample_scores.json", "configuration_blossomrec.py", "modeling_blossomrec.py",
+                  "item_vocabulary.py", "registry.py", "attention_patterns.py", "attention_eager.py",
+                  "attention_sdpa.py"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_run")
+    log = write_interactions(root / "log.csv")
+    model, record = tiny_training_run(root / "run", log)
+    return root, model, record
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run):
+    root, model, _ = tiny_run
+    return export_hub_folder(model, root / "export" / "blossomrec-tiny", root / "run" / "metrics.json", repo_id=REPO_ID)
+
+
+def _samples(folder):
+    return json.loads((folder / "sample_scores.json").read_text())
+
+
+def _check_card(folder, metrics):
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert set(DEFAULT_TAGS) <= set(data["tags"])
+    results = {(r.dataset_config, r.metric_type): r for r in card.data.eval_results}
+    expected = reported_test_metrics(metrics)
+    assert {protocol for protocol, _ in results} == set(expected), "one model-index entry per protocol"
+    for protocol, values in expected.items():
+        for key, value in values.items():
+            if key.startswith("recall@"):
+                continue  # = hit@K, listed once
+            result = results[(protocol, key.replace("@", "_at_"))]
+            assert result.metric_value == pytest.approx(value, abs=1e-6)
+            assert result.dataset_split == "test" and result.task_type == "sequential-recommendation"
+    for heading in ("Results", "How to use", "Intended use", "Evaluation protocol", "Training procedure",
+                    "Hardware and software", "Limitations", "Data terms", "Citation"):  # fmt: skip
+        assert f"\n## {heading}\n" in card.text, heading
+    assert "2512.13368" in card.text
+    return card
+
+
+# --------------------------------------------------------------------------------------------------
+# the exported folder
+
+
+def test_export_writes_exactly_a_hub_repo(exported, tiny_run):
+    root, model, _ = tiny_run
+    names = set(check_folder_contents(exported))
+    assert EXPECTED_FILES <= names
+    assert all(name in EXPECTED_FILES or name.endswith(".py") for name in names), names
+    config = json.loads((exported / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_blossomrec.BlossomRecModel"
+    assert "attn_implementation" not in config and "_attn_implementation" not in config
+    samples = _samples(exported)
+    assert samples["k"] == 10 and len(samples["samples"]) == 3
+    assert all(len(s["items"]) == 10 for s in samples["samples"])
+    # nothing about the data or the machine: no user id, no interaction line, no local path
+    for path in exported.iterdir():
+        if path.suffix in (".json", ".md"):
+            text = path.read_text()
+            assert USER_PREFIX not in text, f"a user id leaked into {path.name}"
+            assert str(root) not in text and "/tmp/" not in text, f"a local path leaked into {path.name}"
+    assert "model.safetensors" in names and not list(exported.glob("*.bin"))
+
+
+def test_card_metadata_parses_and_matches_metrics(exported):
+    metrics = json.loads((exported / "metrics.json").read_text())
+    card = _check_card(exported, metrics)
+    assert card.data.to_dict()["model-index"][0]["name"] == "blossomrec-tiny"
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card.text
+    assert "custom interaction log" in card.text and card.data.datasets is None
+
+
+@pytest.mark.parametrize("key", sorted(KNOWN_DATASETS))
+def test_card_credits_the_dataset(exported, key):
+    metrics = json.loads((exported / "metrics.json").read_text())
+    metrics["data"]["data_spec"]["path"] = key
+    card = build_model_card(metrics, CardOptions(model_name=f"blossomrec-{key}"))
+    assert card.data.datasets == [KNOWN_DATASETS[key].dataset_id]
+    assert all(r.dataset_type == KNOWN_DATASETS[key].dataset_id for r in card.data.eval_results)
+    if key.startswith("ml-"):
+        assert "Harper" in card.text and "do not endorse" in card.text and "Research use only" in card.text
+    else:
+        assert "He & McAuley (WWW 2016)" in card.text and "SIGIR 2015" in card.text
+    if KNOWN_DATASETS[key].published:
+        assert KNOWN_DATASETS[key].published in card.text
+    ModelCard(str(card))  # round-trips through the parser
+
+
+def test_library_route_reproduces_sample_scores(exported):
+    model = AutoModel.from_pretrained(exported)
+    assert type(model).__module__.startswith("blossom_hf.")
+    assert check_sample_scores(model, _samples(exported)) == []
+
+
+def test_remote_code_route_reproduces_sample_scores(exported, tmp_path):
+    result = run_loader("remote", str(exported), exported / "sample_scores.json", tmp_path / "hf",
+                        HF_HUB_OFFLINE="1")["remote"]  # fmt: skip
+    assert result["module"].startswith("transformers_modules") and not result["blossom_hf_imported"]
+    assert compare_sample_scores(_samples(exported), result["items"], result["scores"]) == []
+
+
+def test_sample_score_check_catches_a_different_model(exported, tiny_run):
+    model = AutoModel.from_pretrained(exported)
+    with __import__("torch").no_grad():
+        model.item_embeddings.weight[1:] = model.item_embeddings.weight[1:].flip(0)
+    assert check_sample_scores(model, _samples(exported)), "a changed model must not pass"
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_export_refuses_bad_input(tiny_run, exported, tmp_path):
+    root, model, record = tiny_run
+    with pytest.raises(HubExportError, match="no 'test' results"):
+        export_hub_folder(model, tmp_path / "a", {"valid": {}})
+    with pytest.raises(HubExportError, match="is not empty; pass overwrite=True"):
+        export_hub_folder(model, exported, record)
+    stray = tmp_path / "b"
+    stray.mkdir()
+    (stray / "ratings.dat").write_text("1::1::5::0\n")
+    with pytest.raises(HubExportError, match="refusing to overwrite"):
+        export_hub_folder(model, stray, record, overwrite=True)
+    vocabulary, model.vocabulary = model.vocabulary, None
+    try:
+        with pytest.raises(HubExportError, match="model.vocabulary is not set"):
+            export_hub_folder(model, tmp_path / "c", record)
+    finally:
+        model.vocabulary = vocabulary
+    copy = tmp_path / "d"
+    shutil.copytree(exported, copy)
+    (copy / "train.csv").write_text("user,item\n")
+    with pytest.raises(HubExportError, match="unexpected entries"):
+        check_folder_contents(copy)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_damaged_weights_give_a_clear_error(exported, tmp_path, damage):
+    folder = tmp_path / "repo"
+    shutil.copytree(exported, folder)
+    weights = folder / "model.safetensors"
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else blob[:8] + b"\xff" * 64 + blob[72:])
+    with pytest.raises(OSError, match=r"Cannot read the weights in .*model\.safetensors: the file is damaged or "
+                                      r"incomplete .*download it again"):  # fmt: skip
+        AutoModel.from_pretrained(folder)
+
+
+def test_future_format_and_mismatched_vocabulary_give_clear_errors(exported, tmp_path):
+    folder = tmp_path / "repo"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["blossomrec_format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format version 99, newer than the 1 this code reads. Upgrade"):
+        AutoModel.from_pretrained(folder)
+    config["blossomrec_format_version"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    vocabulary = json.loads((folder / "item_vocabulary.json").read_text())
+    vocabulary["items"] = vocabulary["items"][:-1]
+    (folder / "item_vocabulary.json").write_text(json.dumps(vocabulary))
+    with pytest.raises(ValueError, match="item_vocabulary.json has .* items but the model's vocab_size is"):
+        AutoModel.from_pretrained(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# push and serve
+
+
+def test_push_to_hub_dry_run_lists_files_and_sizes(exported, capsys, tmp_path):
+    push = load_script("push_to_hub")
+    argv = [str(exported), "--repo-id", REPO_ID, "--dry-run", "--private", "--revision", "dev",
+            "--endpoint", "http://127.0.0.1:9"]  # fmt: skip
+    assert push.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"Would upload {len(list(exported.iterdir()))} files" in out
+    assert f"to {REPO_ID}@dev (private) on http://127.0.0.1:9" in out and "Dry run: nothing uploaded." in out
+    for path in exported.iterdir():
+        assert path.name in out
+    assert "model.safetensors" in out and "KB" in out
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "model.safetensors").unlink()
+    assert push.main([str(broken), "--repo-id", REPO_ID, "--dry-run"]) == 2
+    assert "missing ['model.safetensors']" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(olah_missing_reason() is not None, reason=str(olah_missing_reason()))
+def test_resolves_through_a_hub_server_then_offline_from_the_cache(exported, tmp_path):
+    hub = LocalHub(tmp_path / "hub")
+    commit = hub.add_repo(REPO_ID, exported)
+    hf_home = tmp_path / "hf_home"
+    expected = _samples(exported)
+    hub.start()
+    try:
+        loaded = run_loader("remote,library", REPO_ID, exported / "sample_scores.json", hf_home,
+                            HF_ENDPOINT=hub.endpoint)  # fmt: skip
+    finally:
+        hub.stop()
+    online, library = loaded["remote"], loaded["library"]
+    assert online["module"].startswith("transformers_modules") and not online["blossom_hf_imported"]
+    assert library["module"].startswith("blossom_hf.")
+    snapshot = hf_home / "hub" / "models--org--blossomrec-tiny" / "snapshots" / commit
+    assert (snapshot / "model.safetensors").is_file() and (snapshot / "item_vocabulary.json").is_file()
+    offline = run_loader("remote", REPO_ID, exported / "sample_scores.json", hf_home, HF_ENDPOINT=hub.endpoint,
+                         HF_HUB_OFFLINE="1")["remote"]  # fmt: skip
+    for result in (online, library, offline):
+        assert compare_sample_scores(expected, result["items"], result["scores"]) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# bundled checkpoints (model_cards/*/), once they exist
+
+BUNDLED = bundled_checkpoints()
+
+
+@pytest.mark.parametrize(
+    "folder",
+    BUNDLED or [pytest.param(None, marks=pytest.mark.skip(reason="no bundled checkpoint under model_cards/ yet"))],
+    ids=[p.name for p in BUNDLED] or ["none"],
+)
+def test_bundled_checkpoint(folder, tmp_path):
+    check_folder_contents(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    _check_card(folder, metrics)
+    samples = _samples(folder)
+    assert check_sample_scores(AutoModel.from_pretrained(folder), samples) == []
+    result = run_loader("remote", str(folder), folder / "sample_scores.json", tmp_path / "hf",
+                        HF_HUB_OFFLINE="1")["remote"]  # fmt: skip
+    assert not result["blossom_hf_imported"]
+    assert compare_sample_scores(samples, result["items"], result["scores"]) == []
