@@ -245,6 +245,7 @@ def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, *
         "metric_for_best_model": rec.early_stopping_metric,
         "greater_is_better": True,
         "save_total_limit": 2,
+        "restore_callback_states_from_checkpoint": True,  # the early-stopping counter survives a resume
         "learning_rate": 1e-3,
         "weight_decay": 0.0,
         "lr_scheduler_type": "constant",

@@ -235,17 +235,11 @@ def load_interactions(
         path = preset_path(path_str, data_dir)
         if format == "auto":
             format = preset.format
-        for key, value in preset.options.items():
-            if key == "user_col" and user_col is None:
-                user_col = value
-            elif key == "item_col" and item_col is None:
-                item_col = value
-            elif key == "time_col" and time_col is None:
-                time_col = value
-            elif key == "order_col" and order_col is None:
-                order_col = value
-            elif key == "rating_col" and rating_col is None:
-                rating_col = value
+        user_col = user_col or preset.options.get("user_col")
+        item_col = item_col or preset.options.get("item_col")
+        time_col = time_col or preset.options.get("time_col")
+        order_col = order_col or preset.options.get("order_col")
+        rating_col = rating_col or preset.options.get("rating_col")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"interaction file {path} does not exist (known presets: {', '.join(PRESETS)})")
