@@ -128,11 +128,18 @@ def unknown_id_hint(raw: str, vocabulary: Any, titles: dict[str, str]) -> str:
         return (f"{raw} is {titles[raw]!r} in the catalogue, but the model never saw it in training, so it cannot "
                 "use it; drop it or pass --unknown skip")  # fmt: skip
     if titles:
-        by_title = {title.lower(): item for item, title in titles.items() if item in vocabulary}
-        close = difflib.get_close_matches(raw.lower(), list(by_title), n=3, cutoff=0.5)
+        from blossom_hf.catalogs import normalize_title
+
+        by_key: dict[str, list[str]] = {}
+        for item, title in titles.items():
+            if item in vocabulary:
+                by_key.setdefault(normalize_title(title)[0], []).append(item)
+        query = normalize_title(raw)[0]
+        keys = ([query] if query in by_key else []) + difflib.get_close_matches(query, list(by_key), n=3, cutoff=0.6)
+        close = list(dict.fromkeys(item for key in keys for item in by_key[key]))[:3]
         if close:
             return "ids, not titles, are expected; did you mean " + ", ".join(
-                f"{by_title[c]} ({titles[by_title[c]]})" for c in close
+                f"{item} ({titles[item]})" for item in close
             ) + "?"
     return (f"item ids are the raw ids of the model's training data (item_vocabulary.json: {len(vocabulary)} items, "
             f"e.g. {examples}); pass --unknown skip to ignore unknown ones")  # fmt: skip
