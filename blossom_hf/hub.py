@@ -19,6 +19,7 @@ the training command, hardware and software, limitations, the data's terms and t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -663,33 +664,46 @@ def export_hub_folder(
         dataset = KNOWN_DATASETS[dataset]
     if card_options is None:
         card_options = CardOptions(model_name=model_name or folder.resolve().name, repo_id=repo_id, dataset=dataset)
+    else:
+        card_options = dataclasses.replace(card_options)  # filled in below; the caller's copy stays as it was
     if card_options.dataset is None:
         key = dataset_key(record)
         card_options.dataset = KNOWN_DATASETS.get(key) if key else None
-    _prepare_folder(folder, overwrite)
-
-    record = redact_paths(record)
-    model.save_pretrained(folder, remote_code=True)
-    (folder / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    _check_target(folder, overwrite)
     key = card_options.dataset.key if card_options.dataset else None
     histories = [list(h) for h in sample_histories] if sample_histories is not None else \
         default_sample_histories(vocabulary, key)  # fmt: skip
     samples = compute_sample_scores(model, histories)
     if card_options.example_history is None:
         card_options.example_history = histories[0]
-    (folder / SAMPLE_SCORES_FILE).write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")
-    build_model_card(record, card_options).save(folder / CARD_FILE)
-    check_folder_contents(folder)
-    if verify:
-        reloaded = type(model).from_pretrained(folder)
-        problems = check_sample_scores(reloaded, samples)
-        if problems:
-            raise HubExportError(f"{folder}: the reloaded model does not reproduce sample_scores.json: {problems[:3]}")
+    record = redact_paths(record)
+
+    # Write next to the target and swap at the end, so a failed export never leaves half a folder behind.
+    staging = folder.parent / f".{folder.name}.export-tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        model.save_pretrained(staging, remote_code=True)
+        (staging / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (staging / SAMPLE_SCORES_FILE).write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")
+        build_model_card(record, card_options).save(staging / CARD_FILE)
+        check_folder_contents(staging)
+        if verify:
+            problems = check_sample_scores(type(model).from_pretrained(staging), samples)
+            if problems:
+                raise HubExportError(f"the reloaded model does not reproduce sample_scores.json: {problems[:3]}")
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     logger.info("Exported %s (%s)", folder, ", ".join(sorted(p.name for p in folder.iterdir())))
     return folder
 
 
-def _prepare_folder(folder: Path, overwrite: bool) -> None:
+def _check_target(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise HubExportError(f"{folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()):
@@ -700,8 +714,6 @@ def _prepare_folder(folder: Path, overwrite: bool) -> None:
             raise HubExportError(
                 f"{folder} holds files an export does not write ({unexpected[:5]}); refusing to overwrite it"
             )
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _is_hub_file(path: Path) -> bool:

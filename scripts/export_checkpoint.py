@@ -55,13 +55,16 @@ def main(argv: list[str] | None = None) -> Path:
     checkpoint = Path(args.model) if args.model else run_dir / "best_model"
     if not (checkpoint / "config.json").is_file():
         raise SystemExit(f"export_checkpoint.py: no checkpoint at {checkpoint} (expected the run's best_model/)")
-    metrics = load_metrics(run_dir)
-    histories = json.loads(args.sample_histories) if args.sample_histories else None
-    model = BlossomRecModel.from_pretrained(checkpoint)
-    folder = export_hub_folder(
-        model, args.target, metrics, model_name=args.model_name, repo_id=args.repo_id, dataset=args.dataset,
-        sample_histories=histories, overwrite=args.overwrite,
-    )  # fmt: skip
+    try:
+        metrics = load_metrics(run_dir)
+        histories = json.loads(args.sample_histories) if args.sample_histories else None
+        model = BlossomRecModel.from_pretrained(checkpoint)
+        folder = export_hub_folder(
+            model, args.target, metrics, model_name=args.model_name, repo_id=args.repo_id, dataset=args.dataset,
+            sample_histories=histories, overwrite=args.overwrite,
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError) as err:  # HubExportError, UnknownItemError, JSON errors
+        raise SystemExit(f"export_checkpoint.py: error: {err}") from None
     total = sum(p.stat().st_size for p in folder.iterdir())
     LOGGER.info("Wrote %s (%d files, %.1f MB); check it with: python scripts/recommend.py --model %s 1 2 3",
                 folder, len(list(folder.iterdir())), total / 1e6, folder)  # fmt: skip

@@ -159,6 +159,11 @@ def test_export_refuses_bad_input(tiny_run, exported, tmp_path):
         export_hub_folder(model, tmp_path / "a", {"valid": {}})
     with pytest.raises(HubExportError, match="is not empty; pass overwrite=True"):
         export_hub_folder(model, exported, record)
+    before = sorted(p.name for p in exported.iterdir())
+    with pytest.raises(KeyError, match="unknown item id 'no-such-item'"):
+        export_hub_folder(model, exported, record, overwrite=True, sample_histories=[["no-such-item"]])
+    assert sorted(p.name for p in exported.iterdir()) == before, "a failed export leaves the old one intact"
+    assert not list(exported.parent.glob(".*export-tmp"))
     stray = tmp_path / "b"
     stray.mkdir()
     (stray / "ratings.dat").write_text("1::1::5::0\n")
