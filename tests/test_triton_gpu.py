@@ -95,9 +95,9 @@ def test_parity_paper_shapes(dtype, seq_len, batch):
         assert err < (out_tol if name == "output" else grad_tol), (name, errors)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("heads,groups,head_dim,sinks,st", [(4, 4, 64, 2, True), (8, 1, 40, 3, False),
-                                                             (2, 2, 128, 0, True)])
+@pytest.mark.parametrize("heads,groups,head_dim,sinks,st,dtype", [
+    (4, 4, 64, 2, True, torch.bfloat16), (8, 1, 40, 3, False, torch.float32), (2, 2, 128, 0, True, torch.bfloat16),
+], ids=["mha_d64_sinks_bf16", "g8_d40_noST_fp32", "d128_bf16"])
 def test_parity_other_shapes(dtype, heads, groups, head_dim, sinks, st):
     pattern = BlossomPattern(block_size=16, compression_window=32, num_selected_blocks=3, stis_window=5,
                              stis_num_sinks=sinks, straight_through=st)

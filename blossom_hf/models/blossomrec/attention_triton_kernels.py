@@ -233,9 +233,9 @@ if triton is not None:
                 cmask = cok[:, None] & dmask[None, :]
                 kc = tl.load(kb + jc[:, None] * skt + d[None, :] * skd, mask=cmask, other=0.0)
                 vc = tl.load(vb + jc[:, None] * svt + d[None, :] * svd, mask=cmask, other=0.0)
-                s = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale
-                mask = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
-                m_l, l_l, acc_l = _softmax_update(s, mask, m_l, l_l, acc_l, vc, PREC)
+                s_k = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale
+                mask_k = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
+                m_l, l_l, acc_l = _softmax_update(s_k, mask_k, m_l, l_l, acc_l, vc, PREC)
             # ---------------- STIS: window, far powers of two, sinks ----------------
             m_s = tl.full([R], -1.0e30, tl.float32)
             l_s = tl.zeros([R], dtype=tl.float32)
@@ -365,10 +365,10 @@ if triton is not None:
                 cmask = cok[:, None] & dmask[None, :]
                 kc = tl.load(kb + jc[:, None] * skt + d[None, :] * skd, mask=cmask, other=0.0)
                 vc = tl.load(vb + jc[:, None] * svt + d[None, :] * svd, mask=cmask, other=0.0)
-                mask = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
-                dq, ds, s = _bwd_q_part(q, do, kc, vc, mask, lse_l, alpha, da, dq, scale, PREC)
+                mask_k = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
+                dq, ds_k, s_k = _bwd_q_part(q, do, kc, vc, mask_k, lse_l, alpha, da, dq, scale, PREC)
                 if ST:
-                    u = tl.sum(ds * s, 1)
+                    u = tl.sum(ds_k * s_k, 1)
                     dp_row = tl.where(pcols[None, :] == k, u[:, None], dp_row)
             if ST:
                 qidx = tl.arange(0, BQP)
