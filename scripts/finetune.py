@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 from pathlib import Path
@@ -232,7 +231,16 @@ def finetuning_section(finetuning: dict[str, Any]) -> str:
         return (f"Trained from scratch with the architecture of `{base}` (random weights, no transfer), as the "
                 "baseline for the fine-tuned model trained the same way on the same data.")  # fmt: skip
     vocab = finetuning["vocabulary"]
-    mapping = finetuning.get("mapping") or {"source": "identity (equal raw ids are the same item)"}
+    mapping = finetuning.get("mapping") or {"source": "identity"}
+    if mapping["source"] == "titles":
+        stages = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in mapping["stages"].items())
+        matching = (f"by title and year: {mapping['matched_new_items']} of {mapping['new_items']} catalogue items "
+                    f"matched ({100 * mapping['match_rate']:.1f}%; {stages}), {mapping['ambiguous_new']} "
+                    f"ambiguous and {mapping['unmatched_new']} unmatched left out")  # fmt: skip
+    elif mapping["source"] == "file":
+        matching = f"by the mapping file `{mapping['file']}` ({vocab['mapping_pairs']} pairs)"
+    else:
+        matching = "by raw id (equal ids are the same item)"
     lines = [
         f"Fine-tuned from `{base}`: every encoder weight starts from the pretrained model; the item embedding "
         "was carried over to this dataset's items.",
@@ -242,7 +250,7 @@ def finetuning_section(finetuning: dict[str, Any]) -> str:
         f"N(0, {vocab['init_std']}).",
         f"- Pretrained items without data here: {vocab['old_kept']} kept, {vocab['old_dropped']} dropped "
         f"(of {vocab['old_items']}).",
-        f"- Item matching: {json.dumps(mapping)}.",
+        f"- Items matched {matching}.",
     ]
     return "\n".join(lines)
 
