@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import SHARED_DATA, tiny_config
-from hub_testing import load_script, write_interactions
+from hub_testing import isolate_pattern_cache, load_script, write_interactions  # noqa: F401
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
@@ -50,6 +50,8 @@ def _assert_encoder_kept(old, new):
     for key, value in old_state.items():
         if key != "item_embeddings.weight":
             assert torch.equal(value, new_state[key]), key
+
+pytestmark = pytest.mark.usefixtures("isolate_pattern_cache")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 from hub_server import LocalHub, olah_missing_reason
-from hub_testing import (
+from hub_testing import (  # noqa: F401  (isolate_pattern_cache is a fixture)
     USER_PREFIX,
     bundled_checkpoints,
+    isolate_pattern_cache,
     load_script,
     run_loader,
     tiny_training_run,
@@ -79,6 +80,8 @@ def _check_card(folder, metrics):
         assert f"\n## {heading}\n" in card.text, heading
     assert "2512.13368" in card.text
     return card
+
+pytestmark = pytest.mark.usefixtures("isolate_pattern_cache")
 
 
 # --------------------------------------------------------------------------------------------------
