@@ -94,6 +94,11 @@ def flex_dense_forward(module, query, key, value, attention_mask, scaling, dropo
     return torch.where(real, out, 0.0).transpose(1, 2).contiguous(), None
 
 
+# every (L, batch) pair is a new shape for torch.compile: keep dynamo from falling back to the unfused
+# (L x L) FlexAttention after its default 8 recompiles
+torch._dynamo.config.recompile_limit = 256
+torch._dynamo.config.accumulated_recompile_limit = 4096
+
 register_attention_backend("flex_dense", flex_dense_forward, overwrite=True,
                            description="dense causal FlexAttention with GQA (benchmark baseline)")
 
@@ -376,6 +381,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", default=None, help="subset of layer rows (by key prefix)")
     parser.add_argument("--no-ops", action="store_true", help="skip the attention-operator-only table")
     parser.add_argument("--profile", type=int, nargs="*", default=[], help="profile the triton layer at these L")
+    parser.add_argument("--warps-sweep", type=int, nargs="*", default=[],
+                        help="also time the triton operator alone with these num_warps values")
     parser.add_argument("--out-dir", type=Path, default=Path("."))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -403,6 +410,18 @@ def main() -> None:
                 res = _run(f"op only: {which}", op_case, seq_len, which, args.warmup, args.steps)
                 results["ops"].setdefault(which, {})[str(seq_len)] = res
             save()
+    if args.warps_sweep:
+        from blossom_hf.models.blossomrec import attention_triton
+
+        default = attention_triton.NUM_WARPS
+        for seq_len in args.lengths:
+            for warps in args.warps_sweep:
+                attention_triton.NUM_WARPS = warps
+                res = _run(f"op only: triton num_warps={warps} L={seq_len}", op_case, seq_len, "triton",
+                           args.warmup, args.steps)
+                results.setdefault("warps_sweep", {}).setdefault(str(warps), {})[str(seq_len)] = res
+            save()
+        attention_triton.NUM_WARPS = default
     for seq_len in args.model_lengths:
         print(f"whole model, L={seq_len} B={TOKENS // seq_len}", flush=True)
         for key, attention_type, backend in MODEL_ROWS:

@@ -30,6 +30,8 @@ from .registry import register_attention_backend
 __all__ = ["triton_blossom_attention", "triton_attention_forward", "triton_availability", "triton_ltis_select"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: warps per program of every kernel (a tuning knob; scripts/benchmark.py --warps-sweep measures it)
+NUM_WARPS = 4
 _MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 128
 
 
@@ -138,14 +140,18 @@ def _check_inputs(query, key, value, compressed_key, gate, lengths, pattern) -> 
 class _Geometry:
     """Tile sizes and compile-time constants of one call (see the kernels' docstrings)."""
 
-    def __init__(self, heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomPattern):
+    def __init__(self, heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomPattern,
+                 itemsize: int = 2):
         g = heads // groups
         gp = next_pow2(g)
         b, w, n, s = pattern.block_size, pattern.stis_window, pattern.num_selected_blocks, pattern.stis_num_sinks
         self.g = g
         self.DP = max(16, next_pow2(head_dim))
-        # query-major kernels: BQ queries x g heads = R rows (R >= 16 for the tensor cores)
-        self.BQ = max(1, 16 // gp)
+        # query-major kernels: BQ queries x g heads = R rows (R >= 16 for the tensor cores). A gathered
+        # key tile holds BQ x b keys; its size is capped at 32 KiB (with g = 1 and head dim 128 an uncapped
+        # 256 x 128 tile overflowed the H200's shared memory: 274 KB needed, 232 KB available).
+        tile_cap = max(1, 32768 // (next_pow2(b) * self.DP * itemsize))
+        self.BQ = max(1, min(16 // gp, tile_cap))
         self.R = max(16, next_pow2(self.BQ * g))
         self.BQP = max(2, self.BQ)
         self.BP = max(next_pow2(b), -(-16 // self.BQ))
@@ -175,7 +181,7 @@ class _Geometry:
         self.NFK = nfk
         self.BP5 = max(16, next_pow2(b))
         self.CH = 256
-        self.num_warps = 4
+        self.num_warps = NUM_WARPS
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -240,7 +246,7 @@ class _BlossomTritonFunction(torch.autograd.Function):
         kern = _kernels()
         batch, heads, seq_len, head_dim = query.shape
         groups = key.shape[1]
-        geo = _Geometry(heads, groups, seq_len, head_dim, pattern)
+        geo = _Geometry(heads, groups, seq_len, head_dim, pattern, query.element_size())
         device = query.device
         lens = lengths.to(device=device, dtype=torch.int32).clamp(0, seq_len).contiguous()
         sel, psel, lse_z = _select(kern, geo, query, compressed_key, lens, scaling, pattern, selected_blocks)
@@ -394,7 +400,7 @@ def triton_ltis_select(
         query, compressed_key = query.float(), compressed_key.float()
     kern = _kernels()
     batch, heads, seq_len, head_dim = query.shape
-    geo = _Geometry(heads, compressed_key.shape[1], seq_len, head_dim, pattern)
+    geo = _Geometry(heads, compressed_key.shape[1], seq_len, head_dim, pattern, query.element_size())
     lens = lengths.to(device=query.device, dtype=torch.int32).clamp(0, seq_len).contiguous()
     sel, psel, _ = _select(kern, geo, query, compressed_key, lens, scaling, pattern, None)
     return sel.long(), psel
