@@ -194,6 +194,8 @@ class RecTrainingConfig:
         negatives_seed: seed of the one-time draw of ``uniN`` negatives (independent of the training
             seed, so runs with different seeds are ranked on the same candidates).
         cutoffs: the K of the metrics.
+        time_limit_minutes: stop training (then evaluate the best checkpoint as usual) once this much
+            wall-clock time has passed; ``metrics.json`` records whether the limit ended the run.
     """
 
     example_style: ExampleStyle = "sasrec"
@@ -208,6 +210,7 @@ class RecTrainingConfig:
     exclude_history: bool = False
     negatives_seed: int = 0
     cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+    time_limit_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.example_style not in ("sasrec", "recbole"):
@@ -223,6 +226,8 @@ class RecTrainingConfig:
             )
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -296,6 +301,28 @@ class EpochTimerCallback(TrainerCallback):
                 }
             )
             logger.info("epoch %.0f trained in %.1f s", state.epoch or 0.0, seconds)
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Stops training once ``minutes`` of wall-clock time have passed since training began."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60.0
+        self.started = time.perf_counter()
+        self.triggered = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.triggered and time.perf_counter() - self.started > self.seconds:
+            self.triggered = True
+            logger.warning("time limit of %.1f min reached at step %d: stopping training", self.seconds / 60,
+                           state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+        return control
 
 
 class SequentialRecTrainer(Trainer):
@@ -450,13 +477,18 @@ def run_training(
     )  # fmt: skip
     model.vocabulary = data.item_vocabulary()
     evaluation_sets = build_evaluation_sets(split, rec.eval_protocols, rec.negatives_seed)
+    callbacks: list[TrainerCallback] = [EarlyStoppingCallback(early_stopping_patience=rec.patience),
+                                        EpochTimerCallback()]
+    time_limit = TimeLimitCallback(rec.time_limit_minutes) if rec.time_limit_minutes else None
+    if time_limit is not None:
+        callbacks.append(time_limit)
     trainer = SequentialRecTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=RankingDataset(evaluation_sets["valid"].examples, max_length),
         data_collator=SequenceCollator(max_length),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=rec.patience), EpochTimerCallback()],
+        callbacks=callbacks,
         split=split,
         rec_config=rec,
         evaluation_sets=evaluation_sets,
@@ -496,6 +528,7 @@ def run_training(
             "train_seconds": train_seconds,
             "train_runtime_reported_by_trainer": train_output.metrics.get("train_runtime"),
             "global_steps": trainer.state.global_step,
+            "stopped_by_time_limit": bool(time_limit is not None and time_limit.triggered),
         },
     }
     if extra_record:

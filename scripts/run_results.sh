@@ -30,6 +30,10 @@ AMAZON_SEEDS=${AMAZON_SEEDS:-"1"}
 EPOCHS=${EPOCHS:-300}
 PATIENCE=${PATIENCE:-15}
 EXTRA=${EXTRA:-}
+BLOSSOM_EXTRA=${BLOSSOM_EXTRA:-}      # extra options for BlossomRec runs only, e.g. "--attn-implementation triton"
+GPUS=${GPUS:-}                        # e.g. "0 1 2 3": runs are spread round-robin over these devices
+AMAZON_WINDOWS=${AMAZON_WINDOWS:-"50"}
+TIME_LIMIT=${TIME_LIMIT:-}            # minutes per run (train.py --time-limit-minutes)
 
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
@@ -53,10 +57,17 @@ run_one() {  # name, then train.py arguments
     if compgen -G "$dir/checkpoint-*" > /dev/null; then
         resume=(--resume)
     fi
-    echo "[start] $name"
+    local extra="$EXTRA"
+    if [[ " $* " == *" --attention-type blossom "* ]]; then
+        extra="$extra $BLOSSOM_EXTRA"
+    fi
+    if [[ -n "$TIME_LIMIT" ]]; then
+        extra="$extra --time-limit-minutes $TIME_LIMIT"
+    fi
+    echo "[start] $name${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
     # shellcheck disable=SC2086
     if python scripts/train.py "$@" --epochs "$EPOCHS" --patience "$PATIENCE" --no-progress \
-        --output-dir "$dir" "${resume[@]}" $EXTRA >> "$dir/train.log" 2>&1; then
+        --output-dir "$dir" "${resume[@]}" $extra >> "$dir/train.log" 2>&1; then
         echo "[done] $name"
     else
         echo "[FAILED] $name (see $dir/train.log)"
@@ -64,8 +75,15 @@ run_one() {  # name, then train.py arguments
     fi
 }
 
+gpu_list=($GPUS)
+launched=0
 launch() {  # run in the background, at most $PARALLEL at a time
-    run_one "$@" &
+    if ((${#gpu_list[@]} > 0)); then
+        CUDA_VISIBLE_DEVICES=${gpu_list[$((launched % ${#gpu_list[@]}))]} run_one "$@" &
+    else
+        run_one "$@" &
+    fi
+    launched=$((launched + 1))
     running=$((running + 1))
     if ((running >= PARALLEL)); then
         wait -n || failed=$((failed + 1))
@@ -93,16 +111,18 @@ if has_group ml1m-long; then
 fi
 if has_group amazon; then
     for dataset in beauty video-games; do
-        for seed in $AMAZON_SEEDS; do
-            for attention in blossom full; do
-                launch "$dataset-L50-$attention-s$seed" --dataset "$dataset" --max-history-length 50 \
-                    --attention-type "$attention" --seed "$seed"
+        for window in $AMAZON_WINDOWS; do
+            for seed in $AMAZON_SEEDS; do
+                for attention in blossom full; do
+                    launch "$dataset-L$window-$attention-s$seed" --dataset "$dataset" --max-history-length "$window" \
+                        --attention-type "$attention" --seed "$seed"
+                done
             done
         done
     done
 fi
 if has_group ablation; then
-    for window in 50 200; do
+    for window in ${ABLATION_WINDOWS:-50 200}; do
         for seed in $SEEDS; do
             launch "ml1m-L$window-blossom-no-straight-through-s$seed" --dataset ml-1m \
                 --max-history-length "$window" --attention-type blossom --straight-through off --seed "$seed"

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant (default: 1e-3)")
     train.add_argument("--epochs", type=int, default=300, help="maximum epochs (default: 300)")
     train.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs (default: 15)")
+    train.add_argument(
+        "--time-limit-minutes", type=float, default=None,
+        help="stop training after this many minutes and evaluate the best checkpoint (recorded in metrics.json)",
+    )
     train.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default: 1)")
     train.add_argument("--max-grad-norm", type=float, default=0.0, help="gradient clipping (default: 0 = off)")
     train.add_argument("--seed", type=int, default=42, help="training seed (default: 42)")
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_batch_size=args.eval_batch_size,
         exclude_history=args.exclude_history,
         negatives_seed=args.negatives_seed,
+        time_limit_minutes=args.time_limit_minutes,
     )
     overrides: dict[str, Any] = {
         "num_train_epochs": args.epochs,

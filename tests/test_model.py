@@ -130,3 +130,13 @@ def test_bad_input_errors(model):
         model([[1, 2]])
     ok = model(torch.tensor([[0, 1, 2]]), attention_mask=torch.tensor([[0, 1, 1]]))
     assert torch.isfinite(ok.logits[:, 1:]).all()
+
+
+def test_training_after_inference_mode(generator):
+    """Cached key tables built under torch.inference_mode must not break a later backward pass."""
+    model = BlossomRecModel(tiny_config(max_history_length=23))
+    ids = random_histories(2, 23, model.config.vocab_size, generator, min_len=23)
+    with torch.inference_mode():
+        model(ids)
+    model(ids, labels=ids).loss.backward()
+    assert model.item_embeddings.weight.grad is not None

@@ -77,6 +77,12 @@ def stis_offsets(window: int, seq_len: int) -> list[int]:
 
 @lru_cache(maxsize=64)
 def _stis_key_index_cpu(seq_len: int, window: int, num_sinks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Built outside inference mode: a cached inference tensor could not be saved for a later backward.
+    with torch.inference_mode(False):
+        return _build_stis_key_index(seq_len, window, num_sinks)
+
+
+def _build_stis_key_index(seq_len: int, window: int, num_sinks: int) -> tuple[torch.Tensor, torch.Tensor]:
     offsets = torch.tensor(stis_offsets(window, seq_len), dtype=torch.long)
     t = torch.arange(seq_len)
     off_keys = t[:, None] - offsets[None, :]  # [L, K_off]

@@ -382,6 +382,7 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> BlossomRecOutput | tuple:
         """Score the next item after each history.
@@ -391,6 +392,8 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
             attention_mask: optional ``[B, L]``; must mark exactly the non-zero items.
             labels: ``[B]`` next item of each history (loss at the last position, RecBole style) or
                 ``[B, L]`` next item at every position (0 or -100 = no target).
+            return_logits: set False to skip the ``[B, vocab_size]`` scores (e.g. when a training loop
+                computes its own chunked or sampled loss from ``last_hidden_state``).
         """
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -402,7 +405,8 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
 
         batch_index = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[batch_index, compact.lengths - 1]
-        logits = self.score_items(last)
+        needs_logits = return_logits or (labels is not None and labels.dim() == 1)
+        logits = self.score_items(last) if needs_logits else None
         loss = None if labels is None else self._loss(hidden, last, logits, compact, labels, input_ids.shape)
 
         aligned = hidden.new_zeros(input_ids.shape[0], input_ids.shape[1], hidden.shape[-1])
@@ -412,6 +416,8 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
             loss=loss, logits=logits, last_hidden_state=aligned,
             hidden_states=tuple(states) if states is not None else None,
         )
+        if not return_logits:
+            output.logits = None
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
     def _loss(self, hidden, last, logits, compact: CompactedBatch, labels: torch.Tensor, input_shape) -> torch.Tensor:

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU session behind docs/RESULTS.md and the bundled checkpoints: one call on a 4-GPU machine.
+#
+#   OUT=/path/to/output bash scripts/gpu_session.sh
+#
+# 1. smoke test: one epoch of BlossomRec with the fused Triton backend; BlossomRec runs use "triton" if it
+#    passes, "sdpa" otherwise (said in the log, never silently);
+# 2. the DDP demonstration: torchrun on 2 GPUs, no code change (ML-100K, 3 epochs);
+# 3. scripts/run_results.sh with every run spread over the 4 GPUs, each run capped at $TIME_LIMIT minutes;
+# 4. the bundled checkpoints exported from seed-1 runs (scripts/export_checkpoint.py);
+# 5. the Triton-trained ML-1M checkpoint evaluated on the CPU with the sdpa backend.
+# Results are packed into a few archives under $OUT as they are ready (the device returns at most 8 files).
+set -uo pipefail
+OUT=${OUT:?set OUT to an output folder}
+cd "$(dirname "$0")/.."
+if ! python3 -c "import datasets" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export BLOSSOM_DATA_DIR=${BLOSSOM_DATA_DIR:-$PWD/.gpu_data}
+export PYTHONUNBUFFERED=1
+R=$OUT/runs
+mkdir -p "$R"
+start=$(date +%s)
+stamp() { echo "[$(($(date +%s) - start)) s] $*"; }
+
+stamp "smoke test of the triton backend"
+if CUDA_VISIBLE_DEVICES=0 python3 scripts/train.py --dataset ml-100k --max-history-length 200 \
+    --attention-type blossom --attn-implementation triton --epochs 1 --no-progress \
+    --output-dir /tmp/smoke-triton > "$OUT/smoke_triton.log" 2>&1; then
+    BLOSSOM_EXTRA="--attn-implementation triton"
+    stamp "triton smoke test passed: BlossomRec runs train with attn_implementation=triton"
+else
+    BLOSSOM_EXTRA=""
+    stamp "TRITON SMOKE TEST FAILED (see smoke_triton.log): BlossomRec runs train with sdpa"
+fi
+
+stamp "DDP demonstration on GPUs 2,3"
+CUDA_VISIBLE_DEVICES=2,3 torchrun --standalone --nproc_per_node 2 scripts/train.py --dataset ml-100k \
+    --max-history-length 50 --epochs 3 --no-progress --output-dir "$R/ddp-ml100k-2gpus" \
+    > "$OUT/ddp_2gpus.log" 2>&1 &
+ddp=$!
+
+stamp "result runs"
+GPUS=${GPUS:-"0 1 2 3"} TIME_LIMIT=${TIME_LIMIT:-6} EPOCHS=${EPOCHS:-200} PATIENCE=${PATIENCE:-15} \
+    RUNS=${RUNS:-"ml1m ml1m-long amazon ablation memory"} AMAZON_WINDOWS=${AMAZON_WINDOWS:-"50 200"} \
+    ABLATION_WINDOWS=${ABLATION_WINDOWS:-200} BLOSSOM_EXTRA="$BLOSSOM_EXTRA" \
+    bash scripts/run_results.sh "$R" "${PARALLEL:-24}" > "$OUT/run_results.log" 2>&1
+stamp "result runs finished (exit $?)"
+wait "$ddp"; stamp "DDP run finished (exit $?)"
+tail -5 "$OUT/ddp_2gpus.log"
+(cd "$OUT" && tar czf results.tar.gz --exclude='checkpoint-*' --exclude='best_model' --exclude='*.safetensors' runs \
+    run_results.log smoke_triton.log ddp_2gpus.log)
+
+stamp "exports"
+for spec in "ml1m-L200-blossom-s1 blossomrec-ml1m" "beauty-L50-blossom-s1 blossomrec-beauty" \
+            "video-games-L50-blossom-s1 blossomrec-video-games"; do
+    set -- $spec
+    python3 scripts/export_checkpoint.py "$R/$1" "$OUT/model_cards/$2" --repo-id "blossom-hf/$2" \
+        >> "$OUT/export.log" 2>&1 || echo "export of $1 failed" >> "$OUT/export.log"
+done
+(cd "$OUT" && tar czf cards_ml1m_beauty.tar.gz model_cards/blossomrec-ml1m model_cards/blossomrec-beauty export.log)
+(cd "$OUT" && tar czf cards_video_games.tar.gz model_cards/blossomrec-video-games)
+
+stamp "triton-trained ML-1M model evaluated with sdpa on the CPU"
+CUDA_VISIBLE_DEVICES="" python3 scripts/evaluate.py --model "$R/ml1m-L200-blossom-s1/best_model" --dataset ml-1m \
+    --device cpu --attn-implementation sdpa --no-progress --output "$OUT/ml1m_triton_model_cpu_sdpa_eval.json" \
+    > "$OUT/cpu_eval.log" 2>&1
+stamp "CPU evaluation finished (exit $?)"
+(cd "$OUT" && tar czf cpu_eval.tar.gz ml1m_triton_model_cpu_sdpa_eval.json cpu_eval.log)
+rm -rf "$OUT/runs" "$OUT/model_cards"
+stamp "done"
