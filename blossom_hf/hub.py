@@ -468,6 +468,15 @@ def _protocol_section(metrics: Mapping[str, Any]) -> str:
         "(`sasrec`: each training history once per epoch, loss at every position; `recbole`: every prefix "
         "predicts its next item, loss at the last position).",
     ]
+    evaluation = metrics.get("evaluation")
+    if evaluation:
+        note, command = evaluation.get("note", ""), evaluation.get("command", "?")
+        lines.append(f"- **Reported metrics**: {note} Command: `{command}`.")
+    timings = metrics.get("timings") or {}
+    if timings.get("stopped_by_time_limit"):
+        lines.append("- **Training budget**: training was stopped by a wall-clock limit "
+                     f"(`--time-limit-minutes`) after {len(metrics.get('epochs') or [])} epochs, before early "
+                     "stopping triggered; the model is likely not fully converged.")
     return "\n".join(lines)
 
 

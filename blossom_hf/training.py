@@ -31,6 +31,7 @@ import math
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -303,6 +304,26 @@ class EpochTimerCallback(TrainerCallback):
             logger.info("epoch %.0f trained in %.1f s", state.epoch or 0.0, seconds)
 
 
+@contextmanager
+def full_precision_forward(model: nn.Module):
+    """Run ``model`` without Accelerate's mixed-precision forward wrapper, restoring it afterwards.
+
+    With ``bf16=True`` Accelerate replaces ``model.forward`` by an autocast wrapper (and keeps the original
+    as ``model._original_forward``); ranking must not run under it, or the recorded metrics would be those
+    of a bf16 forward pass and differ from what ``scripts/evaluate.py`` reproduces from the checkpoint.
+    """
+    original = model.__dict__.get("_original_forward")
+    patched = model.__dict__.get("forward")
+    if original is None or patched is None:
+        yield model
+        return
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = patched
+
+
 class TimeLimitCallback(TrainerCallback):
     """Stops training once ``minutes`` of wall-clock time have passed since training began."""
 
@@ -386,18 +407,20 @@ class SequentialRecTrainer(Trainer):
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         total = len(self.evaluation_sets[split_name].examples) if split_name in self.evaluation_sets else 0
         shard = np.array_split(np.arange(total), world)[rank] if world > 1 else None
-        results = evaluate_model(
-            self.accelerator.unwrap_model(self.model),
-            self.evaluation_sets,
-            splits=(split_name,),
-            protocols=protocols or self.rec_config.eval_protocols,
-            exclude_history=self.rec_config.exclude_history,
-            batch_size=self.rec_config.eval_batch_size,
-            device=self.args.device,
-            cutoffs=self.rec_config.cutoffs,
-            shard=shard,
-            progress=not self.args.disable_tqdm and self.is_local_process_zero(),
-        )[split_name]
+        model = self.accelerator.unwrap_model(self.model)
+        with full_precision_forward(model):
+            results = evaluate_model(
+                model,
+                self.evaluation_sets,
+                splits=(split_name,),
+                protocols=protocols or self.rec_config.eval_protocols,
+                exclude_history=self.rec_config.exclude_history,
+                batch_size=self.rec_config.eval_batch_size,
+                device=self.args.device,
+                cutoffs=self.rec_config.cutoffs,
+                shard=shard,
+                progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+            )[split_name]
         if world > 1:
             results = {name: self._gather(result, total) for name, result in results.items()}
         return results

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "negatives_seed": args.negatives_seed,
             "exclude_history": args.exclude_history,
             "ties": "pessimistic",
+            "device": str(device),
+            "precision": "fp32",
+            "attn_implementation": model.config._attn_implementation,
+            "command": " ".join(shlex.quote(a) for a in ["python", "scripts/evaluate.py", *(argv or sys.argv[1:])]),
             **record,
         }
         Path(args.output).write_text(json.dumps(output, indent=2))

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", help="Hub repo id the folder is meant for (used in the card's snippet)")
     parser.add_argument("--dataset", help="ml-1m, ml-100k, beauty or video-games (default: from metrics.json)")
     parser.add_argument(
+        "--evaluation",
+        help="an output of scripts/evaluate.py --output for this checkpoint: its valid/test metrics replace those "
+        "recorded during training in the card and metrics.json (e.g. an fp32 re-evaluation on the CPU)",
+    )
+    parser.add_argument(
         "--sample-histories",
         help='JSON list of histories of raw ids for sample_scores.json, e.g. "[[1, 1196, 260], [2571]]" '
         "(default: well-known movies for ML-1M, evenly spread vocabulary items otherwise)",
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"export_checkpoint.py: no checkpoint at {checkpoint} (expected the run's best_model/)")
     try:
         metrics = load_metrics(run_dir)
+        if args.evaluation:
+            metrics = with_evaluation(metrics, Path(args.evaluation))
         histories = json.loads(args.sample_histories) if args.sample_histories else None
         model = BlossomRecModel.from_pretrained(checkpoint)
         folder = export_hub_folder(
@@ -69,6 +76,27 @@ def main(argv: list[str] | None = None) -> Path:
     LOGGER.info("Wrote %s (%d files, %.1f MB); check it with: python scripts/recommend.py --model %s 1 2 3",
                 folder, len(list(folder.iterdir())), total / 1e6, folder)  # fmt: skip
     return folder
+
+
+def with_evaluation(metrics: dict, evaluation_file: Path) -> dict:
+    """``metrics`` with the splits found in a ``scripts/evaluate.py`` output replacing those of training."""
+    evaluation = json.loads(evaluation_file.read_text())
+    splits = [split for split in ("valid", "test") if split in evaluation]
+    if not splits:
+        raise ValueError(f"{evaluation_file} holds no valid/test results of scripts/evaluate.py")
+    updated = dict(metrics)
+    for split in splits:
+        updated[split] = evaluation[split]
+    kept = [split for split in ("valid", "test") if split not in splits]
+    updated["evaluation"] = {
+        "note": f"{' and '.join(splits)} metrics re-computed from this checkpoint by scripts/evaluate.py "
+        f"({evaluation.get('device', 'cpu')}, {evaluation.get('precision', 'fp32')}, "
+        f"attn_implementation={evaluation.get('attn_implementation', 'sdpa')}): the numbers the script reproduces."
+        + (f" The {' and '.join(kept)} metrics are those recorded during training." if kept else ""),
+        "command": evaluation.get("command", "scripts/evaluate.py"),
+        "splits": splits,
+    }
+    return updated
 
 
 if __name__ == "__main__":

@@ -14,29 +14,9 @@ import textwrap
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CARDS = REPO / "model_cards"
 USER_PREFIX = "visitor-zq"  # distinctive, so a test can assert that no user id leaks into an export
-
-
-@pytest.fixture(autouse=False, scope="module")
-def isolate_pattern_cache():
-    """Clear attention_patterns' lru_cache after a module that evaluates under ``torch.inference_mode``.
-
-    Known bug (reported): ``_stis_key_index_cpu`` caches index tensors; one first built under inference mode
-    (ranking evaluation) is an inference tensor, and a later CPU backward of the same length fails with
-    "Inference tensors cannot be saved for backward" -- in whichever test module comes next. Remove this
-    fixture once the cache builds normal tensors.
-    """
-    yield
-    from blossom_hf.models.blossomrec import attention_patterns
-
-    for value in vars(attention_patterns).values():
-        clear = getattr(value, "cache_clear", None)
-        if callable(clear):
-            clear()
 
 
 def bundled_checkpoints() -> list[Path]:

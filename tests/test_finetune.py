@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import SHARED_DATA, tiny_config
-from hub_testing import isolate_pattern_cache, load_script, write_interactions  # noqa: F401
+from hub_testing import load_script, write_interactions
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
@@ -51,7 +51,6 @@ def _assert_encoder_kept(old, new):
         if key != "item_embeddings.weight":
             assert torch.equal(value, new_state[key]), key
 
-pytestmark = pytest.mark.usefixtures("isolate_pattern_cache")
 
 
 # --------------------------------------------------------------------------------------------------

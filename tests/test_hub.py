@@ -9,10 +9,9 @@ import shutil
 
 import pytest
 from hub_server import LocalHub, olah_missing_reason
-from hub_testing import (  # noqa: F401  (isolate_pattern_cache is a fixture)
+from hub_testing import (
     USER_PREFIX,
     bundled_checkpoints,
-    isolate_pattern_cache,
     load_script,
     run_loader,
     tiny_training_run,
@@ -81,7 +80,6 @@ def _check_card(folder, metrics):
     assert "2512.13368" in card.text
     return card
 
-pytestmark = pytest.mark.usefixtures("isolate_pattern_cache")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -193,3 +193,28 @@ def test_resume_from_checkpoint(tmp_path):
     assert second["timings"]["global_steps"] == 2 * steps_per_epoch
     assert [e["step"] for e in second["epochs"] if "eval_full_ndcg@10" in e] == [steps_per_epoch, 2 * steps_per_epoch]
     assert "uni10" in second["test"] and second["training"]["eval_protocols"] == ["full", "uni10"]
+
+
+def test_ranking_runs_without_the_mixed_precision_wrapper():
+    """Accelerate's bf16 forward wrapper is lifted while ranking, then put back for training."""
+    import torch
+
+    from blossom_hf import BlossomRecConfig, BlossomRecModel
+    from blossom_hf.training import full_precision_forward
+
+    model = BlossomRecModel(BlossomRecConfig(vocab_size=10, hidden_size=16, num_attention_heads=2,
+                                             num_key_value_heads=1, intermediate_size=16))
+    calls = []
+
+    def wrapped(*args, **kwargs):  # stands in for the autocast wrapper Accelerate installs
+        calls.append("wrapped")
+        return model._original_forward(*args, **kwargs)
+
+    model._original_forward = model.forward
+    model.forward = wrapped
+    ids = torch.tensor([[1, 2, 3]])
+    with full_precision_forward(model):
+        model(ids)
+    assert calls == [], "ranking must call the original forward"
+    model(ids)
+    assert calls == ["wrapped"], "the wrapper is restored afterwards"
