@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--batch-size", type=int, default=1024, help="users scored at once (default: 1024)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    group.add_argument(
+        "--max-users", type=int, default=None,
+        help="evaluate only the first N evaluated users of each split (a quick check; the default is all)",
+    )
     group.add_argument("--attn-implementation", help="override the attention backend (eager, sdpa, triton)")
     group.add_argument("--output", help="write the metrics JSON here (default: print only)")
     group.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    import numpy as np
     import torch
 
     from blossom_hf import BlossomRecModel
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
         device=device,
         progress=not args.no_progress,
+        shard=None if args.max_users is None else np.arange(
+            min(args.max_users, *(len(sets[name].examples) for name in args.splits))),
     )
     record = results_to_record(results)
     for split_name, by_protocol in record.items():
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "negatives_seed": args.negatives_seed,
             "exclude_history": args.exclude_history,
             "ties": "pessimistic",
+            "max_users": args.max_users,
             "device": str(device),
             "precision": "fp32",
             "attn_implementation": model.config._attn_implementation,

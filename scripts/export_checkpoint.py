@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded during training in the card and metrics.json (e.g. an fp32 re-evaluation on the CPU)",
     )
     parser.add_argument(
+        "--evaluation-subset",
+        help="an output of scripts/evaluate.py --max-users N --output ...: stored with the metrics so the tests can "
+        "re-run that quick check against the exported folder",
+    )
+    parser.add_argument(
         "--sample-histories",
         help='JSON list of histories of raw ids for sample_scores.json, e.g. "[[1, 1196, 260], [2571]]" '
         "(default: well-known movies for ML-1M, evenly spread vocabulary items otherwise)",
@@ -64,6 +69,14 @@ def main(argv: list[str] | None = None) -> Path:
         metrics = load_metrics(run_dir)
         if args.evaluation:
             metrics = with_evaluation(metrics, Path(args.evaluation))
+        if args.evaluation_subset:
+            subset = json.loads(Path(args.evaluation_subset).read_text())
+            if not subset.get("max_users"):
+                raise ValueError(f"{args.evaluation_subset} is not an evaluate.py output made with --max-users")
+            metrics.setdefault("evaluation", {})["subset"] = {
+                key: subset[key] for key in ("max_users", "negatives_seed", "exclude_history", "valid", "test")
+                if key in subset
+            }
         histories = json.loads(args.sample_histories) if args.sample_histories else None
         model = BlossomRecModel.from_pretrained(checkpoint)
         folder = export_hub_folder(

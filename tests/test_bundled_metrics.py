@@ -1,0 +1,41 @@
+"""The bundled model cards report what scripts/evaluate.py reproduces from their checkpoints.
+
+Each card's metrics.json stores the result of `scripts/evaluate.py --max-users N` made at export time; this
+re-runs the same evaluation on the folder (CPU, fp32) and requires the same numbers. The full-population
+numbers in the card come from the same script without --max-users (docs/RESULTS.md, model_cards/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+from hub_testing import load_script
+
+CARDS = sorted(p for p in (REPO / "model_cards").glob("blossomrec-*") if (p / "metrics.json").is_file())
+DATASET_FILES = {"ml-1m": "ml-1m", "beauty": "beauty", "video-games": "video-games", "ml-100k": "ml-100k"}
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
+def test_card_metrics_are_reproduced_by_evaluate(card):
+    metrics = json.loads((card / "metrics.json").read_text())
+    evaluation = metrics.get("evaluation") or {}
+    subset = evaluation.get("subset")
+    assert subset, f"{card.name}: metrics.json lacks the evaluate.py subset check (export with --evaluation-subset)"
+    assert evaluation.get("splits"), f"{card.name}: card metrics were not re-computed by scripts/evaluate.py"
+    preset = metrics["data"]["source"]["preset"]
+    if not (SHARED_DATA / DATASET_FILES[preset]).is_dir():
+        pytest.skip(f"{preset} data not present at {SHARED_DATA}")
+    evaluate = load_script("evaluate")
+    splits = [s for s in ("valid", "test") if s in subset]
+    record = evaluate.main([
+        "--model", str(card), "--dataset", preset, "--data-dir", str(SHARED_DATA), "--device", "cpu",
+        "--attn-implementation", "sdpa", "--max-users", str(subset["max_users"]), "--no-progress",
+        "--splits", *splits, "--protocols", *subset[splits[0]].keys(),
+    ])
+    for split in splits:
+        for protocol, expected in subset[split].items():
+            for name, value in expected.items():
+                assert record[split][protocol][name] == pytest.approx(value, abs=1e-9), (split, protocol, name)
