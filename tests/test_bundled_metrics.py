@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO, SHARED_DATA
 from hub_testing import load_script
 
