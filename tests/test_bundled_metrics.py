@@ -38,3 +38,13 @@ def test_card_metrics_are_reproduced_by_evaluate(card):
         for protocol, expected in subset[split].items():
             for name, value in expected.items():
                 assert record[split][protocol][name] == pytest.approx(value, abs=1e-9), (split, protocol, name)
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
+def test_card_code_matches_the_package(card):
+    """The flat code files of a Hub folder are the package's model folder, verbatim (re-export after edits)."""
+    package = REPO / "blossom_hf" / "models" / "blossomrec"
+    expected = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    assert {p.name for p in card.glob("*.py")} == expected
+    stale = [name for name in sorted(expected) if (card / name).read_bytes() != (package / name).read_bytes()]
+    assert not stale, f"{card.name}: {stale} differ from the package; re-export with scripts/export_checkpoint.py"
