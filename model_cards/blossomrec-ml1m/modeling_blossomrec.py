@@ -516,6 +516,8 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works where blossom_hf is not installed.
         """
         save_directory = Path(save_directory)
+        missing = object()
+        previous = getattr(self.config, "auto_map", missing)
         if remote_code:
             self.config.auto_map = {
                 "AutoConfig": "configuration_blossomrec.BlossomRecConfig",
@@ -524,8 +526,11 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         try:
             result = super().save_pretrained(save_directory, *args, **kwargs)
         finally:
-            if remote_code:
-                del self.config.auto_map
+            if remote_code:  # leave the live config as it was
+                if previous is missing:
+                    del self.config.auto_map
+                else:
+                    self.config.auto_map = previous
         if remote_code:
             for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
                 if source.name != "__init__.py":
