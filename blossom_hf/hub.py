@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .data.presets import _ML1M_SAMPLE_HISTORIES, AMAZON_CITATIONS, KNOWN_DATASETS, MOVIELENS_CITATION, DatasetInfo  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -56,102 +58,6 @@ BLOSSOMREC_CITATION = """@inproceedings{ma2026blossomrec,
   year      = {2026},
   note      = {arXiv:2512.13368}
 }"""
-MOVIELENS_CITATION = """@article{harper2015movielens,
-  title   = {The MovieLens Datasets: History and Context},
-  author  = {Harper, F. Maxwell and Konstan, Joseph A.},
-  journal = {ACM Transactions on Interactive Intelligent Systems (TiiS)},
-  volume  = {5},
-  number  = {4},
-  pages   = {19:1--19:19},
-  year    = {2015},
-  doi     = {10.1145/2827872}
-}"""
-AMAZON_CITATIONS = """@inproceedings{he2016ups,
-  title     = {Ups and Downs: Modeling the Visual Evolution of Fashion Trends with One-Class Collaborative Filtering},
-  author    = {He, Ruining and McAuley, Julian},
-  booktitle = {Proceedings of the 25th International Conference on World Wide Web (WWW)},
-  pages     = {507--517},
-  year      = {2016}
-}
-@inproceedings{mcauley2015image,
-  title     = {Image-Based Recommendations on Styles and Substitutes},
-  author    = {McAuley, Julian and Targett, Christopher and Shi, Qinfeng and van den Hengel, Anton},
-  booktitle = {Proceedings of the 38th International ACM SIGIR Conference on Research and Development in
-               Information Retrieval (SIGIR)},
-  pages     = {43--52},
-  year      = {2015}
-}"""
-_MOVIELENS_TERMS = (
-    "MovieLens data: GroupLens Research, University of Minnesota. Research use only; no commercial use "
-    "without permission. The University of Minnesota and GroupLens do not endorse this model or any "
-    "result obtained with it. The MovieLens licence forbids redistributing the data, so this repository "
-    "holds none of it: only the model weights, the item vocabulary (the MovieLens movie ids the model "
-    "knows) and aggregate metrics. Work that uses the data must cite Harper & Konstan (2015)."
-)
-_AMAZON_TERMS = (
-    "Amazon review data (McAuley et al., UCSD, 2014 release), for research use. This repository holds "
-    "none of the reviews or interactions: only the model weights, the item vocabulary (the dataset's "
-    "re-indexed item ids) and aggregate metrics. Work that uses the data must cite He & McAuley (WWW 2016) "
-    "and McAuley et al. (SIGIR 2015)."
-)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """How a training dataset is named, credited and compared in a model card.
-
-    Attributes:
-        key: short name (the data preset of ``blossom_hf.data``, e.g. ``ml-1m``).
-        dataset_id: identifier in the card's ``datasets`` metadata and ``model-index``.
-        pretty_name: human-readable name.
-        description: one sentence on the copy used.
-        terms: markdown paragraph on the data's terms of use.
-        citation: BibTeX of the data.
-        published: the BlossomRec paper's number on this dataset, for context (or ``None``).
-        item_kind: what an item is ("movie", "product").
-    """
-
-    key: str
-    dataset_id: str
-    pretty_name: str
-    description: str
-    terms: str
-    citation: str
-    published: str | None = None
-    item_kind: str = "item"
-
-
-KNOWN_DATASETS: dict[str, DatasetInfo] = {
-    "ml-1m": DatasetInfo(
-        "ml-1m", "movielens-1m", "MovieLens-1M",
-        "MovieLens-1M (GroupLens): 1,000,209 ratings of 3,706 movies by 6,040 users, 2000-2003; every rating "
-        "is an interaction, ordered by the per-user chronological index.",
-        _MOVIELENS_TERMS, MOVIELENS_CITATION, "NDCG@10 0.6128 (uni100, history window 50)", "movie",
-    ),
-    "ml-100k": DatasetInfo(
-        "ml-100k", "movielens-100k", "MovieLens-100K",
-        "MovieLens-100K (GroupLens): 100,000 ratings of 1,682 movies by 943 users, 1997-1998, ordered by "
-        "timestamp (ties in file order).",
-        _MOVIELENS_TERMS, MOVIELENS_CITATION, None, "movie",
-    ),
-    "beauty": DatasetInfo(
-        "beauty", "amazon-beauty", "Amazon Beauty (5-core)",
-        "Amazon Beauty 5-core reviews, S3Rec preprocessing: 22,363 users, 12,101 items, 198,502 interactions "
-        "in chronological order (item ids are the dataset's re-indexed ids, not ASINs).",
-        _AMAZON_TERMS, AMAZON_CITATIONS, "Recall@10 0.4734 (uni100, history window 50)", "product",
-    ),
-    "video-games": DatasetInfo(
-        "video-games", "amazon-video-games", "Amazon Video Games",
-        "Amazon Video Games reviews, SASRec preprocessing: 31,013 users, 23,715 items, 287,107 interactions "
-        "in chronological order (item ids are the dataset's re-indexed ids, not ASINs).",
-        _AMAZON_TERMS, AMAZON_CITATIONS, "NDCG@10 0.5317 (uni100, history window 50)", "product",
-    ),
-}
-
-#: Well-known ML-1M movies (raw MovieLens ids) used as fixed sample histories when they are in the vocabulary.
-_ML1M_SAMPLE_HISTORIES = ([1, 1196, 260], [2571, 1210, 1198, 1240, 589], [318, 858, 50, 527, 593, 2028, 296, 608])
-
-
 # An absolute local path inside a string (not a URL, not a relative path, not "a / b").
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~>:/])/[^\s`'\"(),;:]+")
 

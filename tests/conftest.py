@@ -44,3 +44,17 @@ def generator() -> torch.Generator:
     seed = int(os.environ.get("BLOSSOM_TEST_SEED", torch.randint(0, 2**31 - 1, (1,)).item()))
     print(f"test seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+# The project's shared datasets, passed explicitly: the library itself never looks beside the repository.
+# Tests that read a preset by name find it through $BLOSSOM_DATA_DIR (unless the caller set another folder).
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("BLOSSOM_DATA_DIR", str(SHARED_DATA))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared data folder (``../shared/data``); skips the test where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared datasets not present at {SHARED_DATA}")
+    return SHARED_DATA

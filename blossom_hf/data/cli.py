@@ -1,12 +1,13 @@
-"""Command-line options for choosing and reading a dataset, shared by ``scripts/train.py`` and
-``scripts/evaluate.py``."""
+"""Command-line options for choosing and reading a dataset, shared by the training and evaluation commands."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .formats import FORMATS
 from .preprocessing import PreprocessingConfig
+from .presets import ACCEPT_LICENSE_ENV, DATA_DIR_ENV, PRESETS, resolve_preset
 from .spec import DataSpec
 
 
@@ -16,8 +17,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_default: str | N
     group.add_argument(
         "--dataset",
         default=dataset_default,
-        help="a preset (ml-1m, ml-100k, beauty, video-games; read from ../shared/data or $BLOSSOM_DATA_DIR) "
-        "or a path to an interaction file" + (f" (default: {dataset_default})" if dataset_default else ""),
+        help=f"a preset ({', '.join(PRESETS)}; looked for in --data-dir, ${DATA_DIR_ENV}, then the user cache, "
+        "downloaded there when missing) or a path to an interaction file"
+        + (f" (default: {dataset_default})" if dataset_default else ""),
     )
     group.add_argument(
         "--format",
@@ -39,7 +41,18 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_default: str | N
     )
     group.add_argument("--sep", help="field separator for csv/tsv (default ',' / tab)")
     group.add_argument("--encoding", help="text encoding (default utf-8; latin-1 for movielens)")
-    group.add_argument("--data-dir", help="folder holding the presets (default ../shared/data)")
+    group.add_argument(
+        "--data-dir",
+        help=f"folder searched first for the presets (then ${DATA_DIR_ENV}, then ~/.cache/blossom_hf/datasets)",
+    )
+    group.add_argument(
+        "--accept-license",
+        action="store_true",
+        help=f"accept the dataset's terms, which MovieLens needs before it is downloaded (or set {ACCEPT_LICENSE_ENV})",
+    )
+    group.add_argument(
+        "--no-download", action="store_true", help="never download a missing preset: fail with where it was looked for"
+    )
     prep = parser.add_argument_group("preprocessing (PROTOCOL.md order: dedupe, rating, k-core, time order, ids)")
     prep.add_argument(
         "--dedupe",
@@ -53,14 +66,25 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_default: str | N
     prep.add_argument("--item-k", type=int, help="k-core bound for items only (overrides --k-core)")
 
 
-def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
-    """The :class:`DataSpec` described by options added with :func:`add_data_arguments`."""
+def data_spec_from_args(args: argparse.Namespace, fetch: bool = True) -> DataSpec:
+    """The :class:`DataSpec` described by options added with :func:`add_data_arguments`.
+
+    With ``fetch``, a preset that is not on disk is downloaded now (``--no-download`` turns that into an
+    error, ``--accept-license`` gives the consent MovieLens needs), so that loading the spec finds it.
+    """
     preprocessing = PreprocessingConfig(
         dedupe=args.dedupe,
         min_rating=args.min_rating,
         user_k=args.user_k if args.user_k is not None else args.k_core,
         item_k=args.item_k if args.item_k is not None else args.k_core,
     )
+    if fetch and args.dataset in PRESETS and not Path(args.dataset).exists():
+        resolve_preset(
+            args.dataset,
+            args.data_dir,
+            download=not getattr(args, "no_download", False),
+            accept_license=True if getattr(args, "accept_license", False) else None,
+        )
     return DataSpec(
         path=args.dataset,
         format=args.format,

@@ -8,18 +8,27 @@ Two ways in:
 * :class:`SequenceCollator` is the ``data_collator`` handed to the ``Trainer``/``DataLoader``. It turns
   such packed numpy batches into tensors, and also accepts the usual list of per-example dicts
   (``{"input_ids": [...], "labels": ...}``), which it pads and truncates the same way.
+
+By default a batch is only as wide as its longest history, rounded up to a multiple of 8
+(``padding="longest"``, ``pad_to_multiple_of=8``), never wider than ``max_history_length``: a batch of short
+histories does not carry a full window of padding. ``padding="max_length"`` keeps every batch
+``max_history_length`` wide. The model compacts each batch to its longest history before the layers
+either way, so both give the same outputs and losses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 PAD_ID = 0
+#: Keys whose second dimension runs along the history (trimmed together with ``input_ids``).
+SEQUENCE_KEYS = ("input_ids", "labels", "attention_mask")
+Padding = Literal["longest", "max_length"]
 
 
 def pack_histories(
@@ -58,14 +67,45 @@ class SequenceCollator:
     and optionally ``labels`` (an int -> labels ``[B]``, or a sequence aligned with ``input_ids`` ->
     labels ``[B, L]``, padded with 0 = ignore). Sequences longer than ``max_history_length`` keep
     their most recent items (and the matching labels). Other keys are stacked when possible.
+
+    Attributes:
+        max_history_length: the window: the most recent items kept, and the widest batch.
+        pad_id: the padding item id.
+        padding: ``"longest"`` (default): ``L`` = the longest history in the batch, rounded up to
+            ``pad_to_multiple_of`` and capped at ``max_history_length``; ``"max_length"``: always
+            ``max_history_length`` (a packed batch keeps the width it came with).
+        pad_to_multiple_of: rounding of ``L`` under ``padding="longest"`` (``None`` or 1: no rounding).
     """
 
     max_history_length: int
     pad_id: int = PAD_ID
+    padding: Padding = "longest"
+    pad_to_multiple_of: int | None = 8
+
+    def __post_init__(self) -> None:
+        if self.padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length', not {self.padding!r}")
+        if self.max_history_length < 1:
+            raise ValueError(f"max_history_length must be >= 1, got {self.max_history_length}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {self.pad_to_multiple_of}")
 
     def __call__(self, features: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if isinstance(features, Mapping):
-            return {key: _to_tensor(value) for key, value in features.items()}
+            batch = {key: _to_tensor(value) for key, value in features.items()}
+        else:
+            batch = self._pad_examples(features)
+        return self._trim(batch)
+
+    def batch_width(self, longest: int, width: int) -> int:
+        """``L`` for a batch whose longest history is ``longest`` and which is ``width`` wide now."""
+        if self.padding == "max_length":
+            return width
+        multiple = self.pad_to_multiple_of or 1
+        rounded = -(-max(longest, 1) // multiple) * multiple
+        return min(rounded, width)
+
+    def _pad_examples(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(features) == 0:
             raise ValueError("SequenceCollator got an empty batch")
         if "input_ids" not in features[0]:
@@ -83,6 +123,23 @@ class SequenceCollator:
                 batch[key] = torch.from_numpy(pad_sequences(values, self.max_history_length, 0))
             else:
                 batch[key] = _to_tensor(np.asarray(values))
+        return batch
+
+    def _trim(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids = batch.get("input_ids")
+        if self.padding == "max_length" or ids is None or ids.ndim != 2 or ids.shape[1] == 0:
+            return batch
+        width = ids.shape[1]
+        used = (ids != self.pad_id).any(dim=0)
+        # right padding: the batch needs every column up to the last one holding a real item
+        longest = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+        keep = self.batch_width(longest, width)
+        if keep == width:
+            return batch
+        for key in SEQUENCE_KEYS:
+            value = batch.get(key)
+            if value is not None and value.ndim == 2 and value.shape[1] == width:
+                batch[key] = value[:, :keep].contiguous()
         return batch
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 
 from .errors import InteractionDataError, MalformedLineError, UnknownColumnError
+from .presets import DATA_DIR_ENV, PRESETS, DatasetPreset, default_data_root, preset_path  # noqa: F401 (moved)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ FORMATS = (
 )
 _FIXED_LAYOUT_FORMATS = ("movielens", "ml-100k", "sequences", "user-item")
 _NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
-DATA_DIR_ENV = "BLOSSOM_DATA_DIR"
 
 
 @dataclass
@@ -110,81 +109,6 @@ class Interactions:
     def column(self, name: str) -> pa.ChunkedArray:
         """The Arrow column ``name`` (no copy)."""
         return self.dataset.data.column(name)
-
-
-@dataclass(frozen=True)
-class DatasetPreset:
-    """Where a known dataset lives (relative to the data root) and how to read it."""
-
-    name: str
-    relative_path: str
-    format: str
-    options: dict[str, Any]
-    description: str
-
-
-PRESETS: dict[str, DatasetPreset] = {
-    "ml-1m": DatasetPreset(
-        name="ml-1m",
-        relative_path="ml-1m/ratings_ordered.tsv.gz",
-        format="tsv",
-        options={
-            "user_col": "user_id",
-            "item_col": "item_id",
-            "time_col": "timestamp",
-            "order_col": "seq_idx",
-            "rating_col": "rating",
-        },
-        description="MovieLens-1M, 1,000,209 ratings, ordered by the per-user chronological index seq_idx "
-        "(20% of timestamps are missing, so seq_idx, not timestamp, orders the histories).",
-    ),
-    "ml-100k": DatasetPreset(
-        name="ml-100k",
-        relative_path="ml-100k/u.data",
-        format="ml-100k",
-        options={},
-        description="MovieLens-100K u.data, 100,000 ratings with timestamps (ties keep file order).",
-    ),
-    "beauty": DatasetPreset(
-        name="beauty",
-        relative_path="beauty/Beauty.txt",
-        format="sequences",
-        options={},
-        description="Amazon Beauty 5-core (S3Rec version), one chronological sequence per line, no times.",
-    ),
-    "video-games": DatasetPreset(
-        name="video-games",
-        relative_path="video-games/Video.txt",
-        format="user-item",
-        options={},
-        description="Amazon Video Games (SASRec version), 'user item' lines in chronological order.",
-    ),
-}
-
-
-def default_data_root() -> Path:
-    """The folder holding the preset datasets.
-
-    ``$BLOSSOM_DATA_DIR`` if set, else ``<repository>/../shared/data`` (the project's shared copy).
-    """
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def preset_path(name: str, data_dir: str | Path | None = None) -> Path:
-    """Absolute path of the file behind preset ``name``; raises if the preset or the file is missing."""
-    if name not in PRESETS:
-        raise InteractionDataError(f"unknown dataset preset {name!r}; known presets: {', '.join(PRESETS)}")
-    root = Path(data_dir) if data_dir is not None else default_data_root()
-    path = root / PRESETS[name].relative_path
-    if not path.exists():
-        raise FileNotFoundError(
-            f"dataset preset {name!r} expects {path}, which does not exist "
-            f"(set ${DATA_DIR_ENV} or pass data_dir: the folder holding {PRESETS[name].relative_path})"
-        )
-    return path
 
 
 def load_interactions(
