@@ -235,3 +235,15 @@ def test_registry_entries_are_complete():
 
     assert formats_presets is PRESETS and KNOWN_DATASETS["ml-1m"] is PRESETS["ml-1m"].card
     assert [list(h) for h in PRESETS["ml-1m"].sample_histories] == list(_ML1M_SAMPLE_HISTORIES)
+
+
+def test_data_spec_reads_a_downloaded_grouplens_ml1m(home, server, monkeypatch):
+    from blossom_hf.data import DataSpec
+
+    _serve_preset(monkeypatch, server, "ml-1m", _ml1m_zip(), "ml-1m.zip")
+    with pytest.raises(LicenseConsentRequired):
+        DataSpec(path="ml-1m").load()
+    monkeypatch.setenv("BLOSSOM_ACCEPT_LICENSE", "yes")
+    data = DataSpec(path="ml-1m").load()
+    assert data.n_users == 3 and data.n_interactions == 5 and data.metadata["source"]["preset"] == "ml-1m"
+    assert data.metadata["source"]["layout"] == "ml-1m/ratings.dat"

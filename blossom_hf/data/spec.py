@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .formats import load_interactions
 from .preprocessing import PreprocessingConfig, SequenceData, preprocess
+from .sources import load_interactions
 
 SPEC_FILE = "data_spec.json"
 
