@@ -247,3 +247,18 @@ def test_data_spec_reads_a_downloaded_grouplens_ml1m(home, server, monkeypatch):
     data = DataSpec(path="ml-1m").load()
     assert data.n_users == 3 and data.n_interactions == 5 and data.metadata["source"]["preset"] == "ml-1m"
     assert data.metadata["source"]["layout"] == "ml-1m/ratings.dat"
+
+
+def test_registry_collator_and_hub_import_without_the_datasets_package():
+    # the GPU machines have no `datasets`; the registry, the downloader, the collator and hub.py must not need it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nsys.modules['datasets'] = None\n"
+        "import blossom_hf.hub\nfrom blossom_hf.data import PRESETS, SequenceCollator, resolve_preset\n"
+        "import blossom_hf.data.download\nprint(PRESETS['ml-1m'].download.filename, SequenceCollator(8).padding)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ml-1m.zip", "longest"]

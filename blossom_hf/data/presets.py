@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -316,7 +316,7 @@ PRESETS: Mapping[str, DatasetPreset] = MappingProxyType(
                     "the GroupLens original u.data, ordered by timestamp; equal timestamps keep file order",
                 ),
             ),
-            terms=MOVIELENS_TERMS,
+            terms=replace(MOVIELENS_TERMS, url=f"{_GROUPLENS}/ml-100k-README.txt"),
             card=DatasetInfo(
                 "ml-100k", "movielens-100k", "MovieLens-100K",
                 "MovieLens-100K (GroupLens): 100,000 ratings of 1,682 movies by 943 users, 1997-1998, ordered by "
