@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import logging
+import os
 import socket
 import threading
 import zipfile
@@ -259,6 +260,8 @@ def test_registry_collator_and_hub_import_without_the_datasets_package():
         "import blossom_hf.hub\nfrom blossom_hf.data import PRESETS, SequenceCollator, resolve_preset\n"
         "import blossom_hf.data.download\nprint(PRESETS['ml-1m'].download.filename, SequenceCollator(8).padding)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["ml-1m.zip", "longest"]
