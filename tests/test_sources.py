@@ -129,29 +129,37 @@ def test_hub_dataset_id_goes_to_load_dataset_with_revision_and_split(monkeypatch
     assert len(calls) == 1
 
 
-_HF_LOADER = """
+_HUB_LOADER = """
 import json, sys
 from blossom_hf.data import load_interactions, preprocess
-got = load_interactions(sys.argv[1], user_col="customer", item_col="sku", time_col="ts")
-data = preprocess(got)
-print(json.dumps({"source": got.source["path"], "items": data.items.tolist(), "ids": data.item_ids}))
+out = {}
+for source in sys.argv[1:]:
+    got = load_interactions(source, user_col="customer", item_col="sku", time_col="ts")
+    data = preprocess(got)
+    out[source] = {"format": got.source["format"], "items": data.items.tolist(), "ids": data.item_ids}
+print(json.dumps(out))
 """
 
 
 @pytest.mark.skipif(olah_missing_reason() is not None, reason=str(olah_missing_reason()))
-def test_hf_path_through_a_local_hub_then_offline_from_the_cache(tmp_path):
+def test_hub_dataset_id_and_hf_path_through_a_local_hub_then_offline_from_the_caches(tmp_path):
     expected = _from_file(tmp_path)
     repo = tmp_path / "repo"
     repo.mkdir()
-    _frame().to_csv(repo / "logs.csv", index=False)
+    _frame().to_csv(repo / "train.csv", index=False)
+    (repo / "README.md").write_text("---\nlicense: cc0-1.0\n---\nGenerated interactions for a test.\n")
     hub = LocalHub(tmp_path / "hub")
-    hub.add_repo("org/shop-logs", repo)
+    hub.add_repo("org/shop-logs", repo)  # LocalHub makes model repositories; this one is a dataset repository
+    (hub.mirrors / "datasets" / "org").mkdir(parents=True)
+    (hub.mirrors / "models" / "org" / "shop-logs").rename(hub.mirrors / "datasets" / "org" / "shop-logs")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": str(REPO), "HF_ENDPOINT": hub.endpoint}
-    env.pop("HF_HUB_OFFLINE", None)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    sources = ["org/shop-logs", "hf://datasets/org/shop-logs/train.csv"]
 
     def load(**extra) -> dict:
-        done = subprocess.run([sys.executable, "-c", _HF_LOADER, "hf://org/shop-logs/logs.csv"], env={**env, **extra},
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", _HUB_LOADER, *sources], env={**env, **extra},
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -160,10 +168,12 @@ def test_hf_path_through_a_local_hub_then_offline_from_the_cache(tmp_path):
         online = load()
     finally:
         hub.stop()
-    offline = load(HF_HUB_OFFLINE="1")
+    offline = load(HF_HUB_OFFLINE="1")  # the server is gone: both come from the caches
     for result in (online, offline):
-        assert result["source"] == "hf://org/shop-logs/logs.csv"
-        assert result["items"] == expected.items.tolist() and result["ids"] == expected.item_ids
+        assert result["org/shop-logs"]["format"] == "hub"
+        assert result["hf://datasets/org/shop-logs/train.csv"]["format"] == "csv"
+        for got in result.values():
+            assert got["items"] == expected.items.tolist() and got["ids"] == expected.item_ids
 
 
 def test_hf_path_errors_are_one_line():
