@@ -193,6 +193,8 @@ def test_search_order_and_layouts(home, tmp_path, monkeypatch):
     (given / "ml-1m" / "ratings_ordered.tsv.gz").write_bytes(b"")  # --data-dir comes first
     assert find_preset("ml-1m", given).origin == "--data-dir"
     assert find_preset("ml-1m", given).layout.relative_path == "ml-1m/ratings_ordered.tsv.gz"
+    inside = find_preset("ml-1m", env_dir / "ml-1m")  # the dataset's own folder given instead of its parent
+    assert inside.origin == "--data-dir" and inside.path == env_dir / "ml-1m" / "ratings.dat"
     monkeypatch.delenv("BLOSSOM_DATA_DIR")
     with pytest.raises(FileNotFoundError, match="ml-1m/ratings_ordered.tsv.gz or ml-1m/ratings.dat in: cache") as error:
         resolve_preset("ml-1m", download=False)

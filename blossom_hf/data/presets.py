@@ -439,12 +439,18 @@ def default_data_root() -> Path:
 
 
 def find_preset(name: str, data_dir: str | os.PathLike | None = None) -> ResolvedPreset | None:
-    """The preset's file in the first search root (:func:`data_search_roots`) holding any of its layouts."""
+    """The preset's file in the first search root (:func:`data_search_roots`) holding any of its layouts.
+
+    A root is the folder that holds ``ml-1m/``; the ``ml-1m`` folder itself is accepted too.
+    """
     preset = get_preset(name)
     for origin, root in data_search_roots(data_dir):
         for layout in preset.layouts:
-            if (root / layout.relative_path).is_file():
-                return ResolvedPreset(preset, layout, root, origin)
+            folder = Path(layout.relative_path).parts[0]
+            # the folder holding ml-1m/, or (a common slip) the ml-1m folder itself
+            for base in (root, root.parent) if root.name == folder else (root,):
+                if (base / layout.relative_path).is_file():
+                    return ResolvedPreset(preset, layout, base, origin)
     return None
 
 
