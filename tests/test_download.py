@@ -267,3 +267,21 @@ def test_registry_collator_and_hub_import_without_the_datasets_package():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["ml-1m.zip", "longest"]
+
+
+def test_datasets_command_lists_finds_and_downloads(home, server, monkeypatch, capsys, tmp_path):
+    from blossom_hf.commands import datasets as command
+
+    _serve_preset(monkeypatch, server, "ml-1m", _ml1m_zip(), "ml-1m.zip")
+    assert command.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"user cache: {home}" in listed and listed.count("not on disk") == len(PRESETS)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        command.main(["path", "ml-1m"])
+    with pytest.raises(LicenseConsentRequired):
+        command.main(["download", "ml-1m", "--no-progress"])
+    assert command.main(["download", "ml-1m", "--accept-license", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == f"{home / 'ml-1m' / 'ratings.dat'} (cache; format movielens)"
+    assert command.main(["path", "ml-1m"]) == 0
+    assert capsys.readouterr().out.strip() == str(home / "ml-1m" / "ratings.dat")
+    assert server.requests == ["/ml-1m.zip"]

@@ -109,8 +109,9 @@ def download_preset(
     if not license_accepted(preset, accept_license):
         raise LicenseConsentRequired(
             f"downloading {preset.name!r} from {url} needs your consent to its terms -- {preset.terms.line} "
-            f"(full text: {preset.terms.url}); rerun with --accept-license or set "
-            f"{ACCEPT_LICENSE_ENV}={preset.terms.licence_id}"
+            f"(full text: {preset.terms.url}); rerun with --accept-license, set "
+            f"{ACCEPT_LICENSE_ENV}={preset.terms.licence_id}, or run once: blossom-hf datasets download {preset.name} "
+            "--accept-license"
         )
     reason = offline_reason()
     if reason:
