@@ -46,6 +46,14 @@ class _Server:
 
             def do_GET(self):  # noqa: N802 (http.server's name)
                 outer.requests.append(self.path)
+                if self.path.startswith("/truncated/"):  # announce more bytes than are sent, then hang up
+                    body = (folder / self.path.rsplit("/", 1)[1]).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body) + 1000))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
                 super().do_GET()
 
             def log_message(self, *args):
@@ -166,6 +174,10 @@ def test_unreachable_and_offline_give_clear_errors(home, server, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     _serve_preset(monkeypatch, server, "beauty", b"1 2 3\n", "Beauty.txt", url=f"{server.url}/gone/Beauty.txt")
     with pytest.raises(DatasetDownloadError, match="HTTP 404"):
+        resolve_preset("beauty")
+    truncated = f"{server.url}/truncated/Beauty.txt"
+    _serve_preset(monkeypatch, server, "beauty", b"1 2 3\n" * 50, "Beauty.txt", url=truncated)
+    with pytest.raises(DatasetDownloadError, match="broke off after 150 of 1300 bytes"):
         resolve_preset("beauty")
     assert _leftovers(home) == [] and not (home / "beauty").exists()
 

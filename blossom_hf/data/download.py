@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -161,10 +162,15 @@ def fetch(
     try:
         with os.fdopen(handle, "wb") as out, _open_url(url, timeout) as response:
             header = response.headers.get("Content-Length")
-            total = int(header) if header and header.isdigit() else source.size
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=source.filename,
-                      disable=not progress or None, leave=False) as bar:  # fmt: skip
-                size = _copy(response, out, (sha256, md5), bar, url, timeout)
+            announced = int(header) if header and header.isdigit() else None
+            with tqdm(total=announced or source.size, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=source.filename, disable=not progress or None, leave=False) as bar:  # fmt: skip
+                size = _copy(response, out, (sha256, md5), bar, url)
+            if announced is not None and size < announced:
+                raise DatasetDownloadError(
+                    f"download of {url} broke off after {size} of {announced} bytes (nothing was saved); retry, "
+                    f"or set ${MIRROR_ENV}"
+                )
             out.flush()
             os.fsync(out.fileno())
         _verify(url, source, size, sha256.hexdigest(), md5.hexdigest())
@@ -195,12 +201,12 @@ def _open_url(url: str, timeout: float) -> IO[bytes]:
         ) from None
 
 
-def _copy(response: IO[bytes], out: IO[bytes], digests: tuple, bar: tqdm, url: str, timeout: float) -> int:
+def _copy(response: IO[bytes], out: IO[bytes], digests: tuple, bar: tqdm, url: str) -> int:
     size = 0
     while True:
         try:
             chunk = response.read(_CHUNK)
-        except OSError as error:  # connection dropped or timed out mid-way
+        except (OSError, http.client.HTTPException) as error:  # connection dropped or timed out mid-way
             raise DatasetDownloadError(
                 f"download of {url} broke off after {size} bytes ({error}); retry, or set ${MIRROR_ENV}"
             ) from None
