@@ -24,6 +24,7 @@ import pytest
 from blossom_hf.data import presets
 from blossom_hf.data.cli import add_data_arguments, data_spec_from_args
 from blossom_hf.data.download import ChecksumMismatchError, DatasetDownloadError, LicenseConsentRequired
+from blossom_hf.data.errors import InteractionDataError
 from blossom_hf.data.presets import PRESETS, find_preset, resolve_preset
 from blossom_hf.data.sources import load_interactions
 
@@ -207,6 +208,8 @@ def test_search_order_and_layouts(home, tmp_path, monkeypatch):
     assert find_preset("ml-1m", given).layout.relative_path == "ml-1m/ratings_ordered.tsv.gz"
     inside = find_preset("ml-1m", env_dir / "ml-1m")  # the dataset's own folder given instead of its parent
     assert inside.origin == "--data-dir" and inside.path == env_dir / "ml-1m" / "ratings.dat"
+    with pytest.raises(InteractionDataError, match="folder holding the 'ml-1m' dataset; read it as a preset"):
+        load_interactions(str(env_dir / "ml-1m"))  # a GroupLens folder given as a path
     monkeypatch.delenv("BLOSSOM_DATA_DIR")
     with pytest.raises(FileNotFoundError, match="ml-1m/ratings_ordered.tsv.gz or ml-1m/ratings.dat in: cache") as error:
         resolve_preset("ml-1m", download=False)

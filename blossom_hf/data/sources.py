@@ -36,7 +36,7 @@ from datasets.table import InMemoryTable
 from . import formats
 from .errors import InteractionDataError, UnknownColumnError
 from .formats import ITEM, LINE, ORDER, TIME, USER, Interactions
-from .presets import PRESETS, resolve_preset
+from .presets import PRESETS, find_preset, resolve_preset
 
 if TYPE_CHECKING:
     import pandas
@@ -269,6 +269,14 @@ def _load_with_datasets(
 ) -> Interactions:
     repo, _, revision = text.partition("@") if not is_folder else (text, "", "")
     split = split or "train"
+    if is_folder:
+        for name in PRESETS:
+            found = find_preset(name, text)
+            if found is not None and found.origin == "--data-dir":
+                raise InteractionDataError(
+                    f"{text} is a folder holding the {name!r} dataset; read it as a preset: --dataset {name} "
+                    f"--data-dir {text} (data_dir=...), or name the file itself"
+                )
     if columns["user_col"] is None or columns["item_col"] is None:
         raise InteractionDataError(
             f"{text}: reading a Hub dataset or a folder needs user_col and item_col (and time_col, order_col or "
