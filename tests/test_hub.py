@@ -303,6 +303,10 @@ def test_push_uploads_the_package_code_and_our_card(exported, tmp_path, monkeypa
     monkeypatch.setattr(HfApi, "file_exists", lambda self, *a, **kw: True)
     model.push_to_hub(REPO_ID)
     assert "README.md" not in uploads[-1], "a repo's existing card is kept"
+    monkeypatch.setattr(HfApi, "file_exists", lambda self, *a, **kw: False)
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id=REPO_ID)  # transformers' other route
+    assert PACKAGE_CODE <= set(uploads[-1]) and b"# BlossomRec checkpoint" in uploads[-1]["README.md"]
+    assert (tmp_path / "local" / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(olah_missing_reason() is not None, reason=str(olah_missing_reason()))

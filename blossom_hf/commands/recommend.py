@@ -141,7 +141,8 @@ def check_loaded_weights(model_id: str, model: Any, revision: str | None = None)
     with safe_open(weights, framework="pt") as handle:
         stored = set(handle.keys())
     expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    tied = getattr(model, "all_tied_weights_keys", None) or {}  # stored once, under the tensor they share
+    missing, unexpected = sorted(expected - stored - set(tied)), sorted(stored - expected)
     if missing:
         raise BlossomUserError(
             f"{model_id}: the weights lack {len(missing)} tensor(s) the model needs (e.g. {', '.join(missing[:3])}), "
