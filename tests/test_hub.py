@@ -223,6 +223,40 @@ def test_future_format_and_mismatched_vocabulary_give_clear_errors(exported, tmp
         AutoModel.from_pretrained(folder)
 
 
+def test_export_command(tiny_run, tmp_path):
+    """`blossom-hf export RUN_DIR TARGET`: the evaluation-record merge, refusals, --onnx without the serving module."""
+    import importlib.util
+
+    from blossom_hf.commands import export as export_command
+    from blossom_hf.errors import BlossomUserError
+
+    root, _, record = tiny_run
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"test": record["test"], "device": "cpu", "precision": "fp32",
+                                      "command": "blossom-hf evaluate --model best_model"}))  # fmt: skip
+    target = tmp_path / "exports" / "blossomrec-tiny"
+    argv = [str(root / "run"), str(target), "--repo-id", REPO_ID, "--evaluation", str(evaluation)]
+    assert export_command.main(argv) == 0
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert metrics["evaluation"]["splits"] == ["test"] and "valid metrics are those recorded during training" in \
+        metrics["evaluation"]["note"]  # fmt: skip
+    assert "re-computed from this checkpoint" in (target / "README.md").read_text()
+    check_folder_contents(target)
+    with pytest.raises(HubExportError, match="is not empty; pass overwrite=True"):
+        export_command.main(argv)
+    assert export_command.main([*argv, "--overwrite"]) == 0
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*best_model"):
+        export_command.main([str(tmp_path), str(tmp_path / "x")])
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"device": "cpu"}')
+    with pytest.raises(HubExportError, match="empty.json holds no valid/test results"):
+        export_command.main([str(root / "run"), str(tmp_path / "x"), "--evaluation", str(empty)])
+    if importlib.util.find_spec("blossom_hf.serving") is None:
+        with pytest.raises(BlossomUserError, match="ONNX export is unavailable"):
+            export_command.main([str(root / "run"), str(tmp_path / "y"), "--onnx", str(tmp_path / "m.onnx")])
+        assert not (tmp_path / "y").exists(), "refused before any work"
+
+
 # --------------------------------------------------------------------------------------------------
 # push and serve
 
@@ -250,10 +284,17 @@ def test_push_refuses_a_bad_repo_id(exported, repo_id):
         push_command.main([str(exported), f"--repo-id={repo_id}", "--dry-run"])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupted", "other-weights"])
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "other-weights", "vocabulary"])
 def test_push_dry_run_refuses_damaged_weights(exported, tmp_path, damage, tiny_run):
     folder = tmp_path / "repo"
     shutil.copytree(exported, folder)
+    if damage == "vocabulary":  # today's clear error, now also before an upload
+        vocabulary = json.loads((folder / "item_vocabulary.json").read_text())
+        vocabulary["items"] = vocabulary["items"][:-1]
+        (folder / "item_vocabulary.json").write_text(json.dumps(vocabulary))
+        with pytest.raises(HubExportError, match="item_vocabulary.json has .* items but the model's vocab_size is"):
+            push_command.main([str(folder), "--repo-id", REPO_ID, "--dry-run"])
+        return
     weights = folder / "model.safetensors"
     blob = weights.read_bytes()
     if damage == "other-weights":  # a well-formed file of another model: the sample scores catch it
