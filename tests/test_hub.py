@@ -310,7 +310,9 @@ def test_push_dry_run_refuses_damaged_weights(exported, tmp_path, damage, tiny_r
             push_command.main([str(folder), "--repo-id", REPO_ID, "--dry-run"])
         return
     weights.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else blob[:8] + b"\xff" * 64 + blob[72:])
-    with pytest.raises(OSError, match=r"Cannot read the weights in .*model\.safetensors: the file is damaged"):
+    from blossom_hf.errors import BlossomUserError
+
+    with pytest.raises(BlossomUserError, match=rf"Cannot read the weights in {folder}/model\.safetensors: the file is"):
         push_command.main([str(folder), "--repo-id", REPO_ID, "--dry-run"])
 
 

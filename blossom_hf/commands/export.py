@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         histories = json.loads(args.sample_histories) if args.sample_histories else None
     except json.JSONDecodeError as err:
         raise BlossomUserError(f"--sample-histories is not valid JSON ({err}); e.g. \"[[1, 1196, 260]]\"") from None
-    model = BlossomRecModel.from_pretrained(checkpoint)
+    try:
+        model = BlossomRecModel.from_pretrained(checkpoint)
+    except OSError as err:  # damaged weights (the model names the file and the fix)
+        raise BlossomUserError(str(err)) from None
     folder = export_hub_folder(
         model, args.target, metrics, model_name=args.model_name, repo_id=args.repo_id, dataset=args.dataset,
         sample_histories=histories, overwrite=args.overwrite,

@@ -47,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 def prepare_upload(folder: Path, staging: Path) -> list[tuple[str, int]]:
     """Check ``folder``, write the upload (artefacts + the package's code) into ``staging``, verify it there;
     return ``(name, bytes)`` of every file to upload."""
+    from ..errors import BlossomUserError
     from ..hub import complete_hub_folder, verify_hub_folder
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder (expected an exported Hub folder)")
     complete_hub_folder(folder, staging)
-    verify_hub_folder(staging)
+    try:
+        verify_hub_folder(staging)
+    except OSError as err:  # damaged weights: the model's one-line message, naming the folder pushed
+        raise BlossomUserError(str(err).replace(str(staging), str(folder))) from None
     return [(p.name, p.stat().st_size) for p in sorted(staging.iterdir())]
 
 
