@@ -266,15 +266,30 @@ def redact_paths(value: Any, roots: Mapping[str, str | os.PathLike] | None = Non
     return walk(value)
 
 
-def default_redaction_roots() -> dict[str, str]:
+def default_redaction_roots(metrics: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Placeholders for known local roots: ``~``, the checkout (``<repo>``), and the data folder (``<data>``:
+    ``$BLOSSOM_DATA_DIR``, or the folder a run's record says its data preset was read from)."""
     roots = {"~": str(Path.home())}
-    repo = Path(__file__).resolve().parents[1]
-    roots["<repo>"] = str(repo)
-    roots["<data>"] = str(repo.parent / "shared" / "data")
+    roots["<repo>"] = str(Path(__file__).resolve().parents[1])
+    data_root = _record_data_root(metrics) if metrics is not None else None
     env = os.environ.get("BLOSSOM_DATA_DIR")
-    if env:
-        roots["<data>"] = env
+    if data_root or env:
+        roots["<data>"] = data_root or env
     return roots
+
+
+def _record_data_root(metrics: Mapping[str, Any]) -> str | None:
+    data = metrics.get("data") or {}
+    spec = data.get("data_spec") or {}
+    if isinstance(spec.get("data_dir"), str) and spec["data_dir"].startswith("/"):
+        return spec["data_dir"]
+    source = data.get("source") or {}
+    preset, path = source.get("preset"), source.get("path")
+    if isinstance(preset, str) and isinstance(path, str) and path.startswith("/"):
+        for parent in Path(path).parents:
+            if parent.name == preset:  # <data>/<preset>/<file>
+                return str(parent.parent)
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -726,7 +741,7 @@ def export_hub_folder(
     samples = compute_sample_scores(model, histories)
     if card_options.example_history is None:
         card_options.example_history = histories[0]
-    record = redact_paths(record)
+    record = redact_paths(record, default_redaction_roots(record))
 
     # Write next to the target and swap at the end (saving_blossomrec.replace_folder): a failed or killed
     # export leaves the old folder as it was, and no export ever deletes another one's staging folder.

@@ -117,6 +117,18 @@ def test_export_writes_exactly_a_hub_repo(exported, tiny_run):
     assert "model.safetensors" in names and not list(exported.glob("*.bin"))
 
 
+def test_paths_are_redacted_without_assuming_where_the_data_lives(monkeypatch):
+    from blossom_hf.hub import default_redaction_roots, redact_paths
+
+    monkeypatch.delenv("BLOSSOM_DATA_DIR", raising=False)
+    record = {"data": {"source": {"preset": "ml-1m", "path": "/srv/corpora/ml-1m/ratings.dat"}, "data_spec": {}},
+              "command": ["train", "--data-dir", "/srv/corpora", "--output-dir", "/scratch/me/runs/r1"]}  # fmt: skip
+    redacted = redact_paths(record, default_redaction_roots(record))
+    assert redacted["data"]["source"]["path"] == "<data>/ml-1m/ratings.dat"
+    assert redacted["command"][2:] == ["<data>", "--output-dir", "<local>/r1"]
+    assert "shared" not in json.dumps(default_redaction_roots()), "no default path of this repo's surroundings"
+
+
 def test_card_metadata_parses_and_matches_metrics(exported):
     metrics = json.loads((exported / "metrics.json").read_text())
     card = _check_card(exported, metrics)
