@@ -225,3 +225,19 @@ def test_an_export_never_deletes_a_live_exports_staging_folder(saved, tmp_path):
     dead.mkdir()
     export_hub_folder(model, target, RECORD)
     assert (other / "model.safetensors").read_bytes() == b"in progress" and not dead.exists()
+
+
+def test_an_export_through_a_symlink_replaces_the_linked_folder(tmp_path):
+    """model_cards/blossomrec-ml1m links to the package's checkpoint: re-exporting it keeps the link."""
+    model = _model()
+    real = tmp_path / "package" / "blossomrec-tiny"
+    export_hub_folder(model, real, RECORD)
+    link = tmp_path / "model_cards" / "blossomrec-tiny"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    with torch.no_grad():
+        model.item_embeddings.weight.mul_(2)
+    export_hub_folder(model, link, RECORD, overwrite=True)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert torch.equal(BlossomRecModel.from_pretrained(real).item_embeddings.weight, model.item_embeddings.weight)
+    assert _leftovers(real) == [] and _leftovers(link) == []
