@@ -1,8 +1,9 @@
 """Item catalogues (raw item id -> title) and matching two catalogues by title and year.
 
-Used to show titles beside recommendations (``scripts/recommend.py``) and to build an item mapping
+Used to show titles beside recommendations (``blossom-hf recommend --titles``) and to build an item mapping
 between two catalogues that number the same items differently, e.g. MovieLens-100K ``u.item`` and
-MovieLens-1M ``movies.dat`` (``scripts/build_title_mapping.py``, ``scripts/finetune.py --map-titles``).
+MovieLens-1M ``movies.dat`` (``blossom-hf finetune --map-titles``; as a TSV to inspect:
+``write_item_mapping(build_title_mapping(old, new).pairs, "mapping.tsv")`` of :mod:`blossom_hf.finetuning`).
 
 Readers (all latin-1 unless told otherwise, as GroupLens ships them):
 
@@ -123,6 +124,10 @@ def read_item_titles(
                 raise CatalogError(f"{path}: no column(s) {missing}; the header has {reader.fieldnames}")
             for line_no, row in enumerate(reader, start=2):
                 add(row[id_col] or "", row[title_col] or "", line_no)
+    if not titles:
+        what = "only a header" if format in ("csv", "tsv") else "no item lines"
+        raise CatalogError(f"item catalogue {path} holds no items ({what}); pass the catalogue file itself "
+                           "(e.g. movies.dat, u.item)")  # fmt: skip
     logger.info("Read %d item titles from %s (%s)", len(titles), path, format)
     return titles
 

@@ -131,6 +131,8 @@ def read_item_mapping(path: str | os.PathLike) -> list[tuple[str, str]]:
         if not old or not new:
             raise VocabularyMappingError(f"{path}, line {line_no}: empty id in {line[:80]!r}")
         pairs.append((old, new))
+    if not pairs:
+        raise VocabularyMappingError(f"item mapping file {path} has a header but no (old raw id, new raw id) pairs")
     logger.info("Read %d item id pairs from %s", len(pairs), path)
     return pairs
 
@@ -160,6 +162,75 @@ def _new_to_old(mapping: MappingPairs) -> tuple[dict[str, str], int]:
             )
         new_to_old[new] = old
     return new_to_old, len(pairs)
+
+
+def check_mapping_direction(new_to_old: Mapping[str, str], old_ids: set[str], new_ids: set[str]) -> None:
+    """Refuse a mapping whose two columns are the wrong way round, or that fits neither vocabulary.
+
+    A mapping's old ids must name pretrained items and its new ids items of the new data. When the reversed
+    pairs fit the two vocabularies clearly better (e.g. ``--map-titles NEW_CATALOG OLD_CATALOG``), or no pair
+    fits at all, training would start from fresh embeddings for (nearly) every item without a word.
+    """
+    if not new_to_old:
+        raise VocabularyMappingError("the item mapping holds no pairs")
+    pairs = list(new_to_old.items())
+
+    def fit(olds: set[str], news: set[str], reverse: bool) -> float:
+        hits = [(old in olds, new in news) for new, old in ((o, n) if reverse else (n, o) for n, o in pairs)]
+        return min(sum(h[0] for h in hits), sum(h[1] for h in hits)) / len(hits)
+
+    direct, reverse = fit(old_ids, new_ids, False), fit(old_ids, new_ids, True)
+    if reverse >= 0.5 and reverse - direct >= 0.25:
+        raise VocabularyMappingError(
+            f"the item mapping looks reversed: {100 * direct:.0f}% of its pairs fit (old id in the pretrained "
+            f"vocabulary, new id in the new data) but {100 * reverse:.0f}% fit the other way round; give the "
+            "pretrained model's catalogue first (--map-titles OLD_CATALOG NEW_CATALOG) or swap the mapping's columns"
+        )
+    if direct == 0:
+        raise VocabularyMappingError(
+            f"no pair of the item mapping ({len(pairs)} pairs) links a pretrained item to an item of the new data; "
+            "check that the old ids are the pretrained model's raw ids and the new ids those of the new data"
+        )
+
+
+def check_catalog_direction(
+    old_titles: Mapping[str, str], new_titles: Mapping[str, str], old_vocabulary: ItemVocabulary,
+    new_vocabulary: ItemVocabulary, names: tuple[Any, Any] = ("the old catalogue", "the new catalogue"),
+) -> None:
+    """Refuse two catalogues given the wrong way round: the old one must list the pretrained model's items,
+    the new one the new data's (raw ids of the files as text). Low coverage without a swap is logged."""
+
+    def cover(titles: Mapping[str, str], vocabulary: ItemVocabulary) -> float:
+        ids = [str(r) for r in vocabulary.raw_ids]
+        return sum(i in titles for i in ids) / len(ids) if ids else 0.0
+
+    old_fit, new_fit = cover(old_titles, old_vocabulary), cover(new_titles, new_vocabulary)
+    old_swapped, new_swapped = cover(new_titles, old_vocabulary), cover(old_titles, new_vocabulary)
+    direct, reverse = min(old_fit, new_fit), min(old_swapped, new_swapped)
+    if reverse >= 0.5 and reverse - direct >= 0.25:
+        raise VocabularyMappingError(
+            f"the catalogues look swapped: {names[0]} lists {100 * old_fit:.0f}% of the pretrained model's items "
+            f"and {names[1]} {100 * new_fit:.0f}% of the new data's, but the other way round they list "
+            f"{100 * old_swapped:.0f}% and {100 * new_swapped:.0f}%; give the pretrained model's catalogue first "
+            "(--map-titles OLD_CATALOG NEW_CATALOG)"
+        )
+    if direct < 0.5:
+        logger.warning("%s lists %.0f%% of the pretrained items and %s %.0f%% of the new data's items: most items "
+                       "cannot be matched by title", names[0], 100 * old_fit, names[1], 100 * new_fit)  # fmt: skip
+
+
+def title_mapping_for(
+    old_catalog: str | os.PathLike, new_catalog: str | os.PathLike, old_vocabulary: ItemVocabulary,
+    new_vocabulary: ItemVocabulary, old_format: str = "auto", new_format: str = "auto",
+):
+    """:func:`blossom_hf.catalogs.build_title_mapping` after :func:`check_catalog_direction` (what
+    ``--map-titles OLD NEW`` should call): a :class:`~blossom_hf.catalogs.TitleMatch` of ``(old, new)`` pairs."""
+    from .catalogs import match_titles, read_item_titles
+
+    old_titles = read_item_titles(old_catalog, old_format)
+    new_titles = read_item_titles(new_catalog, new_format)
+    check_catalog_direction(old_titles, new_titles, old_vocabulary, new_vocabulary, (old_catalog, new_catalog))
+    return match_titles(old_titles, new_titles)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +283,7 @@ def remap_item_vocabulary(
     else:
         report_mapping = "file"
         all_pairs, pairs_count = _new_to_old(mapping)
+        check_mapping_direction(all_pairs, set(old_index), new_set)
         unused_old = sum(1 for old in all_pairs.values() if old not in old_index)
         unused_new = sum(1 for new in all_pairs if new not in new_set)
         new_to_old = {new: old for new, old in all_pairs.items() if old in old_index and new in new_set}
@@ -244,7 +316,7 @@ def remap_item_vocabulary(
     config = copy.deepcopy(model.config)
     config.vocab_size = len(final_vocabulary) + 1
     if "auto_map" in getattr(config, "__dict__", {}):
-        del config.auto_map  # a config loaded with remote code; save_pretrained(remote_code=True) writes it anew
+        del config.auto_map  # save_pretrained writes it anew (register_for_auto_class)
     new_model = type(model)(config)
     state = {k: v for k, v in model.state_dict().items() if k != "item_embeddings.weight"}
     missing, unexpected = new_model.load_state_dict(state, strict=False)
@@ -298,6 +370,9 @@ def _typed(name: str, vocabulary: ItemVocabulary) -> Any:
 
 __all__ = [
     "VocabularyMappingError",
+    "check_catalog_direction",
+    "check_mapping_direction",
+    "title_mapping_for",
     "VocabularyRemapReport",
     "read_item_mapping",
     "remap_item_vocabulary",

@@ -5,7 +5,7 @@
     config.json               the config, with auto_map for trust_remote_code
     model.safetensors         the weights
     item_vocabulary.json      raw item id <-> index (0 = padding)
-    *.py                      the model's flat code files (remote code)
+    *.py                      the model's flat code files (remote code), as save_pretrained writes them
     README.md                 model card: YAML metadata (tags, datasets, model-index) + the sections below
     metrics.json              the training run's record (local paths redacted)
     sample_scores.json        top-10 items and scores of a few fixed histories, to check a loaded model
@@ -14,6 +14,11 @@ and nothing else: never interaction data (the MovieLens licence forbids redistri
 pickle. The card is generated from ``metrics.json`` as written by :func:`blossom_hf.training.run_training`:
 results under both ranking protocols (the ``model-index`` lists the test metrics), the exact protocol,
 the training command, hardware and software, limitations, the data's terms and the citations.
+
+The bundled folders (``model_cards/*/``, the ML-1M one shipped inside the package) hold the artefacts only
+(no ``*.py``): :func:`complete_hub_folder` adds the installed package's model code when a folder is pushed
+(``blossom-hf push``) or loaded through the remote-code route in the tests. An export is staged in a sibling
+folder and swapped in only once complete and verified (a failed or killed export keeps the old folder).
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data.presets import _ML1M_SAMPLE_HISTORIES, AMAZON_CITATIONS, KNOWN_DATASETS, MOVIELENS_CITATION, DatasetInfo  # noqa: F401
+from .models.blossomrec.saving_blossomrec import (
+    check_finite,
+    check_writable,
+    copy_model_code,
+    real_target,
+    recover_folder,
+    replace_folder,
+    staging_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +63,23 @@ METRIC_NAMES = {"hit": "HR", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR"}
 #: Files (besides the model's flat ``*.py`` code files) that an exported folder may hold.
 HUB_DATA_FILES = ("config.json", "model.safetensors", "item_vocabulary.json", CARD_FILE, METRICS_FILE,
                   SAMPLE_SCORES_FILE)  # fmt: skip
+#: The code files a Hub folder must have for ``trust_remote_code`` (the others come with them).
+REQUIRED_CODE_FILES = ("configuration_blossomrec.py", "modeling_blossomrec.py")
+#: The one Hub repo id of each bundled checkpoint (cards, README, commands use these and no other).
+BUNDLED_REPO_IDS = {
+    "blossomrec-ml1m": "blossom-hf/blossomrec-ml1m",
+    "blossomrec-beauty": "blossom-hf/blossomrec-beauty",
+    "blossomrec-video-games": "blossom-hf/blossomrec-video-games",
+}
+#: The bundled ML-1M checkpoint, shipped as package data (``blossom-hf recommend`` uses it by default).
+BUNDLED_ML1M = Path(__file__).resolve().parent / "checkpoints" / "blossomrec-ml1m"
+#: Where each dataset's terms of use are published (the cards' ``license_link``: the weights follow the data).
+DATA_TERMS_LINKS = {
+    "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m-README.txt",
+    "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt",
+    "beauty": "https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html",
+    "video-games": "https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html",
+}
 
 BLOSSOMREC_CITATION = """@inproceedings{ma2026blossomrec,
   title     = {BlossomRec: Block-level Fused Sparse Attention Mechanism for Sequential Recommendations},
@@ -140,15 +171,30 @@ def redact_paths(value: Any, roots: Mapping[str, str | os.PathLike] | None = Non
     return walk(value)
 
 
-def default_redaction_roots() -> dict[str, str]:
+def default_redaction_roots(metrics: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Placeholders for known local roots: ``~``, the checkout (``<repo>``), and the data folder (``<data>``:
+    ``$BLOSSOM_DATA_DIR``, or the folder a run's record says its data preset was read from)."""
     roots = {"~": str(Path.home())}
-    repo = Path(__file__).resolve().parents[1]
-    roots["<repo>"] = str(repo)
-    roots["<data>"] = str(repo.parent / "shared" / "data")
+    roots["<repo>"] = str(Path(__file__).resolve().parents[1])
+    data_root = _record_data_root(metrics) if metrics is not None else None
     env = os.environ.get("BLOSSOM_DATA_DIR")
-    if env:
-        roots["<data>"] = env
+    if data_root or env:
+        roots["<data>"] = data_root or env
     return roots
+
+
+def _record_data_root(metrics: Mapping[str, Any]) -> str | None:
+    data = metrics.get("data") or {}
+    spec = data.get("data_spec") or {}
+    if isinstance(spec.get("data_dir"), str) and spec["data_dir"].startswith("/"):
+        return spec["data_dir"]
+    source = data.get("source") or {}
+    preset, path = source.get("preset"), source.get("path")
+    if isinstance(preset, str) and isinstance(path, str) and path.startswith("/"):
+        for parent in Path(path).parents:
+            if parent.name == preset:  # <data>/<preset>/<file>
+                return str(parent.parent)
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,18 +468,20 @@ def build_model_card(metrics: Mapping[str, Any], options: CardOptions) -> ModelC
     stats = (metrics.get("data") or {}).get("stats") or {}
     eval_results = eval_results_from_metrics(metrics, dataset)
     tags = list(DEFAULT_TAGS) + [t for t in options.tags if t not in DEFAULT_TAGS]
+    license_link = options.license_link or (DATA_TERMS_LINKS.get(dataset.key) if dataset else None)
     data = ModelCardData(
         library_name="transformers",
+        pipeline_tag="other",
         tags=tags,
         datasets=[dataset.dataset_id] if dataset else None,
         license=options.license,
         license_name=options.license_name if options.license == "other" else None,
-        license_link=options.license_link if options.license == "other" else None,
+        license_link=license_link if options.license == "other" else None,
         base_model=options.base_model,
         model_name=options.model_name,
         eval_results=eval_results,
     )
-    repo = options.repo_id or f"<org>/{options.model_name}"
+    repo = options.repo_id or BUNDLED_REPO_IDS.get(options.model_name) or f"<org>/{options.model_name}"
     dataset_name = dataset.pretty_name if dataset else "a custom interaction log"
     item_kind = dataset.item_kind if dataset else "item"
     sample = options.example_history or (_ML1M_SAMPLE_HISTORIES[0] if dataset and dataset.key == "ml-1m" else None)
@@ -443,6 +491,21 @@ def build_model_card(metrics: Mapping[str, Any], options: CardOptions) -> ModelC
                  for p, v in headline.items() if "ndcg@10" in v]  # fmt: skip
 
     sections: list[tuple[str, str]] = []
+    sections.append(("How to use", (
+        "Item ids are the raw ids of the training data (see `item_vocabulary.json`); histories are oldest "
+        "first. With `transformers` only (the model code comes with the repo, so pin the revision you checked):"
+        f"\n\n```python\nfrom transformers import AutoModel\n\n"
+        "REVISION = \"main\"  # replace with the commit hash you reviewed: trust_remote_code runs this repo's code\n"
+        f"model = AutoModel.from_pretrained(\"{repo}\", revision=REVISION, trust_remote_code=True)\n"
+        f"for item, score in model.recommend({sample_text}, k=10, exclude_seen=True)[0]:\n"
+        "    print(item, score)\n```\n\n"
+        "With the `blossom_hf` package installed, `import blossom_hf` registers the model with `AutoModel`, "
+        "so `trust_remote_code` is not needed, and `blossom-hf recommend --model "
+        f"{repo} ITEM_ID ...` gives recommendations on the command line. `attn_implementation=` picks the "
+        "attention backend (`sdpa`, `eager`, or `triton` on a CUDA GPU); the weights are the same for all of them.\n\n"
+        "`sample_scores.json` lists the top-10 items and scores of a few fixed histories, computed at export "
+        "(float32, CPU): a loaded copy should reproduce them to about 1e-4."
+    )))  # fmt: skip
     sections.append(("Results", (
         "Leave-one-out by time, test split (the validation split picked the checkpoint). "
         f"Headline: {'; '.join(head_bits) or 'see the table'}.\n\n{_table(metrics)}\n\n"
@@ -450,22 +513,10 @@ def build_model_card(metrics: Mapping[str, Any], options: CardOptions) -> ModelC
            f"{dataset.pretty_name}; the data copy, history window and sampling differ, so compare with care "
            "and against a full-attention baseline trained the same way.\n" if dataset and dataset.published else "")
     )))  # fmt: skip
-    sections.append(("How to use", (
-        "Item ids are the raw ids of the training data (see `item_vocabulary.json`); histories are oldest "
-        f"first. Without installing anything but `transformers`:\n\n```python\nfrom transformers import AutoModel\n\n"
-        f"model = AutoModel.from_pretrained(\"{repo}\", trust_remote_code=True)  # pin a revision in production\n"
-        f"for item, score in model.recommend({sample_text}, k=10)[0]:\n    print(item, score)\n```\n\n"
-        "With the `blossom_hf` package installed, `import blossom_hf` registers the model with `AutoModel`, "
-        "so `trust_remote_code` is not needed, and `python scripts/recommend.py` gives recommendations on the "
-        "command line. `attn_implementation=` picks the attention backend (`sdpa`, `eager`, or `triton` on a "
-        "CUDA GPU); the weights are the same for all of them.\n\n"
-        "`sample_scores.json` lists the top-10 items and scores of a few fixed histories, computed at export "
-        "(float32, CPU): a loaded copy should reproduce them to about 1e-4."
-    )))  # fmt: skip
     sections.append(("Intended use", (
         f"Next-{item_kind} recommendation research on {dataset_name}: reproducing and extending BlossomRec, "
         "comparing attention mechanisms for sequential recommenders, and as a starting point for fine-tuning on "
-        f"another interaction log (`scripts/finetune.py`). Histories must use the item ids of "
+        f"another interaction log (`blossom-hf finetune`). Histories must use the item ids of "
         f"`item_vocabulary.json`; the model cannot score {item_kind}s it has not seen in training. Not intended "
         "for production recommendation to real users without evaluation on their data, nor for any use the "
         "data's terms (below) exclude."
@@ -478,7 +529,7 @@ def build_model_card(metrics: Mapping[str, Any], options: CardOptions) -> ModelC
     )))  # fmt: skip
     sections.append(("Evaluation protocol", _protocol_section(metrics)))
     sections.append(("Training procedure", (
-        "Command (from the `blossom_hf` repository):\n\n"
+        "Command (as run, from the `blossom_hf` repository):\n\n"
         f"```bash\n{_command_text(metrics, options.training_command)}\n```\n\n"
         f"- **Model**: BlossomRec, {_model_summary(config)}.\n"
         f"- **Optimisation**: loss `{training.get('loss', '?')}`, learning rate {training.get('learning_rate', '?')}, "
@@ -494,14 +545,14 @@ def build_model_card(metrics: Mapping[str, Any], options: CardOptions) -> ModelC
     sections.append(("Limitations", (
         "- Trained and evaluated offline on one public dataset with leave-one-out splits; offline metrics are a "
         "weak proxy for online quality, and sampled (uniN) metrics overstate quality relative to full ranking.\n"
-        f"- Closed vocabulary: new {item_kind}s need fine-tuning (`scripts/finetune.py` maps a new vocabulary "
+        f"- Closed vocabulary: new {item_kind}s need fine-tuning (`blossom-hf finetune` maps a new vocabulary "
         "and keeps the shared items' embeddings); there are no user or item features, only ids and order.\n"
         "- Reflects the popularity and demographic biases of its training data; the catalogue and period are "
         "old and narrow, so recommendations for other populations or times will be poor.\n"
         "- History items are not removed from the scores: pass `exclude_seen=True` to `recommend` for "
         "recommendations of unseen items.\n"
-        "- A port of the authors' method to Hugging Face `transformers` (see the `blossom_hf` project's "
-        "MODEL.md for where it deliberately differs from the authors' code); numbers are not the paper's."
+        "- A port of the authors' method to Hugging Face `transformers` by the `blossom_hf` project, which documents "
+        "where it deliberately differs from the authors' code; numbers are not the paper's."
     )))  # fmt: skip
     sections.append(("Data terms", (
         (dataset.terms if dataset else "The training data's own terms of use apply; this repository holds none of it.")
@@ -561,7 +612,7 @@ def export_hub_folder(
         HubExportError: no vocabulary, vocabulary/size mismatch, missing test metrics, a folder in the way,
             or a reloaded model that does not reproduce its sample scores.
     """
-    folder = Path(folder)
+    folder = real_target(folder)
     record = load_metrics(metrics)
     vocabulary = getattr(model, "vocabulary", None)
     if vocabulary is None:
@@ -572,6 +623,10 @@ def export_hub_folder(
             "(it must be the number of items + 1 for padding)"
         )
     reported_test_metrics(record)  # raises early on a record without test results
+    try:
+        check_finite(model.state_dict(), "the checkpoint")
+    except ValueError as err:
+        raise HubExportError(str(err)) from None
     if isinstance(dataset, str):
         if dataset not in KNOWN_DATASETS:
             known = ", ".join(KNOWN_DATASETS)
@@ -591,15 +646,16 @@ def export_hub_folder(
     samples = compute_sample_scores(model, histories)
     if card_options.example_history is None:
         card_options.example_history = histories[0]
-    record = redact_paths(record)
+    record = redact_paths(record, default_redaction_roots(record))
 
-    # Write next to the target and swap at the end, so a failed export never leaves half a folder behind.
-    staging = folder.parent / f".{folder.name}.export-tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    # Write next to the target and swap at the end (saving_blossomrec.replace_folder): a failed or killed
+    # export leaves the old folder as it was, and no export ever deletes another one's staging folder.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(folder)
+    check_writable(folder, [p.name for p in folder.iterdir()] if folder.is_dir() else [])
+    staging = staging_folder(folder, "export")
     try:
-        model.save_pretrained(staging, remote_code=True)
+        model.save_pretrained(staging)
         (staging / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         (staging / SAMPLE_SCORES_FILE).write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")
         build_model_card(record, card_options).save(staging / CARD_FILE)
@@ -608,12 +664,10 @@ def export_hub_folder(
             problems = check_sample_scores(type(model).from_pretrained(staging), samples)
             if problems:
                 raise HubExportError(f"the reloaded model does not reproduce sample_scores.json: {problems[:3]}")
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        replace_folder(staging, folder, merge=False)
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
     logger.info("Exported %s (%s)", folder, ", ".join(sorted(p.name for p in folder.iterdir())))
     return folder
 
@@ -635,26 +689,201 @@ def _is_hub_file(path: Path) -> bool:
     return path.is_file() and (path.name in HUB_DATA_FILES or path.suffix == ".py" or path.name == ".gitattributes")
 
 
-def check_folder_contents(folder: str | os.PathLike) -> list[str]:
-    """The folder's file names; raises :class:`HubExportError` on anything an export must not hold."""
+def check_folder_contents(folder: str | os.PathLike, require_code: bool = True) -> list[str]:
+    """The folder's file names; raises :class:`HubExportError` on anything an export must not hold.
+
+    ``require_code=False`` accepts an artefacts-only folder (the bundled ones: no ``*.py``, added at push).
+    """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise HubExportError(f"{folder} is not a folder (expected an exported Hub folder)")
     names = sorted(p.name for p in folder.iterdir())
     stray = [n for n in names if not _is_hub_file(folder / n)]
     if stray:
         raise HubExportError(f"{folder}: unexpected entries {stray} (an export holds only {HUB_DATA_FILES} and *.py)")
     missing = [n for n in HUB_DATA_FILES if n not in names] + [
-        n for n in ("configuration_blossomrec.py", "modeling_blossomrec.py") if n not in names
+        n for n in (REQUIRED_CODE_FILES if require_code else ()) if n not in names
     ]
     if missing:
         raise HubExportError(f"{folder}: missing {missing}")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HubExportError(f"{folder}/config.json is not valid JSON: {err}") from None
     if "auto_map" not in config:
-        raise HubExportError(f"{folder}/config.json has no auto_map: export with remote code")
+        raise HubExportError(f"{folder}/config.json has no auto_map: export it again with `blossom-hf export`")
     return names
+
+
+def complete_hub_folder(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy the Hub folder ``source`` to the new folder ``target`` with the installed package's model code.
+
+    The bundled folders hold artefacts only; this is what a Hub repo of one looks like (what ``blossom-hf push``
+    uploads). A ``*.py`` file already in ``source`` is replaced by the package's, the code the checks run.
+    """
+    source, target = Path(source), Path(target)
+    check_folder_contents(source, require_code=False)
+    target.mkdir(parents=True, exist_ok=False)
+    for path in sorted(source.iterdir()):
+        if path.suffix != ".py":
+            shutil.copy2(path, target / path.name)
+    copy_model_code(target)
+    return target
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a valid Hub model id (``NAMESPACE/NAME``); else a one-line ``HubExportError``."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubExportError(f"invalid Hub repo id {repo_id!r}: {str(err).splitlines()[0]}") from None
+    if repo_id.count("/") != 1:
+        raise HubExportError(f"invalid Hub repo id {repo_id!r}: expected NAMESPACE/NAME, e.g. "
+                             f"{BUNDLED_REPO_IDS['blossomrec-ml1m']}")  # fmt: skip
+    return repo_id
+
+
+def verify_hub_folder(folder: str | os.PathLike) -> None:
+    """Load ``folder`` with the library classes and check it reproduces its ``sample_scores.json``.
+
+    Raises:
+        OSError: damaged or truncated weights (the model's own message: which file, how to get a good copy).
+        HubExportError: a folder that does not load, or whose model does not reproduce its sample scores.
+    """
+    from .models.blossomrec import BlossomRecModel
+
+    folder = Path(folder)
+    try:
+        expected = json.loads((folder / SAMPLE_SCORES_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HubExportError(f"{folder / SAMPLE_SCORES_FILE} is not valid JSON: {err}") from None
+    try:
+        model = BlossomRecModel.from_pretrained(folder, attn_implementation="sdpa")
+    except OSError:
+        raise
+    except Exception as err:  # any load failure is reported as this folder's problem
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise HubExportError(f"{folder} does not load: {reason}") from None
+    problems = check_sample_scores(model, expected)
+    if problems:
+        raise HubExportError(f"{folder}: the weights do not reproduce sample_scores.json ({'; '.join(problems[:2])}); "
+                             "the folder's files do not belong together -- export it again")  # fmt: skip
+
+
+def refresh_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> Path:
+    """Rebuild ``folder/README.md`` from the folder's own ``metrics.json`` (after a change of the card builder)."""
+    folder = Path(folder)
+    record = load_metrics(folder / METRICS_FILE)
+    samples = json.loads((folder / SAMPLE_SCORES_FILE).read_text(encoding="utf-8"))
+    options = CardOptions(model_name=folder.resolve().name,
+                          repo_id=repo_id or BUNDLED_REPO_IDS.get(folder.resolve().name),
+                          example_history=samples["samples"][0]["history"])  # fmt: skip
+    key = dataset_key(record)
+    options.dataset = KNOWN_DATASETS.get(key) if key else None
+    if record.get("finetuning") and not options.extra_sections:
+        options.extra_sections = {"Fine-tuning": finetuning_section(record["finetuning"])}
+    card = str(build_model_card(record, options))
+    temporary = folder / f".{CARD_FILE}.tmp-{os.getpid()}"
+    temporary.write_text(card, encoding="utf-8")
+    os.replace(temporary, folder / CARD_FILE)
+    return folder / CARD_FILE
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation records and fine-tuning (what the export and finetune commands add to a run's record)
+
+
+def merge_evaluation(metrics: Mapping[str, Any], evaluation: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """``metrics`` with the splits of an evaluation record (``blossom-hf evaluate --output``) replacing those
+    recorded during training, and an ``evaluation`` note saying so (shown in the card)."""
+    source = str(evaluation) if not isinstance(evaluation, Mapping) else "the evaluation record"
+    if not isinstance(evaluation, Mapping):
+        evaluation = _read_json(Path(evaluation), "an evaluation record")
+    splits = [split for split in ("valid", "test") if split in evaluation]
+    if not splits:
+        raise HubExportError(f"{source} holds no valid/test results (expected `blossom-hf evaluate --output`)")
+    updated = dict(metrics)
+    for split in splits:
+        updated[split] = evaluation[split]
+    kept = [split for split in ("valid", "test") if split not in splits]
+    updated["evaluation"] = {
+        "note": f"{' and '.join(splits)} metrics re-computed from this checkpoint by the evaluate command "
+        f"({evaluation.get('device', 'cpu')}, {evaluation.get('precision', 'fp32')}, "
+        f"attn_implementation={evaluation.get('attn_implementation', 'sdpa')}): the numbers it reproduces."
+        + (f" The {' and '.join(kept)} metrics are those recorded during training." if kept else ""),
+        "command": evaluation.get("command", "blossom-hf evaluate"),
+        "splits": splits,
+    }
+    return updated
+
+
+def attach_evaluation_subset(metrics: dict[str, Any], subset: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """Store an evaluation made with ``--max-users N`` in ``metrics['evaluation']['subset']``: the quick check
+    the tests re-run against the exported folder."""
+    source = str(subset) if not isinstance(subset, Mapping) else "the subset record"
+    if not isinstance(subset, Mapping):
+        subset = _read_json(Path(subset), "an evaluation record")
+    if not subset.get("max_users"):
+        raise HubExportError(f"{source} is not an evaluation made with --max-users")
+    metrics.setdefault("evaluation", {})["subset"] = {
+        key: subset[key] for key in ("max_users", "negatives_seed", "exclude_history", "valid", "test") if key in subset
+    }
+    return metrics
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected {what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HubExportError(f"{path} is not valid JSON ({what}): {err}") from None
+
+
+def finetuning_section(finetuning: Mapping[str, Any]) -> str:
+    """The card's "Fine-tuning" section, from the ``finetuning`` entry of a fine-tuned run's record."""
+    base = finetuning["base_model"]
+    if finetuning.get("from_scratch"):
+        return (f"Trained from scratch with the architecture of `{base}` (random weights, no transfer), as the "
+                "baseline for the fine-tuned model trained the same way on the same data.")  # fmt: skip
+    vocab = finetuning["vocabulary"]
+    mapping = finetuning.get("mapping") or {"source": "identity"}
+    if mapping["source"] == "titles":
+        stages = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in mapping["stages"].items())
+        matching = (f"by title and year: {mapping['matched_new_items']} of {mapping['new_items']} catalogue items "
+                    f"matched ({100 * mapping['match_rate']:.1f}%; {stages}), {mapping['ambiguous_new']} "
+                    f"ambiguous and {mapping['unmatched_new']} unmatched left out")  # fmt: skip
+    elif mapping["source"] == "file":
+        matching = f"by the mapping file `{mapping['file']}` ({vocab['mapping_pairs']} pairs)"
+    else:
+        matching = "by raw id (equal ids are the same item)"
+    lines = [
+        f"Fine-tuned from `{base}`: every encoder weight starts from the pretrained model; the item embedding "
+        "was carried over to this dataset's items.",
+        "",
+        f"- {vocab['new_items']} items in the new data: {vocab['shared']} ({100 * vocab['shared_fraction']:.1f}%) "
+        f"shared with the pretrained vocabulary kept their embeddings, {vocab['initialised']} were initialised "
+        f"N(0, {vocab['init_std']}).",
+        f"- Pretrained items without data here: {vocab['old_kept']} kept, {vocab['old_dropped']} dropped "
+        f"(of {vocab['old_items']}).",
+        f"- Items matched {matching}.",
+    ]
+    return "\n".join(lines)
 
 
 __all__ = [
     "BLOSSOMREC_CITATION",
+    "BUNDLED_ML1M",
+    "BUNDLED_REPO_IDS",
+    "attach_evaluation_subset",
+    "check_repo_id",
+    "complete_hub_folder",
+    "finetuning_section",
+    "merge_evaluation",
+    "refresh_model_card",
+    "verify_hub_folder",
     "CardOptions",
     "DEFAULT_TAGS",
     "DatasetInfo",

@@ -1,6 +1,7 @@
 """Helpers shared by test_hub.py, test_finetune.py and test_recommend_cli.py: a tiny real training run on
-generated data, the scripts as modules, and a subprocess that loads a checkpoint (optionally without
-blossom_hf importable) and recomputes its sample_scores.json."""
+generated data, the bundled checkpoints (as artefacts, and as temporary Hub folders with the package's code),
+the scripts as modules, and a subprocess that loads a checkpoint (optionally without blossom_hf importable)
+and recomputes its sample_scores.json."""
 
 from __future__ import annotations
 
@@ -20,10 +21,23 @@ USER_PREFIX = "visitor-zq"  # distinctive, so a test can assert that no user id 
 
 
 def bundled_checkpoints() -> list[Path]:
-    """Every exported folder under model_cards/ (none until the GPU runs are exported)."""
-    if not MODEL_CARDS.is_dir():
-        return []
-    return sorted(p for p in MODEL_CARDS.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    """Every bundled checkpoint: model_cards/*/ and the ML-1M one shipped in the package (model_cards/blossomrec-ml1m
+    links to it), each once. They hold artefacts only; :func:`hub_folder` adds the code."""
+    from blossom_hf.hub import BUNDLED_ML1M
+
+    found = {BUNDLED_ML1M.resolve(): BUNDLED_ML1M} if (BUNDLED_ML1M / "config.json").is_file() else {}
+    if MODEL_CARDS.is_dir():
+        for path in MODEL_CARDS.iterdir():
+            if path.is_dir() and (path / "config.json").is_file():
+                found.setdefault(path.resolve(), path)
+    return sorted(found.values(), key=lambda p: p.name)
+
+
+def hub_folder(folder: Path, tmp: Path) -> Path:
+    """A temporary Hub repo folder of a bundled checkpoint: its artefacts plus the package's model code."""
+    from blossom_hf.hub import complete_hub_folder
+
+    return complete_hub_folder(folder, tmp / folder.name)
 
 
 def load_script(name: str) -> ModuleType:

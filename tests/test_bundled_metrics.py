@@ -8,6 +8,7 @@ numbers in the card come from the same script without --max-users (docs/RESULTS.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import REPO, SHARED_DATA
@@ -41,10 +42,18 @@ def test_card_metrics_are_reproduced_by_evaluate(card):
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
-def test_card_code_matches_the_package(card):
-    """The flat code files of a Hub folder are the package's model folder, verbatim (re-export after edits)."""
+def test_hub_folder_gets_the_package_code_at_push_time(card, tmp_path):
+    """The bundled folders keep no copy of the model code (nothing to keep in sync): the Hub folder made from
+    one for an upload carries the installed package's modules, verbatim, replacing any stale *.py."""
+    from blossom_hf.hub import complete_hub_folder
+
     package = REPO / "blossom_hf" / "models" / "blossomrec"
     expected = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
-    assert {p.name for p in card.glob("*.py")} == expected
-    stale = [name for name in sorted(expected) if (card / name).read_bytes() != (package / name).read_bytes()]
-    assert not stale, f"{card.name}: {stale} differ from the package; re-export with scripts/export_checkpoint.py"
+    source = tmp_path / "source"
+    shutil.copytree(card, source, ignore=shutil.ignore_patterns("*.py"))
+    (source / "modeling_blossomrec.py").write_text("raise ImportError('a stale copy')\n")
+    repo = complete_hub_folder(source, tmp_path / card.name)
+    assert {p.name for p in repo.glob("*.py")} == expected
+    assert all((repo / name).read_bytes() == (package / name).read_bytes() for name in expected)
+    artefacts = {p.name for p in card.iterdir() if p.suffix != ".py"}
+    assert {p.name for p in repo.iterdir() if p.suffix != ".py"} == artefacts

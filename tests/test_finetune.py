@@ -24,6 +24,7 @@ from blossom_hf.finetuning import (
     VocabularyMappingError,
     read_item_mapping,
     remap_item_vocabulary,
+    title_mapping_for,
     write_item_mapping,
 )
 from blossom_hf.hub import check_folder_contents, check_sample_scores
@@ -121,6 +122,38 @@ def test_mapping_files(tmp_path):
         read_item_mapping(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_item_mapping(tmp_path / "missing.tsv")
+
+
+def test_header_only_and_reversed_mappings_are_refused(pretrained, tmp_path):
+    header_only = tmp_path / "map.tsv"
+    header_only.write_text("old_id\tnew_id\n")
+    with pytest.raises(VocabularyMappingError, match="map.tsv has a header but no .* pairs"):
+        read_item_mapping(header_only)
+    new_vocab = ItemVocabulary(["a", "b", "c", "d"])
+    with pytest.raises(VocabularyMappingError, match="looks reversed: 0% of its pairs fit .* but 100% fit the other"):
+        remap_item_vocabulary(pretrained, new_vocab, [("a", 101), ("b", 102), ("c", 103)])
+    with pytest.raises(VocabularyMappingError, match="no pair of the item mapping \\(1 pairs\\) links"):
+        remap_item_vocabulary(pretrained, new_vocab, [(1, "x")])
+
+
+def test_swapped_and_header_only_catalogues_are_refused(pretrained, tmp_path):
+    """--map-titles OLD NEW given as NEW OLD: both catalogues number films with small integers, so only which
+    catalogue lists which vocabulary's items tells them apart."""
+    old = tmp_path / "movies.dat"  # the pretrained model's catalogue: ids 101..115 (covers its vocabulary)
+    old.write_text("".join(f"{k}::Film {k} (1990)::Drama\n" for k in range(101, 116)), encoding="latin-1")
+    new = tmp_path / "u.item"  # the new data's: ids 1..6 for films 101..106, plus 107..110 under their own ids
+    lines = [f"{k - 100}|Film {k} (1990)|01-Jan-1990\n" for k in range(101, 107)]
+    lines += [f"{k}|Other {k} (1990)|01-Jan-1990\n" for k in range(107, 111)]
+    new.write_text("".join(lines), encoding="latin-1")
+    new_vocab = ItemVocabulary(list(range(1, 7)))
+    match = title_mapping_for(old, new, pretrained.vocabulary, new_vocab)
+    assert sorted(match.pairs) == sorted((str(k), str(k - 100)) for k in range(101, 107))
+    with pytest.raises(VocabularyMappingError, match="catalogues look swapped: .*u.item lists 40% of the pretrained"):
+        title_mapping_for(new, old, pretrained.vocabulary, new_vocab)
+    header_only = tmp_path / "titles.csv"
+    header_only.write_text("item_id,title\n")
+    with pytest.raises(CatalogError, match="titles.csv holds no items \\(only a header\\)"):
+        title_mapping_for(old, header_only, pretrained.vocabulary, new_vocab)
 
 
 # --------------------------------------------------------------------------------------------------

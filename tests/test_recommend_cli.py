@@ -1,8 +1,10 @@
-"""scripts/recommend.py: the README's main command, titles, unknown ids, options, and the bundled checkpoint."""
+"""`blossom-hf recommend` (blossom_hf.commands.recommend): the README's main command, titles, unknown ids,
+options, load reports of damaged checkpoints, and the bundled (package data) checkpoint."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -10,12 +12,15 @@ import time
 import pytest
 import torch
 from conftest import tiny_config
-from hub_testing import REPO, load_script
+from safetensors.torch import load_file, save_file
 
 from blossom_hf import BlossomRecModel, ItemVocabulary
-from blossom_hf.hub import export_hub_folder
+from blossom_hf.commands import recommend
+from blossom_hf.errors import BlossomUserError
+from blossom_hf.hub import BUNDLED_ML1M, export_hub_folder
 
-MINIMAL_RECORD = {"test": {"full": {"hit@10": 0.1, "ndcg@10": 0.05, "users": 3}}, "command": ["scripts/train.py"]}
+MINIMAL_RECORD = {"test": {"full": {"hit@10": 0.1, "ndcg@10": 0.05, "users": 3}}, "command": ["blossom-hf", "train"]}
+RUN_COMMAND = "import sys; from blossom_hf.commands.recommend import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +42,12 @@ def setup(tmp_path_factory):
     return model, folder, movies
 
 
-@pytest.fixture
-def recommend():
-    return load_script("recommend")
-
-
 def test_main_command_in_a_fresh_process(setup):
     model, folder, movies = setup
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "recommend.py"), "1", "5", "12", "--k", "5", "--model", str(folder),
-         "--movies", str(movies)],
+        [sys.executable, "-c", RUN_COMMAND, "1", "5", "12", "--k", "5", "--model", str(folder),
+         "--titles", str(movies)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -66,9 +66,9 @@ def test_main_command_in_a_fresh_process(setup):
     assert seconds < 120, f"took {seconds:.0f} s"
 
 
-def test_json_exclude_seen_and_skip(recommend, setup, capsys):
+def test_json_exclude_seen_and_skip(setup, capsys):
     model, folder, movies = setup
-    argv = ["3", "4", "999", "--model", str(folder), "--movies", str(movies), "--k", "7", "--exclude-seen",
+    argv = ["3", "4", "999", "--model", str(folder), "--titles", str(movies), "--k", "7", "--exclude-seen",
             "--unknown", "skip", "--json"]  # fmt: skip
     assert recommend.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
@@ -88,40 +88,78 @@ def test_json_exclude_seen_and_skip(recommend, setup, capsys):
         (["Invented Film 12"], "unknown item id 'Invented Film 12'", "ids, not titles, are expected; did you mean 12"),
     ],
 )
-def test_unknown_ids_are_explained(recommend, setup, capsys, history, message, hint):
+def test_unknown_ids_are_explained(setup, history, message, hint):
     _, folder, movies = setup
-    assert recommend.main([*history, "--model", str(folder), "--movies", str(movies)]) == 2
-    err = capsys.readouterr().err
-    assert f"recommend.py: error: {message}" in err and hint in err
+    with pytest.raises(BlossomUserError) as caught:
+        recommend.main([*history, "--model", str(folder), "--titles", str(movies)])
+    text = str(caught.value)
+    assert message in text and hint in text and "\n" not in text, "one line: the problem and the fix"
 
 
-def test_default_titles_for_a_movielens_card(recommend, setup, capsys, monkeypatch):
+def test_titles_only_when_asked(setup, capsys, tmp_path):
     _, folder, movies = setup
-    monkeypatch.setattr(recommend, "DEFAULT_MOVIES", movies)
     assert recommend.main(["1", "--model", str(folder), "--k", "3"]) == 0
-    assert "Invented Film 1 (1951)" in capsys.readouterr().out
-    assert recommend.main(["1", "--model", str(folder), "--k", "3", "--no-titles"]) == 0
-    assert "Invented" not in capsys.readouterr().out
+    assert "Invented" not in capsys.readouterr().out, "no default catalogue path"
+    assert recommend.main(["1", "--model", str(folder), "--k", "3", "--titles", str(movies)]) == 0
+    assert "Invented Film" in capsys.readouterr().out
+    header_only = tmp_path / "titles.csv"
+    header_only.write_text("item_id,title\n")
+    with pytest.raises(BlossomUserError, match="holds no items \\(only a header\\)"):
+        recommend.main(["1", "--model", str(folder), "--titles", str(header_only)])
 
 
-def test_bad_model_arguments(recommend, setup, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(recommend, "DEFAULT_MODEL", tmp_path / "model_cards" / "blossomrec-ml1m")
-    monkeypatch.setattr(recommend, "REPO", tmp_path)
-    assert recommend.main(["1"]) == 2
-    err = capsys.readouterr().err
-    assert "the bundled checkpoint model_cards/blossomrec-ml1m does not exist" in err and "--model" in err
-    assert recommend.main(["1", "--model", str(tmp_path)]) == 2
-    assert "is not a model folder (no config.json)" in capsys.readouterr().err
-    assert recommend.main(["1", "--model", "./nowhere/at/all"]) == 2
-    assert "neither an existing folder nor a Hub repo id" in capsys.readouterr().err
+def test_bad_model_arguments(setup, monkeypatch, tmp_path):
+    monkeypatch.setattr(recommend, "BUNDLED_ML1M", tmp_path / "site-packages" / "blossomrec-ml1m")
+    with pytest.raises(FileNotFoundError, match="the bundled checkpoint is missing from the installed package"):
+        recommend.main(["1"])
+    with pytest.raises(BlossomUserError, match="is not a model folder \\(no config.json\\)"):
+        recommend.main(["1", "--model", str(tmp_path)])
+    with pytest.raises(BlossomUserError, match="neither an existing folder nor a Hub repo id"):
+        recommend.main(["1", "--model", "./nowhere/at/all"])
     _, folder, _ = setup
-    assert recommend.main(["1", "--model", str(folder), "--k", "500"]) == 2
-    assert "--k must be between 1 and 59" in capsys.readouterr().err
+    with pytest.raises(BlossomUserError, match="--k must be between 1 and 59"):
+        recommend.main(["1", "--model", str(folder), "--k", "500"])
 
 
-@pytest.mark.skipif(not (REPO / "model_cards" / "blossomrec-ml1m" / "config.json").is_file(),
-                    reason="the bundled ML-1M checkpoint has not been exported yet")  # fmt: skip
-def test_bundled_ml1m_checkpoint(recommend, capsys):
-    assert recommend.main(["1", "1196", "260", "--k", "10", "--json", "--no-titles"]) == 0
+@pytest.mark.parametrize("damage", ["missing", "unexpected"])
+def test_weights_that_do_not_fit_the_model_are_refused(setup, tmp_path, damage):
+    """A checkpoint missing a tensor (random weights) or holding tensors its config does not use (blossom weights
+    under attention_type=full) is an error, not silent wrong recommendations."""
+    _, folder, _ = setup
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    if damage == "missing":
+        tensors = load_file(broken / "model.safetensors")
+        dropped = next(name for name in tensors if name.startswith("layers.0."))
+        del tensors[dropped]
+        save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    else:
+        config = json.loads((broken / "config.json").read_text())
+        config["attention_type"] = "full"
+        (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BlossomUserError) as caught:
+        recommend.main(["1", "2", "--model", str(broken)])
+    text = str(caught.value)
+    ours = "the weights lack 1 tensor(s)" if damage == "missing" else "tensor(s) the config's model does not use"
+    assert "\n" not in text and (ours in text or text.startswith(f"cannot load the model {broken}")), text
+
+
+@pytest.mark.skipif(not (BUNDLED_ML1M / "config.json").is_file(), reason="the bundled ML-1M checkpoint is missing")
+def test_bundled_ml1m_checkpoint_is_the_default(capsys):
+    assert recommend.main(["1", "1196", "260", "--k", "10", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["recommendations"]) == 10 and out["model"] == "model_cards/blossomrec-ml1m"
+    assert len(out["recommendations"]) == 10 and out["model"] == "bundled:blossomrec-ml1m"
+    samples = json.loads((BUNDLED_ML1M / "sample_scores.json").read_text())
+    first = next(s for s in samples["samples"] if s["history"] == [1, 1196, 260])
+    assert [r["item"] for r in out["recommendations"]] == first["items"]
+
+
+def test_no_script_path_remains():
+    """The user commands live in the package (blossom-hf ...), not in scripts/ of a checkout."""
+    from hub_testing import REPO
+
+    for name in ("recommend", "export_checkpoint", "push_to_hub", "build_title_mapping"):
+        assert not (REPO / "scripts" / f"{name}.py").exists(), name
+    for module in ("recommend", "export", "push"):
+        command = __import__(f"blossom_hf.commands.{module}", fromlist=["HELP", "main"])
+        assert isinstance(command.HELP, str) and "\n" not in command.HELP and callable(command.main)

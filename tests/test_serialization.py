@@ -1,4 +1,5 @@
-"""Round trips (library and trust_remote_code routes), backend selection, config validation, registry."""
+"""Round trips (library and trust_remote_code routes; plain save_pretrained writes the code files through
+register_for_auto_class), backend selection, config validation, registry."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +34,11 @@ def test_library_round_trip_is_bit_exact(tmp_path, trained_like, generator):
     before = trained_like(ids).logits
     trained_like.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "item_vocabulary.json").is_file()
-    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.py"))
+    assert not list(tmp_path.glob("*.bin"))
+    package = Path(blossom_hf.__file__).parent / "models" / "blossomrec"
+    assert {p.name for p in tmp_path.glob("*.py")} == {p.name for p in package.glob("*.py")} - {"__init__.py"}, (
+        "a plain save_pretrained writes every module of the model folder (register_for_auto_class)"
+    )
     assert "attn_implementation" not in (tmp_path / "config.json").read_text()
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, BlossomRecModel) and loaded.vocabulary == trained_like.vocabulary
@@ -62,13 +68,19 @@ REMOTE_SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     import torch
     from transformers import AutoModel
-    folder, ids_path = sys.argv[1], sys.argv[2]
+    folder, resaved, ids_path = sys.argv[1], sys.argv[2], sys.argv[3]
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)
     ids = torch.tensor(json.load(open(ids_path)))
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     out = {"logits": model(ids).logits.tolist(), "recs": model.recommend([["movie-1", "movie-2"]], k=3)[0].items}
     model.set_attn_implementation("eager")
     out["eager"] = model(ids).logits.tolist()
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(resaved)  # the remote-code class saves itself again: code, auto_map, vocabulary
+    again = AutoModel.from_pretrained(resaved, trust_remote_code=True)
+    assert type(again).__module__.startswith("transformers_modules"), type(again).__module__
+    out["resaved"] = again(ids).logits.tolist()
+    out["resaved_recs"] = again.recommend([["movie-1", "movie-2"]], k=3)[0].items
     assert not [m for m in sys.modules if m.startswith("blossom_hf")]
     print("RESULT" + json.dumps(out))
     """
@@ -76,23 +88,37 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_round_trip_without_the_package(tmp_path, trained_like, generator):
+    """Plain save_pretrained -> trust_remote_code load without blossom_hf -> save again -> load again."""
     folder = tmp_path / "repo"
-    trained_like.save_pretrained(folder, remote_code=True)
+    trained_like.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"]["AutoModel"] == "modeling_blossomrec.BlossomRecModel"
+    assert config["auto_map"] == {"AutoConfig": "configuration_blossomrec.BlossomRecConfig",
+                                  "AutoModel": "modeling_blossomrec.BlossomRecModel"}  # fmt: skip
     assert (folder / "modeling_blossomrec.py").is_file() and (folder / "registry.py").is_file()
-    assert "auto_map" not in trained_like.config.to_dict(), "the live config is left as it was"
+    assert (folder / "README.md").read_text().startswith("---\nlibrary_name: transformers\npipeline_tag: other")
     ids = random_histories(3, 30, trained_like.config.vocab_size, generator)
     (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
     env = {"HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "ids.json")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    resaved = tmp_path / "resaved"
+    proc = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(resaved), str(tmp_path / "ids.json")],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     expected = trained_like(ids).logits
     assert torch.equal(torch.tensor(result["logits"]), expected), "remote code reproduces scores bit for bit"
     torch.testing.assert_close(torch.tensor(result["eager"]), expected, rtol=1e-5, atol=1e-5)
     assert result["recs"] == trained_like.recommend([["movie-1", "movie-2"]], k=3)[0].items
+    assert torch.equal(torch.tensor(result["resaved"]), expected), "a re-saved remote-code model loads the same"
+    assert result["resaved_recs"] == result["recs"]
+    assert {p.name for p in resaved.glob("*.py")} == {p.name for p in folder.glob("*.py")}
+    assert json.loads((resaved / "config.json").read_text())["auto_map"] == config["auto_map"]
+    assert (resaved / "item_vocabulary.json").read_bytes() == (folder / "item_vocabulary.json").read_bytes()
+
+
+def test_remote_code_keyword_is_gone(tmp_path, trained_like):
+    with pytest.raises(TypeError, match=r"remote_code=\.\.\.\) was removed"):
+        trained_like.save_pretrained(tmp_path / "x", remote_code=True)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(

@@ -509,35 +509,93 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         return results
 
     # ----------------------------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, *args, remote_code: bool = False, **kwargs):
-        """``PreTrainedModel.save_pretrained`` plus the item vocabulary.
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` made safe, plus what a Hub repo of this model needs.
 
-        With ``remote_code=True`` the folder also gets the model's flat code files and an ``auto_map``, so
-        ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works where blossom_hf is not installed.
+        The folder gets the weights and config, the item vocabulary, the flat code files of this model folder
+        with an ``auto_map`` (``register_for_auto_class``, so ``AutoModel.from_pretrained(folder,
+        trust_remote_code=True)`` works without blossom_hf) and, if it has none, a short model card. Everything
+        is written into a sibling staging folder and swapped in only when complete (saving_blossomrec.py): a
+        failed or killed save leaves an existing folder as it was.
+
+        Raises:
+            ValueError: a weight tensor holds NaN or inf (nothing is written).
+            PermissionError: the folder, or a file the save would replace, is read-only (nothing is changed).
         """
-        save_directory = Path(save_directory)
-        missing = object()
-        previous = getattr(self.config, "auto_map", missing)
-        if remote_code:
-            self.config.auto_map = {
-                "AutoConfig": "configuration_blossomrec.BlossomRecConfig",
-                "AutoModel": "modeling_blossomrec.BlossomRecModel",
-            }
+        from .saving_blossomrec import (
+            basic_model_card,
+            check_finite,
+            check_writable,
+            copy_model_code,
+            real_target,
+            recover_folder,
+            replace_folder,
+            staging_folder,
+        )
+
+        if "remote_code" in kwargs:
+            raise TypeError("save_pretrained(remote_code=...) was removed: every save writes the code files and "
+                            "auto_map (register_for_auto_class); drop the argument")  # fmt: skip
+        is_main = args[0] if args else kwargs.get("is_main_process", True)
+        if not is_main:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        push = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
+        state = kwargs.get("state_dict")
+        check_finite(state if state is not None else self.state_dict())
+        target = real_target(save_directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover_folder(target)
+        check_writable(target, ["config.json", "model.safetensors", VOCABULARY_FILE])
+        staging = staging_folder(target)
         try:
-            result = super().save_pretrained(save_directory, *args, **kwargs)
+            result = super().save_pretrained(staging, *args, **kwargs)
+            if self.vocabulary is not None:
+                self.vocabulary.save(staging)
+            copy_model_code(staging)  # every module, also those no relative import names
+            if not (target / "README.md").is_file():
+                (staging / "README.md").write_text(basic_model_card(self.config, self.vocabulary), encoding="utf-8")
+            replace_folder(staging, target, merge=True)
         finally:
-            if remote_code:  # leave the live config as it was
-                if previous is missing:
-                    del self.config.auto_map
-                else:
-                    self.config.auto_map = previous
-        if remote_code:
-            for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
-                if source.name != "__init__.py":
-                    shutil.copyfile(source, save_directory / source.name)
-        if self.vocabulary is not None:
-            self.vocabulary.save(save_directory)
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        if push:
+            self.push_to_hub(hub_kwargs.pop("repo_id", target.resolve().name), token=kwargs.get("token"), **hub_kwargs)
         return result
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+                    private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+                    create_pr: bool = False, max_shard_size: int | str | None = "50GB",
+                    tags: list[str] | None = None, **kwargs):
+        """Upload what :meth:`save_pretrained` writes (weights, config with ``auto_map``, flat code, item
+        vocabulary) to the Hub; the repo's own model card is kept, a new repo gets this model's short card
+        (not transformers' template). A full card with metrics: ``blossom-hf export`` then ``blossom-hf push``."""
+        import tempfile
+
+        from huggingface_hub import HfApi, ModelCard
+
+        from .saving_blossomrec import basic_model_card
+
+        api = HfApi(token=token if isinstance(token, str) else None)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "upload"
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            card_path = folder / "README.md"
+            try:
+                has_card = api.file_exists(repo_id, "README.md", revision=revision)
+            except Exception:  # a revision that does not exist yet
+                has_card = False
+            if has_card:
+                card_path.unlink()
+            else:
+                card = ModelCard(basic_model_card(self.config, self.vocabulary, repo_id))
+                card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(tags or [])]))
+                card.save(card_path)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision, create_pr=create_pr,
+                commit_message=commit_message or "Upload BlossomRecModel", commit_description=commit_description,
+            )  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -589,5 +647,9 @@ def _load_vocabulary(path_or_repo, kwargs: dict) -> ItemVocabulary | None:
                            **hub_kwargs)
     return ItemVocabulary.load(resolved) if resolved else None
 
+
+# plain save_pretrained / push_to_hub write the flat code files and auto_map (transformers' own mechanism)
+BlossomRecConfig.register_for_auto_class()
+BlossomRecModel.register_for_auto_class("AutoModel")
 
 __all__ = ["BlossomRecModel", "BlossomRecPreTrainedModel", "BlossomRecOutput", "Recommendations"]
