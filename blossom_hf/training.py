@@ -25,14 +25,15 @@ NDCG@10, final validation + test metrics, ``metrics.json``); ``scripts/train.py`
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
-import math
+import os
 import platform
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,19 +42,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .checkpoints import (
+    STAGING_DIR,
+    OutputDirLock,
+    check_resume,
+    clean_output_dir,
+    complete_checkpoints,
+    data_fingerprint,
+    fault_point,
+    replace_dir,
+    save_run_arguments,
+    staging_path,
+)
 from .data.collator import SequenceCollator
-from .data.examples import ExampleStyle, RankingDataset, WindowMode, training_examples
+from .data.examples import ExampleStyle, PrefixExamples, RankingDataset, WindowExamples, WindowMode, training_examples
 from .data.preprocessing import SequenceData
 from .data.splits import LeaveOneOutSplit, leave_one_out
-from .evaluation.metrics import DEFAULT_CUTOFFS, metrics_from_ranks
+from .errors import BlossomUserError, NonFiniteError
+from .evaluation.metrics import DEFAULT_CUTOFFS, METRIC_NAMES, metrics_from_ranks
 from .evaluation.ranking import RankingResult, parse_protocol
 from .evaluation.suite import EvaluationSet, build_evaluation_sets, evaluate_model, results_to_record
+from .run_record import METRICS_FILE, RunRecord
 
 logger = logging.getLogger(__name__)
 
 LossType = Literal["full", "chunked", "sampled"]
-METRICS_FILE = "metrics.json"
+NonFinitePolicy = Literal["error", "skip"]
 BEST_MODEL_DIR = "best_model"
 
 
@@ -197,38 +214,63 @@ class RecTrainingConfig:
         cutoffs: the K of the metrics.
         time_limit_minutes: stop training (then evaluate the best checkpoint as usual) once this much
             wall-clock time has passed; ``metrics.json`` records whether the limit ended the run.
+        nonfinite_loss: a NaN/inf training loss stops training with an error (``"error"``, default) or its
+            batch is skipped (no gradient) and counted in ``metrics.json`` (``"skip"``).
+
+    Every value is checked here, so a typo fails before the first epoch, not after it.
     """
 
-    example_style: ExampleStyle = "sasrec"
-    windows: WindowMode = "tile"
-    loss: LossType = "full"
-    ce_chunk_size: int | None = None
-    sampled_negatives: int = 1024
-    eval_protocols: tuple[str, ...] = ("full", "uni100")
-    early_stopping_metric: str = "full_ndcg@10"
-    patience: int = 15
-    eval_batch_size: int = 1024
-    exclude_history: bool = False
-    negatives_seed: int = 0
-    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
-    time_limit_minutes: float | None = None
+    example_style: ExampleStyle = field(default="sasrec", metadata={"help": "sasrec: each history once per epoch, "
+        "loss at every position (fast); recbole: every prefix predicts its next item (the paper's RecBole runs)"})
+    windows: WindowMode = field(default="tile", metadata={"help": "sasrec style: cut long histories into windows so "
+        "every target is used (tile) or use only the most recent window (last)"})
+    loss: LossType = field(default="full", metadata={"help": "full: cross-entropy over all items; chunked: the same "
+        "in item chunks (large catalogues); sampled: sampled softmax with --sampled-negatives uniform negatives"})
+    ce_chunk_size: int | None = field(default=None, metadata={"help": "items per chunk for --loss chunked (default: "
+        "automatic)"})
+    sampled_negatives: int = field(default=1024, metadata={"help": "negatives per batch for --loss sampled"})
+    eval_protocols: list[str] = field(default_factory=lambda: ["full", "uni100"], metadata={"help": "ranking "
+        "protocols at each validation and at the end (full and/or uniN)"})
+    early_stopping_metric: str = field(default="full_ndcg@10", metadata={"help": "<protocol>_<metric>@K to early-stop "
+        "on and pick the best checkpoint by (the paper: uni100_ndcg@10)"})
+    patience: int = field(default=15, metadata={"help": "validations without improvement before stopping"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "users scored at once in evaluation"})
+    exclude_history: bool = field(default=False, metadata={"help": "full ranking without the user's history items"})
+    negatives_seed: int = field(default=0, metadata={"help": "seed of the one-time uniN negative draw"})
+    cutoffs: list[int] = field(default_factory=lambda: list(DEFAULT_CUTOFFS), metadata={"help": "the K of the "
+        "metrics"})
+    time_limit_minutes: float | None = field(default=None, metadata={"help": "stop training after this many minutes "
+        "and evaluate the best checkpoint (recorded in metrics.json)"})
+    nonfinite_loss: NonFinitePolicy = field(default="error", metadata={"help": "a NaN/inf training loss stops "
+        "training with an error (error) or its batch is skipped and counted (skip)"})
 
     def __post_init__(self) -> None:
-        if self.example_style not in ("sasrec", "recbole"):
-            raise ValueError(f"example_style must be 'sasrec' or 'recbole', not {self.example_style!r}")
-        if self.loss not in ("full", "chunked", "sampled"):
-            raise ValueError(f"loss must be 'full', 'chunked' or 'sampled', not {self.loss!r}")
-        self.eval_protocols = tuple(parse_protocol(p).name for p in self.eval_protocols)
-        protocol = self.early_stopping_metric.split("_", 1)[0]
-        if protocol not in self.eval_protocols or "_" not in self.early_stopping_metric:
-            raise ValueError(
-                f"early_stopping_metric {self.early_stopping_metric!r} must read '<protocol>_<metric>@K' "
-                f"with a protocol among eval_protocols {list(self.eval_protocols)}"
-            )
-        if self.patience < 1:
-            raise ValueError(f"patience must be >= 1, got {self.patience}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise BlossomUserError(message)
+
+        check(self.example_style in ("sasrec", "recbole"),
+              f"--example-style must be 'sasrec' or 'recbole', not {self.example_style!r}")
+        check(self.windows in ("tile", "last"), f"--windows must be 'tile' or 'last', not {self.windows!r}")
+        check(self.loss in ("full", "chunked", "sampled"),
+              f"--loss must be 'full', 'chunked' or 'sampled', not {self.loss!r}")
+        check(self.nonfinite_loss in ("error", "skip"),
+              f"--nonfinite-loss must be 'error' or 'skip', not {self.nonfinite_loss!r}")
+        check(self.ce_chunk_size is None or self.ce_chunk_size >= 1,
+              f"--ce-chunk-size must be a positive number of items, got {self.ce_chunk_size} (omit it for automatic)")
+        check(self.sampled_negatives >= 1, f"--sampled-negatives must be >= 1, got {self.sampled_negatives}")
+        check(self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
+        check(self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
+        check(self.time_limit_minutes is None or self.time_limit_minutes > 0,
+              f"--time-limit-minutes must be positive, got {self.time_limit_minutes}")
+        self.cutoffs = tuple(int(k) for k in self.cutoffs)
+        check(len(self.cutoffs) > 0 and min(self.cutoffs) >= 1, f"--cutoffs must be >= 1, got {list(self.cutoffs)}")
+        try:
+            self.eval_protocols = tuple(parse_protocol(p).name for p in self.eval_protocols)
+        except ValueError as err:
+            raise BlossomUserError(f"--eval-protocols: {err}") from None
+        check(len(self.eval_protocols) > 0, "--eval-protocols needs at least one protocol (full, uniN)")
+        check_metric_name(self.early_stopping_metric, self.eval_protocols, self.cutoffs)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -237,39 +279,88 @@ class RecTrainingConfig:
         return values
 
 
+def check_metric_name(name: str, protocols: tuple[str, ...], cutoffs: tuple[int, ...]) -> None:
+    """Raise a :class:`BlossomUserError` (with the closest valid name) unless ``name`` is one of the
+    ``<protocol>_<metric>@K`` that the evaluation will report."""
+    valid = [f"{p}_{m}@{k}" for p in protocols for m in METRIC_NAMES for k in cutoffs]
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise BlossomUserError(
+            f"--early-stopping-metric {name!r} is not reported by this evaluation; {hint}use <protocol>_<metric>@K "
+            f"with a protocol of --eval-protocols {list(protocols)}, a metric of {list(METRIC_NAMES)} and K in "
+            f"{list(cutoffs)}"
+        )
+
+
+def validate_training_arguments(args: TrainingArguments) -> None:
+    """The ``TrainingArguments`` values that would fail late or silently train nothing, checked up front."""
+    problems = []
+    if not (args.max_steps and args.max_steps > 0) and not args.num_train_epochs > 0:
+        problems.append(f"--epochs must be > 0, got {args.num_train_epochs:g}")
+    if args.per_device_train_batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {args.per_device_train_batch_size}")
+    if args.per_device_eval_batch_size < 1:
+        problems.append(f"--per-device-eval-batch-size must be >= 1, got {args.per_device_eval_batch_size}")
+    if args.gradient_accumulation_steps < 1:
+        problems.append(f"--grad-accum must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.learning_rate < 0:
+        problems.append(f"--lr must be >= 0, got {args.learning_rate}")
+    if args.dataloader_num_workers < 0:
+        problems.append(f"--num-workers must be >= 0, got {args.dataloader_num_workers}")
+    if problems:
+        raise BlossomUserError("; ".join(problems))
+
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "load_best_model_at_end": True,
+    "greater_is_better": True,
+    "save_total_limit": 2,
+    "restore_callback_states_from_checkpoint": True,  # the early-stopping counter survives a resume
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "optim": "adamw_torch",
+    "max_grad_norm": 0.0,  # no clipping, as RecBole
+    "num_train_epochs": 300,
+    "dataloader_num_workers": 0,
+    "remove_unused_columns": False,
+    "report_to": "none",
+    "logging_strategy": "steps",
+    "logging_steps": 50,
+    "seed": 42,
+}
+"""Defaults of every training entry point (:func:`default_training_arguments`, ``blossom-hf train`` and
+``blossom-hf finetune``), so they cannot drift apart."""
+
+
+def default_batch_size(example_style: str) -> int:
+    """256 histories per batch for SASRec-style examples, 2048 prefixes for RecBole-style ones."""
+    return 256 if example_style == "sasrec" else 2048
+
+
+def device_training_defaults() -> dict[str, Any]:
+    """bf16 autocast on a GPU that supports it, pinned memory on a GPU, the CPU otherwise (which lets torchrun
+    on CPU-only hosts run multi-process with gloo too)."""
+    cuda = torch.cuda.is_available()
+    return {"bf16": bool(cuda and torch.cuda.is_bf16_supported()), "dataloader_pin_memory": cuda, "use_cpu": not cuda}
+
+
 def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, **overrides: Any) -> TrainingArguments:
     """``TrainingArguments`` for recommendation: evaluate and save every epoch, keep the best checkpoint by
     ``rec.early_stopping_metric``, constant learning rate, no weight decay and no gradient clipping
     (RecBole's Adam), bf16 on a GPU
     that supports it, pinned memory, no external loggers. ``overrides`` win."""
-    cuda = torch.cuda.is_available()
     values: dict[str, Any] = {
         "output_dir": str(output_dir),
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "load_best_model_at_end": True,
+        **TRAINING_DEFAULTS,
+        **device_training_defaults(),
         "metric_for_best_model": rec.early_stopping_metric,
-        "greater_is_better": True,
-        "save_total_limit": 2,
-        "restore_callback_states_from_checkpoint": True,  # the early-stopping counter survives a resume
-        "learning_rate": 1e-3,
-        "weight_decay": 0.0,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "optim": "adamw_torch",
-        "max_grad_norm": 0.0,  # no clipping, as RecBole
-        "num_train_epochs": 300,
-        "per_device_train_batch_size": 256 if rec.example_style == "sasrec" else 2048,
+        "per_device_train_batch_size": default_batch_size(rec.example_style),
         "per_device_eval_batch_size": rec.eval_batch_size,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        "dataloader_pin_memory": cuda,
-        "use_cpu": not cuda,  # lets torchrun on CPU-only hosts run multi-process (gloo) too
-        "dataloader_num_workers": 0,
-        "remove_unused_columns": False,
-        "report_to": "none",
-        "logging_strategy": "steps",
-        "logging_steps": 50,
-        "seed": 42,
     }
     values.update(overrides)
     unknown = sorted(set(values) - set(TrainingArguments.__dataclass_fields__))
@@ -346,6 +437,25 @@ class TimeLimitCallback(TrainerCallback):
         return control
 
 
+def assert_finite_parameters(model: nn.Module, what: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first NaN/inf parameter (nothing is saved then)."""
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter.detach()).all()):
+            raise NonFiniteError(
+                f"parameter {name} holds NaN/inf values, so {what} was not saved; training diverged: lower --lr, "
+                "clip gradients (--max-grad-norm 1.0), or resume from an earlier checkpoint"
+            )
+
+
+def example_lengths(dataset: Any) -> np.ndarray | None:
+    """Real length of every training example (for length-grouped batches), or ``None`` for other datasets."""
+    if isinstance(dataset, WindowExamples):
+        return np.asarray(dataset.label_ends - dataset.label_starts)
+    if isinstance(dataset, PrefixExamples):
+        return np.minimum(dataset.targets_at - dataset.history_starts, dataset.max_length)
+    return None
+
+
 class SequentialRecTrainer(Trainer):
     """``Trainer`` whose evaluation ranks the validation users, and whose loss may be chunked or sampled.
 
@@ -371,6 +481,8 @@ class SequentialRecTrainer(Trainer):
             split, rec_config.eval_protocols, rec_config.negatives_seed
         )
         self._supports_no_logits: bool | None = None
+        self._staging_root: Path | None = None
+        self.nonfinite_losses = 0
 
     # ---- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -387,7 +499,75 @@ class SequentialRecTrainer(Trainer):
                 loss = chunked_cross_entropy(hidden, weight, targets, rec.ce_chunk_size)
             else:
                 loss = sampled_softmax_loss(hidden, weight, targets, rec.sampled_negatives)
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            loss = self._nonfinite_loss(model, loss)
         return (loss, outputs) if return_outputs else loss
+
+    def _nonfinite_loss(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        """Stop with a clear error, or (``nonfinite_loss="skip"``) count the batch and give it no gradient."""
+        self.nonfinite_losses += 1
+        where = f"step {self.state.global_step + 1} (epoch {self.state.epoch or 0.0:.2f})"
+        if self.rec_config.nonfinite_loss == "skip":
+            logger.warning("training loss is %s at %s: batch skipped (%d so far)", float(loss), where,
+                           self.nonfinite_losses)
+            zero = torch.zeros((), device=loss.device)
+            return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), zero)
+        raise NonFiniteError(
+            f"the training loss became {float(loss)} at {where}; nothing non-finite was saved. Lower --lr (now "
+            f"{self.args.learning_rate:g}), clip gradients (--max-grad-norm 1.0), or pass --nonfinite-loss skip to "
+            "skip such batches"
+        )
+
+    # ---- checkpoints: staged and renamed, never saved non-finite ----------------------------------
+    def _get_output_dir(self, trial) -> str:  # type: ignore[override]
+        if self._staging_root is not None:
+            return str(self._staging_root)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:  # type: ignore[override]
+        """The checkpoint is written to ``output_dir/.staging/checkpoint-N`` and renamed into place once complete,
+        so a kill during the save never leaves a partial ``checkpoint-N`` for ``--resume`` to pick up."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        assert_finite_parameters(self.accelerator.unwrap_model(model), f"checkpoint {run_dir / name}")
+        staging_root = run_dir / STAGING_DIR
+        if self.args.should_save and (staging_root / name).exists():
+            import shutil
+
+            shutil.rmtree(staging_root / name)
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            staged = staging_root / name
+            best = self.state.best_model_checkpoint
+            if best is not None and Path(best).parent == staging_root:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+                self.state.save_to_json(str(staged / "trainer_state.json"))
+            fault_point("checkpoint-rename", self.state.global_step)
+            replace_dir(staged, run_dir / name)
+            rotate_checkpoints(
+                output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False,
+            )  # fmt: skip
+        self.accelerator.wait_for_everyone()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:  # type: ignore[override]
+        fault_point("checkpoint-save", self.state.global_step)  # weights written, optimizer not yet (tests)
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    # ---- length-grouped batches ---------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):  # type: ignore[override]
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = example_lengths(dataset)
+        if getattr(self.args, "train_sampling_strategy", "random") == "group_by_length" and lengths is not None:
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths.tolist()
+            )
+        return super()._get_train_sampler(train_dataset)
 
     def _no_logits_kwargs(self) -> dict[str, Any]:
         """Ask the model not to compute ``[B, V]`` logits when its forward supports ``return_logits``."""
@@ -467,7 +647,7 @@ def run_training(
     resume_from_checkpoint: str | bool | None = None,
     command: list[str] | None = None,
     extra_record: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Train with early stopping, reload the best checkpoint, evaluate it, save it, write ``metrics.json``.
 
     Args:
@@ -478,22 +658,89 @@ def run_training(
             to ``output_dir/metrics.json``.
         rec_config: recommendation options (default :class:`RecTrainingConfig`).
         training_arguments: default :func:`default_training_arguments`.
-        resume_from_checkpoint: ``True`` (latest checkpoint in ``output_dir``) or a checkpoint folder.
+        resume_from_checkpoint: ``True`` (latest complete checkpoint in ``output_dir``) or a checkpoint folder.
         command: the command line to record (default ``sys.argv``).
         extra_record: more entries for ``metrics.json``.
 
+    The folder is locked for the run (a second run in it is refused, naming the holder); checkpoints,
+    ``best_model/`` and ``metrics.json`` are written atomically, never with non-finite weights; a resume is
+    refused when its arguments or data differ from the run's in a way that changes what is trained.
+
     Returns:
-        The ``metrics.json`` record.
+        The run's :class:`~blossom_hf.run_record.RunRecord` (also a mapping with the ``metrics.json`` keys).
     """
     rec = rec_config or RecTrainingConfig()
     output_dir = Path(output_dir)
     args = training_arguments or default_training_arguments(output_dir, rec)
+    validate_training_arguments(args)
     if model.config.vocab_size != data.n_items + 1:
-        raise ValueError(f"model vocab_size {model.config.vocab_size} != number of items {data.n_items} + 1 (padding)")
+        raise BlossomUserError(
+            f"model vocab_size {model.config.vocab_size} != number of items {data.n_items} + 1 (padding); build the "
+            "model with vocab_size=data.n_items + 1"
+        )
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    lock = OutputDirLock(output_dir, command if command is not None else sys.argv)
+    if main_process:
+        lock.acquire()
+    try:
+        if main_process:
+            clean_output_dir(output_dir)
+        return _run_training_locked(data, model, output_dir, rec, args, resume_from_checkpoint, command,
+                                    extra_record)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def run_arguments(model: nn.Module, rec: RecTrainingConfig, args: TrainingArguments, fingerprint: str) -> dict:
+    """What ``run_arguments.json`` holds: everything that decides what a run trains."""
+    training = {key: value for key, value in args.to_dict().items() if not key.startswith("_")}
+    return {"model": model.config.to_dict(), "rec": rec.to_dict(), "training": training,
+            "data_fingerprint": fingerprint}  # fmt: skip
+
+
+def _resolve_resume(output_dir: Path, resume: str | bool | None, args: TrainingArguments) -> str | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True or resume == "latest":
+        found = complete_checkpoints(output_dir, need_optimizer=not args.save_only_model)
+        if not found:
+            raise BlossomUserError(
+                f"--resume: {output_dir} holds no complete checkpoint to resume from; drop --resume to start afresh"
+            )
+        logger.info("resuming from %s", found[-1])
+        return str(found[-1])
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume: checkpoint folder {path} does not exist; pass a checkpoint-N folder")
+    return str(path)
+
+
+def _run_training_locked(
+    data: SequenceData,
+    model: nn.Module,
+    output_dir: Path,
+    rec: RecTrainingConfig,
+    args: TrainingArguments,
+    resume_from_checkpoint: str | bool | None,
+    command: list[str] | None,
+    extra_record: dict[str, Any] | None,
+) -> RunRecord:
     started = time.perf_counter()
+    fingerprint = data_fingerprint(data.offsets, data.items, data.item_ids)
+    arguments = run_arguments(model, rec, args, fingerprint)
+    resume = _resolve_resume(output_dir, resume_from_checkpoint, args)
+    if resume is not None:
+        check_resume(output_dir, arguments, resume)
+    elif int(os.environ.get("RANK", "0")) == 0:
+        save_run_arguments(output_dir, arguments)
     split = leave_one_out(data)
     max_length = model.config.max_history_length
     train_dataset = training_examples(split, rec.example_style, max_length, rec.windows)
+    if len(train_dataset) == 0:
+        raise BlossomUserError(
+            "the data leave no training example (every history is shorter than 3 interactions after the split); "
+            "use a larger dataset or lower --k-core"
+        )
     logger.info(
         "%d training examples (%s style, window %d); %d users evaluated",
         len(train_dataset), rec.example_style, max_length, len(split.evaluated_users),
@@ -516,21 +763,21 @@ def run_training(
         rec_config=rec,
         evaluation_sets=evaluation_sets,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
 
     final = results_to_record({name: trainer.rank(name) for name in ("valid", "test")})
-    record = {
-        "valid": final["valid"],
-        "test": final["test"],
-        "best": {
+    record = RunRecord(
+        valid=final["valid"],
+        test=final["test"],
+        best={
             "metric": rec.early_stopping_metric,
             "value": trainer.state.best_metric,
             "checkpoint": trainer.state.best_model_checkpoint,
             "epoch": _best_epoch(trainer.state.log_history, trainer.state.best_global_step),
         },
-        "epochs": _epoch_history(trainer.state.log_history),
-        "protocol": {
+        epochs=_epoch_history(trainer.state.log_history),
+        protocol={
             "split": split.summary,
             "ranking": "full ranking excludes padding; history items "
             + ("removed" if rec.exclude_history else "kept (RecBole)"),
@@ -539,30 +786,35 @@ def run_training(
             "ties": "pessimistic (the target ranks below every equal score)",
             "training_examples": rec.example_style,
         },
-        "model_config": model.config.to_dict(),
-        "training": {**rec.to_dict(), **_training_arguments_record(args)},
-        "data": {k: v for k, v in data.metadata.items() if k != "source"} | {"source": data.metadata.get("source")},
-        "seed": args.seed,
-        "command": command if command is not None else sys.argv,
-        "versions": _versions(),
-        "device": _device_description(),
-        "timings": {
+        model_config=model.config.to_dict(),
+        training={**rec.to_dict(), **_training_arguments_record(args),
+                  "nonfinite_losses_skipped": trainer.nonfinite_losses},
+        data={k: v for k, v in data.metadata.items() if k != "source"} | {"source": data.metadata.get("source"),
+                                                                           "fingerprint": fingerprint},
+        seed=args.seed,
+        command=command if command is not None else sys.argv,
+        versions=_versions(),
+        device=_device_description(),
+        timings={
             "total_seconds": time.perf_counter() - started,
             "train_seconds": train_seconds,
             "train_runtime_reported_by_trainer": train_output.metrics.get("train_runtime"),
             "global_steps": trainer.state.global_step,
             "stopped_by_time_limit": bool(time_limit is not None and time_limit.triggered),
         },
-    }
+    )
     if extra_record:
         record.update(extra_record)
     if trainer.is_world_process_zero():
         best_dir = output_dir / BEST_MODEL_DIR
-        trainer.save_model(str(best_dir))
+        assert_finite_parameters(model, str(best_dir))
+        staging = staging_path(output_dir, BEST_MODEL_DIR)
+        trainer.save_model(str(staging))
         spec = data.metadata.get("data_spec")
         if spec is not None:
-            (best_dir / "data_spec.json").write_text(json.dumps(spec, indent=2))
-        (output_dir / METRICS_FILE).write_text(json.dumps(_jsonable(record), indent=2))
+            (staging / "data_spec.json").write_text(json.dumps(spec, indent=2))
+        replace_dir(staging, best_dir)
+        record.save(output_dir / METRICS_FILE)
         logger.info("Wrote %s and %s", output_dir / METRICS_FILE, best_dir)
     _log_summary(record)
     return record
@@ -631,20 +883,6 @@ def _device_description() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 def _log_summary(record: dict[str, Any]) -> None:
