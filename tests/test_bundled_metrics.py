@@ -11,7 +11,8 @@ import json
 
 import pytest
 from conftest import REPO, SHARED_DATA
-from hub_testing import load_script
+
+from blossom_hf.commands import evaluate as evaluate_command
 
 CARDS = sorted(p for p in (REPO / "model_cards").glob("blossomrec-*") if (p / "metrics.json").is_file())
 DATASET_FILES = {"ml-1m": "ml-1m", "beauty": "beauty", "video-games": "video-games", "ml-100k": "ml-100k"}
@@ -27,9 +28,8 @@ def test_card_metrics_are_reproduced_by_evaluate(card):
     preset = metrics["data"]["source"]["preset"]
     if not (SHARED_DATA / DATASET_FILES[preset]).is_dir():
         pytest.skip(f"{preset} data not present at {SHARED_DATA}")
-    evaluate = load_script("evaluate")
     splits = [s for s in ("valid", "test") if s in subset]
-    record = evaluate.main([
+    record = evaluate_command.run([
         "--model", str(card), "--dataset", preset, "--data-dir", str(SHARED_DATA), "--device", "cpu",
         "--attn-implementation", "sdpa", "--max-users", str(subset["max_users"]), "--no-progress",
         "--splits", *splits, "--protocols", *subset[splits[0]].keys(),
