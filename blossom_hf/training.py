@@ -508,14 +508,14 @@ class SequentialRecTrainer(Trainer):
         self.nonfinite_losses += 1
         where = f"step {self.state.global_step + 1} (epoch {self.state.epoch or 0.0:.2f})"
         if self.rec_config.nonfinite_loss == "skip":
-            logger.warning("training loss is %s at %s: batch skipped (%d so far)", float(loss), where,
+            logger.warning("training loss is %s at %s: batch skipped (%d so far)", float(loss.detach()), where,
                            self.nonfinite_losses)
             zero = torch.zeros((), device=loss.device)
             return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), zero)
         raise NonFiniteError(
-            f"the training loss became {float(loss)} at {where}; nothing non-finite was saved. Lower --lr (now "
-            f"{self.args.learning_rate:g}), clip gradients (--max-grad-norm 1.0), or pass --nonfinite-loss skip to "
-            "skip such batches"
+            f"the training loss became {float(loss.detach())} at {where}; nothing non-finite was saved. Lower --lr "
+            f"(now {self.args.learning_rate:g}), clip gradients (--max-grad-norm 1.0), or pass --nonfinite-loss skip "
+            "to skip such batches"
         )
 
     # ---- checkpoints: staged and renamed, never saved non-finite ----------------------------------
