@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .commands import command_names, load_command
+from .commands import command_help, command_names, load_command
 from .errors import BlossomUserError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
@@ -27,9 +27,9 @@ def usage() -> str:
     lines = [f"usage: blossom-hf [--debug] [--version] <command> [options]   (blossom_hf {__version__})", "",
              "BlossomRec sparse-attention sequential recommender.", "", "commands:"]  # fmt: skip
     for name in command_names():
-        module = load_command(name)
-        if module is not None:
-            lines.append(f"  {name:10s} {module.HELP}")
+        text = command_help(name)
+        if text is not None:
+            lines.append(f"  {name:10s} {text}")
     lines += ["", "blossom-hf <command> --help shows the command's options; --debug shows tracebacks."]
     return "\n".join(lines)
 

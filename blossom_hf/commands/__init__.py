@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import pkgutil
 from types import ModuleType
 
@@ -24,3 +26,21 @@ def load_command(name: str) -> ModuleType | None:
         return None
     module = importlib.import_module(f"{__name__}.{name}")
     return module if hasattr(module, "main") and hasattr(module, "HELP") else None
+
+
+def command_help(name: str) -> str | None:
+    """The ``HELP`` line of command ``name``, read from its source without importing it (``--help`` stays fast)."""
+    spec = importlib.util.find_spec(f"{__name__}.{name}")
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    try:
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []  # fmt: skip
+        if any(isinstance(t, ast.Name) and t.id == "HELP" for t in targets) and isinstance(node.value, ast.Constant):
+            return str(node.value.value)
+    module = load_command(name)
+    return module.HELP if module is not None else None
