@@ -189,7 +189,8 @@ def test_replace_dir_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path
 def test_sigkill_during_a_checkpoint_save_loses_nothing_and_resume_works(tmp_path, csv_log, point, caplog):
     output = tmp_path / "run"
     argv = train_argv(csv_log, output, "--epochs", "2")  # 30 histories, batch 16: 2 steps per epoch
-    env = {**os.environ, "BLOSSOM_FAULT_INJECTION": f"{point}:4", "PYTHONPATH": str(REPO),
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "BLOSSOM_FAULT_INJECTION": f"{point}:4", "PYTHONPATH": path,
            "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
     started = time.time()
     killed = subprocess.run([sys.executable, "-m", "blossom_hf", "train", *argv], env=env, capture_output=True,
