@@ -172,3 +172,23 @@ def test_json_output_is_strict_json(tmp_path, csv_log, capfd):
 
     record = json.loads(out, parse_constant=refuse)
     assert record["test"]["full"]["users"] == 30 and record["command"][:2] == ["blossom-hf", "train"]
+
+
+def test_interrupt_and_os_errors_are_one_line(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    def disk_full(argv):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_command, "main", interrupted)
+    assert cli.main(["train"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "--resume" in err
+    monkeypatch.setattr(train_command, "main", disk_full)
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(train_command, "main", interrupted)
+        cli.main(["--debug", "train"])

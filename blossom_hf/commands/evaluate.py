@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BlossomUserError
-from .options import DataArguments, OptionParser, print_json, setup_logging, stdout_for_json
+from .options import DataArguments, OptionParser, main_with_json, setup_logging
 
 HELP = "evaluate a trained model on the validation/test users (full ranking and uniN)"
 LOGGER = logging.getLogger(__name__)
@@ -154,9 +154,4 @@ def _run(argv: list[str] | None) -> tuple[dict[str, Any], EvaluateArguments]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    with stdout_for_json("--json" in words):
-        record, args = _run(words)
-    if args.json:
-        print_json(record)
-    return 0
+    return main_with_json(argv, _run)

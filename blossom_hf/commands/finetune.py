@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,10 @@ from .options import (
     OptionParser,
     RecTrainingArguments,
     RunArguments,
-    print_json,
+    main_with_json,
     recorded_command,
     resolve_attn_implementation,
     setup_logging,
-    stdout_for_json,
     training_arguments,
 )
 
@@ -235,9 +233,4 @@ def finetuning_section(finetuning: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    with stdout_for_json("--json" in words):
-        record, run_args = _run(words)
-    if run_args.json:
-        print_json(record)
-    return 0
+    return main_with_json(argv, _run)

@@ -332,6 +332,17 @@ def stdout_for_json(enabled: bool):
         yield
 
 
+def main_with_json(argv: list[str] | None, runner: Any) -> int:
+    """A command's ``main``: ``runner(argv) -> (record, options)``; with ``--json`` the record is the only thing on
+    stdout."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    with stdout_for_json("--json" in words):
+        record, options = runner(words)
+    if options.json:
+        print_json(record)
+    return 0
+
+
 def print_json(record: Any) -> None:
     """Strict JSON of a record on stdout (a non-finite number prints as ``null``, never ``NaN``)."""
     from ..run_record import dumps_strict

@@ -24,7 +24,6 @@ Examples:
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 from ..training import RecTrainingConfig
@@ -35,12 +34,11 @@ from .options import (
     OptionParser,
     RecTrainingArguments,
     RunArguments,
+    main_with_json,
     parse_model_overrides,
-    print_json,
     recorded_command,
     resolve_attn_implementation,
     setup_logging,
-    stdout_for_json,
     training_arguments,
 )
 
@@ -109,12 +107,7 @@ def _resume(value: str | None) -> str | bool | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    with stdout_for_json("--json" in words):
-        record, run_args = _run(words)
-    if run_args.json:
-        print_json(record)
-    return 0
+    return main_with_json(argv, _run)
 
 
 __all__ = ["HELP", "RecTrainingArguments", "main", "run"]
