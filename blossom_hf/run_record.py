@@ -11,8 +11,10 @@ It is also a mapping (``record["test"]["full"]["ndcg@10"]``), so code written fo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import platform
 import tempfile
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field, fields
@@ -20,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import BlossomUserError
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 
@@ -182,3 +187,82 @@ class RunRecord(MutableMapping):
         """``record.metric("test", "full", "ndcg@10")``; ``None`` when absent."""
         value = (getattr(self, split, None) or {}).get(protocol, {}).get(name)
         return float(value) if isinstance(value, int | float) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# building a record
+
+
+def best_epoch(history: list[dict[str, Any]], best_step: int | None) -> float | None:
+    """The epoch of ``best_step`` in a trainer's log history."""
+    if not best_step:
+        return None
+    for entry in history:
+        if entry.get("step") == best_step and "epoch" in entry:
+            return entry["epoch"]
+    return None
+
+
+def epoch_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch training time and validation metrics, merged by step."""
+    merged: dict[int, dict[str, Any]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        if "epoch_train_seconds" in entry or any(key.startswith("eval_") for key in entry):
+            merged.setdefault(step, {"step": step}).update(entry)
+    return [merged[step] for step in sorted(merged)]
+
+
+def training_arguments_record(args: Any) -> dict[str, Any]:
+    """The main ``TrainingArguments`` values, for the record."""
+    keys = (
+        "learning_rate", "weight_decay", "lr_scheduler_type", "num_train_epochs",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "fp16", "seed", "optim",
+        "max_grad_norm", "world_size",
+    )  # fmt: skip
+    return {key: getattr(args, key, None) for key in keys}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a run depends on."""
+    import datasets
+    import transformers
+
+    import blossom_hf
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "numpy": np.__version__,
+        "blossom_hf": getattr(blossom_hf, "__version__", "unknown"),
+    }
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def device_description() -> str:
+    """The hardware, in words."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def log_summary(record: dict[str, Any]) -> None:
+    for split_name in ("valid", "test"):
+        for protocol, metrics in record[split_name].items():
+            logger.info(
+                "%s %s: NDCG@10 %.4f  HR@10 %.4f  MRR@10 %.4f  (%d users)",
+                split_name, protocol, metrics.get("ndcg@10", float("nan")),
+                metrics.get("hit@10", float("nan")), metrics.get("mrr@10", float("nan")), metrics.get("users", 0),
+            )  # fmt: skip
