@@ -104,6 +104,7 @@ def run_training(
     resume_from_checkpoint: str | bool | None = None,
     command: list[str] | None = None,
     extra_record: dict[str, Any] | None = None,
+    overwrite_output_dir: bool = False,
 ) -> RunRecord:
     """Train with early stopping, reload the best checkpoint, evaluate it, save it, write ``metrics.json``.
 
@@ -118,6 +119,8 @@ def run_training(
         resume_from_checkpoint: ``True`` (latest complete checkpoint in ``output_dir``) or a checkpoint folder.
         command: the command line to record (default ``sys.argv``).
         extra_record: more entries for ``metrics.json``.
+        overwrite_output_dir: start afresh in a folder that holds an earlier run (its checkpoints, best model and
+            record are deleted first); without it such a folder is refused unless resuming.
 
     The folder is locked for the run (a second run in it is refused, naming the holder); checkpoints,
     ``best_model/`` and ``metrics.json`` are written atomically, never with non-finite weights; a resume is
@@ -143,7 +146,7 @@ def run_training(
         if main_process:
             clean_output_dir(output_dir)
         return _run_training_locked(data, model, output_dir, rec, args, resume_from_checkpoint, command,
-                                    extra_record)  # fmt: skip
+                                    extra_record, overwrite_output_dir)  # fmt: skip
     finally:
         lock.release()
 
@@ -172,6 +175,26 @@ def _resolve_resume(output_dir: Path, resume: str | bool | None, args: TrainingA
     return str(path)
 
 
+def _start_afresh(output_dir: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder that holds an earlier run: its checkpoints would mix with the
+    new run's, and checkpoint rotation could delete the new ones."""
+    earlier = [p for p in complete_checkpoints(output_dir, need_optimizer=False)]
+    earlier += [output_dir / name for name in (BEST_MODEL_DIR, METRICS_FILE) if (output_dir / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        names = ", ".join(sorted(p.name for p in earlier)[:4])
+        raise BlossomUserError(
+            f"{output_dir} already holds a run ({names}); pass --resume to continue it, --overwrite-output-dir to "
+            "replace it, or another --output-dir"
+        )
+    import shutil
+
+    for path in earlier:
+        logger.warning("--overwrite-output-dir: removing %s of the earlier run", path)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _run_training_locked(
     data: SequenceData,
     model: nn.Module,
@@ -181,6 +204,7 @@ def _run_training_locked(
     resume_from_checkpoint: str | bool | None,
     command: list[str] | None,
     extra_record: dict[str, Any] | None,
+    overwrite_output_dir: bool = False,
 ) -> RunRecord:
     started = time.perf_counter()
     fingerprint = data_fingerprint(data.offsets, data.items, data.item_ids)
@@ -189,6 +213,7 @@ def _run_training_locked(
     if resume is not None:
         check_resume(output_dir, arguments, resume)
     elif int(os.environ.get("RANK", "0")) == 0:
+        _start_afresh(output_dir, overwrite_output_dir)
         save_run_arguments(output_dir, arguments)
     split = leave_one_out(data)
     max_length = model.config.max_history_length

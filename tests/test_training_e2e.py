@@ -16,7 +16,7 @@ from blossom_hf import BlossomRecConfig, BlossomRecModel
 from blossom_hf.commands import evaluate as evaluate_command
 from blossom_hf.commands import train as train_command
 from blossom_hf.data import DataSpec, leave_one_out
-from blossom_hf.errors import ResumeMismatchError
+from blossom_hf.errors import BlossomUserError, ResumeMismatchError
 from blossom_hf.evaluation import build_evaluation_sets, evaluate_ranking, most_popular_scorer
 from blossom_hf.training import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
 
@@ -181,6 +181,9 @@ def test_resume_from_checkpoint(tmp_path):
     first = train_command.run([*common, "--epochs", "1"])
     steps_per_epoch = first["timings"]["global_steps"]
     assert (tmp_path / "run" / f"checkpoint-{steps_per_epoch}").is_dir()
+    # a fresh run in the folder of an earlier one is refused (their checkpoints would mix)
+    with pytest.raises(BlossomUserError, match="already holds a run .*pass --resume to continue it"):
+        train_command.run([*common, "--epochs", "1"])
     # a resume that would train nothing, or train another model or other data, is refused with the differing fields
     with pytest.raises(ResumeMismatchError, match="already trained 1 epochs and --epochs is 1"):
         train_command.run([*common, "--epochs", "1", "--resume"])
@@ -197,6 +200,9 @@ def test_resume_from_checkpoint(tmp_path):
     assert second["timings"]["global_steps"] == 2 * steps_per_epoch
     assert [e["step"] for e in second["epochs"] if "eval_full_ndcg@10" in e] == [steps_per_epoch, 2 * steps_per_epoch]
     assert "uni10" in second["test"] and second["training"]["eval_protocols"] == ["full", "uni10"]
+    third = train_command.run([*common, "--epochs", "1", "--overwrite-output-dir"])
+    assert third["timings"]["global_steps"] == steps_per_epoch
+    assert not (tmp_path / "run" / f"checkpoint-{2 * steps_per_epoch}").exists(), "the earlier run was cleared"
 
 
 def test_ranking_runs_without_the_mixed_precision_wrapper():

@@ -185,7 +185,8 @@ def _run(argv: list[str] | None):
     resume = run_args.resume or training_args.resume_from_checkpoint
     record = run_training(data, model, output_dir, rec, training_args, command=recorded_command("finetune", argv),
                           resume_from_checkpoint=True if resume == "latest" else resume,
-                          extra_record={"finetuning": finetuning})  # fmt: skip
+                          extra_record={"finetuning": finetuning},
+                          overwrite_output_dir=run_args.overwrite_output_dir)  # fmt: skip
 
     if not args.no_export and training_args.process_index == 0:
         base_id = args.base_model_id or (args.pretrained if not Path(args.pretrained).exists() else None)

@@ -113,6 +113,9 @@ class RunArguments:
     resume: str | None = field(default=None, metadata=_help(
         "resume from the latest complete checkpoint of --output-dir (--resume alone) or from the given folder"))
     json: bool = field(default=False, metadata=_help("print the run record as JSON on stdout"))
+    overwrite_output_dir: bool = field(default=False, metadata=_help(
+        "start afresh in an --output-dir that holds an earlier run (its checkpoints, best model and record are "
+        "deleted); without it such a folder is refused unless --resume"))
 
 
 @dataclass

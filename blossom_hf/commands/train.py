@@ -98,7 +98,8 @@ def _run(argv: list[str] | None):
     )  # fmt: skip
     resume = run_args.resume or args.resume_from_checkpoint
     record = run_training(data, model, args.output_dir, rec, args, resume_from_checkpoint=_resume(resume),
-                          command=recorded_command("train", argv))  # fmt: skip
+                          command=recorded_command("train", argv),
+                          overwrite_output_dir=run_args.overwrite_output_dir)  # fmt: skip
     return record, run_args
 
 
