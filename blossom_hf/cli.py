@@ -63,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         sys.stderr.write(f"blossom-hf: error: unknown command {name!r}.{hint} Commands: {', '.join(known)}\n")
         return EXIT_USER_ERROR
-    if debug:
-        os.environ.setdefault("BLOSSOM_LOG_LEVEL", "DEBUG")
     try:
         status = module.main(rest)
     except KeyboardInterrupt:
@@ -76,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if debug:
             raise
-        logging.shutdown()
+        for handler in logging.getLogger().handlers:  # the log lines come before the error line
+            handler.flush()
         sys.stderr.write(f"blossom-hf {name}: error: {_one_line(error)} (--debug shows the traceback)\n")
         return EXIT_USER_ERROR
     return int(status or 0)
