@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..data.cli import data_spec_from_args
+from ..data.cli import add_data_arguments, data_spec_from_args
 from ..data.formats import FORMATS
 from ..data.spec import DataSpec
 from ..errors import BlossomUserError
@@ -77,7 +77,13 @@ class DataArguments:
     def to_spec(self) -> DataSpec:
         if not self.dataset:
             raise BlossomUserError("--dataset is required: a preset name (ml-1m, ml-100k, ...) or an interaction file")
-        return data_spec_from_args(argparse.Namespace(**dataclasses.asdict(self)))
+        # start from the defaults of blossom_hf.data.cli's own options, so an option added there works here too
+        parser = argparse.ArgumentParser(add_help=False)
+        add_data_arguments(parser, dataset_default=None)
+        namespace = parser.parse_args([])
+        for key, value in dataclasses.asdict(self).items():
+            setattr(namespace, key, value)
+        return data_spec_from_args(namespace)
 
 
 @dataclass
