@@ -5,7 +5,6 @@ grouped by history length; with the callbacks training uses (epoch timer, time l
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,8 +188,7 @@ class SequentialRecTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         assert_finite_parameters(self.accelerator.unwrap_model(model), f"checkpoint {run_dir / name}")
         staging_root = run_dir / STAGING_DIR
-        if self.args.should_save and (staging_root / name).exists():
-            shutil.rmtree(staging_root / name)
+        # (a stale staging folder of an interrupted run was removed at start: checkpoints.clean_output_dir)
         self._staging_root = staging_root
         try:
             super()._save_checkpoint(model, trial)
