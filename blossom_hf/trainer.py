@@ -58,7 +58,7 @@ def full_precision_forward(model: nn.Module):
 
     With ``bf16=True`` Accelerate replaces ``model.forward`` by an autocast wrapper (and keeps the original
     as ``model._original_forward``); ranking must not run under it, or the recorded metrics would be those
-    of a bf16 forward pass and differ from what ``scripts/evaluate.py`` reproduces from the checkpoint.
+    of a bf16 forward pass and differ from what ``blossom-hf evaluate`` reproduces from the checkpoint.
     """
     original = model.__dict__.get("_original_forward")
     patched = model.__dict__.get("forward")

@@ -1,6 +1,6 @@
-"""The bundled model cards report what scripts/evaluate.py reproduces from their checkpoints.
+"""The bundled model cards report what `blossom-hf evaluate` reproduces from their checkpoints.
 
-Each card's metrics.json stores the result of `scripts/evaluate.py --max-users N` made at export time; this
+Each card's metrics.json stores the result of `blossom-hf evaluate --max-users N` made at export time; this
 re-runs the same evaluation on the folder (CPU, fp32) and requires the same numbers. The full-population
 numbers in the card come from the same script without --max-users (docs/RESULTS.md, model_cards/README.md).
 """

@@ -187,7 +187,7 @@ def test_ml100k_to_ml1m_title_match_rate():
 
 
 # --------------------------------------------------------------------------------------------------
-# scripts/finetune.py end to end
+# blossom-hf finetune end to end
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 :func:`build_evaluation_sets` fixes the examples and draws the ``uniN`` negatives once;
 :func:`evaluate_model` ranks them with a model. Training (per epoch, on validation) and
-``scripts/evaluate.py`` (after training) both go through these, so their numbers agree.
+``blossom-hf evaluate`` (after training) both go through these, so their numbers agree.
 """
 
 from __future__ import annotations
