@@ -20,439 +20,76 @@ variants computed from ``last_hidden_state`` and the tied item embedding:
   batch (accidental hits masked; with a uniform proposal the logQ correction is a constant and drops out).
 
 :func:`run_training` is the whole recipe (split, examples, Trainer, early stopping on validation
-NDCG@10, final validation + test metrics, ``metrics.json``); ``scripts/train.py`` is its command line.
+NDCG@10, final validation + test metrics, ``metrics.json``); ``blossom-hf train`` is its command line. The losses
+live in :mod:`blossom_hf.losses`, the options in :mod:`blossom_hf.training_args`, the record in
+:mod:`blossom_hf.run_record`, the run folder's safety (lock, atomic folders, resume checks) in
+:mod:`blossom_hf.checkpoints`, the Trainer subclass in :mod:`blossom_hf.trainer`; their public names are
+importable from here too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import platform
+import os
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
+from .checkpoints import (
+    OutputDirLock,
+    check_resume,
+    clean_output_dir,
+    complete_checkpoints,
+    data_fingerprint,
+    replace_dir,
+    save_run_arguments,
+    staging_path,
+)
 from .data.collator import SequenceCollator
-from .data.examples import ExampleStyle, RankingDataset, WindowMode, training_examples
+from .data.examples import RankingDataset, training_examples
 from .data.preprocessing import SequenceData
-from .data.splits import LeaveOneOutSplit, leave_one_out
-from .evaluation.metrics import DEFAULT_CUTOFFS, metrics_from_ranks
-from .evaluation.ranking import RankingResult, parse_protocol
-from .evaluation.suite import EvaluationSet, build_evaluation_sets, evaluate_model, results_to_record
+from .data.splits import leave_one_out
+from .errors import BlossomUserError
+from .evaluation.suite import build_evaluation_sets, results_to_record
+from .losses import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
+from .run_record import (
+    METRICS_FILE,
+    RunRecord,
+    best_epoch,
+    device_description,
+    epoch_history,
+    library_versions,
+    log_summary,
+    training_arguments_record,
+)
+from .trainer import (
+    EpochTimerCallback,
+    SequentialRecTrainer,
+    TimeLimitCallback,
+    assert_finite_parameters,
+    example_lengths,
+    full_precision_forward,
+)
+from .training_args import (
+    TRAINING_DEFAULTS,
+    LossType,
+    NonFinitePolicy,
+    RecTrainingConfig,
+    check_metric_name,
+    default_batch_size,
+    default_training_arguments,
+    device_training_defaults,
+    validate_training_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
-LossType = Literal["full", "chunked", "sampled"]
-METRICS_FILE = "metrics.json"
 BEST_MODEL_DIR = "best_model"
-
-
-# --------------------------------------------------------------------------------------------------
-# losses
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean over tokens of ``logsumexp_{i>=1}(h . w_i) - h . w_target``, item chunk by item chunk.
-
-    Products run in ``compute_dtype``; the log-sum-exp and the gradients accumulate in at least float32.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, compute_dtype):  # type: ignore[override]
-        accumulate = torch.promote_types(compute_dtype, torch.float32)
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            h = hidden.to(compute_dtype)
-            lse = torch.full((h.shape[0],), float("-inf"), device=h.device, dtype=accumulate)
-            for start in range(1, weight.shape[0], chunk_size):  # column 0 (padding) never competes
-                logits = (h @ weight[start : start + chunk_size].to(compute_dtype).t()).to(accumulate)
-                lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-            target_logits = (hidden.to(accumulate) * weight[targets].to(accumulate)).sum(dim=1)
-            loss = (lse - target_logits).mean()
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size = chunk_size
-        ctx.compute_dtype = compute_dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
-        hidden, weight, targets, lse = ctx.saved_tensors
-        chunk_size, compute_dtype, accumulate = ctx.chunk_size, ctx.compute_dtype, lse.dtype
-        scale = grad_output.to(accumulate) / hidden.shape[0]
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            h = hidden.to(compute_dtype)
-            grad_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=accumulate)
-            grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=accumulate)
-            for start in range(1, weight.shape[0], chunk_size):
-                w = weight[start : start + chunk_size].to(compute_dtype)
-                probabilities = torch.exp((h @ w.t()).to(accumulate) - lse[:, None]) * scale
-                grad_hidden += (probabilities.to(compute_dtype) @ w).to(accumulate)
-                grad_weight[start : start + chunk_size] += (probabilities.t().to(compute_dtype) @ h).to(accumulate)
-            grad_hidden -= scale * weight[targets].to(accumulate)
-            grad_weight.index_add_(0, targets, -scale * hidden.to(accumulate))
-        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
-
-
-def chunked_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    chunk_size: int | None = None,
-    max_chunk_elements: int = 1 << 26,
-) -> torch.Tensor:
-    """Exact cross-entropy over all items (padding 0 excluded) without materialising ``T x V`` logits.
-
-    Args:
-        hidden: ``[T, d]`` states at the positions that have a target.
-        weight: ``[V, d]`` item embedding (row 0 = padding).
-        targets: ``[T]`` item indices in ``1..V-1``.
-        chunk_size: items per chunk; default: ``max_chunk_elements // T`` (at least 128).
-
-    Peak extra memory is about ``T x chunk_size`` floats (plus ``V x d`` for the weight gradient).
-    Under autocast the chunk products run in the autocast dtype (e.g. bf16) with float32 accumulation
-    of the log-sum-exp and of the gradients.
-    """
-    if hidden.dim() != 2 or targets.dim() != 1 or hidden.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"expected hidden [T, d] and targets [T]; got {tuple(hidden.shape)} and {tuple(targets.shape)}"
-        )
-    if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0 + weight.sum() * 0.0
-    if chunk_size is None:
-        chunk_size = max(128, max_chunk_elements // hidden.shape[0])
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        compute_dtype = torch.get_autocast_dtype(device_type)
-    else:
-        compute_dtype = hidden.dtype
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, int(chunk_size), compute_dtype)
-
-
-def sampled_softmax_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, num_negatives: int
-) -> torch.Tensor:
-    """Softmax over the target and ``num_negatives`` uniform negatives shared by the batch.
-
-    A negative equal to a row's target is masked for that row. The proposal is uniform, so the logQ
-    correction is the same constant for every candidate and cancels.
-    """
-    negatives = torch.randint(1, weight.shape[0], (num_negatives,), device=hidden.device)
-    positive = (hidden * weight[targets].to(hidden.dtype)).sum(dim=1, keepdim=True)
-    negative = hidden @ weight[negatives].to(hidden.dtype).t()
-    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
-    logits = torch.cat([positive, negative], dim=1).float()
-    return F.cross_entropy(logits, torch.zeros_like(targets))
-
-
-def positions_with_targets(
-    last_hidden_state: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """States and targets where a loss applies: every ``labels > 0`` of ``[B, L]`` labels, or the last
-    real position of each row for ``[B]`` labels."""
-    if labels.dim() == 2:
-        keep = labels > 0
-        return last_hidden_state[keep], labels[keep]
-    real = input_ids != 0
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = torch.where(real, positions, -1).amax(dim=1)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    keep = labels > 0
-    return last_hidden_state[rows, last][keep], labels[keep]
-
-
-# --------------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass
-class RecTrainingConfig:
-    """Recommendation-specific training options (the rest are ``transformers.TrainingArguments``).
-
-    Attributes:
-        example_style: ``"sasrec"`` (every position of each history once per epoch; fast, default) or
-            ``"recbole"`` (every prefix predicts its next item; the paper's setting).
-        windows: SASRec style only: ``"tile"`` (histories longer than the window are cut into windows so
-            every training target is used once per epoch) or ``"last"`` (most recent window only).
-        loss: ``"full"`` (the model's own cross-entropy over all items), ``"chunked"`` (exact, chunked over
-            items) or ``"sampled"`` (sampled softmax).
-        ce_chunk_size: items per chunk for ``"chunked"`` (default: automatic).
-        sampled_negatives: negatives per batch for ``"sampled"``.
-        eval_protocols: protocols ranked at every validation (``"full"``, ``"uniN"``).
-        early_stopping_metric: ``"<protocol>_<metric>@K"`` watched for early stopping and the best checkpoint.
-        patience: validations without improvement before stopping (the paper: 15).
-        eval_batch_size: users scored at once.
-        exclude_history: full ranking without the user's history items.
-        negatives_seed: seed of the one-time draw of ``uniN`` negatives (independent of the training
-            seed, so runs with different seeds are ranked on the same candidates).
-        cutoffs: the K of the metrics.
-        time_limit_minutes: stop training (then evaluate the best checkpoint as usual) once this much
-            wall-clock time has passed; ``metrics.json`` records whether the limit ended the run.
-    """
-
-    example_style: ExampleStyle = "sasrec"
-    windows: WindowMode = "tile"
-    loss: LossType = "full"
-    ce_chunk_size: int | None = None
-    sampled_negatives: int = 1024
-    eval_protocols: tuple[str, ...] = ("full", "uni100")
-    early_stopping_metric: str = "full_ndcg@10"
-    patience: int = 15
-    eval_batch_size: int = 1024
-    exclude_history: bool = False
-    negatives_seed: int = 0
-    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
-    time_limit_minutes: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.example_style not in ("sasrec", "recbole"):
-            raise ValueError(f"example_style must be 'sasrec' or 'recbole', not {self.example_style!r}")
-        if self.loss not in ("full", "chunked", "sampled"):
-            raise ValueError(f"loss must be 'full', 'chunked' or 'sampled', not {self.loss!r}")
-        self.eval_protocols = tuple(parse_protocol(p).name for p in self.eval_protocols)
-        protocol = self.early_stopping_metric.split("_", 1)[0]
-        if protocol not in self.eval_protocols or "_" not in self.early_stopping_metric:
-            raise ValueError(
-                f"early_stopping_metric {self.early_stopping_metric!r} must read '<protocol>_<metric>@K' "
-                f"with a protocol among eval_protocols {list(self.eval_protocols)}"
-            )
-        if self.patience < 1:
-            raise ValueError(f"patience must be >= 1, got {self.patience}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["eval_protocols"] = list(self.eval_protocols)
-        values["cutoffs"] = list(self.cutoffs)
-        return values
-
-
-def default_training_arguments(output_dir: str | Path, rec: RecTrainingConfig, **overrides: Any) -> TrainingArguments:
-    """``TrainingArguments`` for recommendation: evaluate and save every epoch, keep the best checkpoint by
-    ``rec.early_stopping_metric``, constant learning rate, no weight decay and no gradient clipping
-    (RecBole's Adam), bf16 on a GPU
-    that supports it, pinned memory, no external loggers. ``overrides`` win."""
-    cuda = torch.cuda.is_available()
-    values: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "load_best_model_at_end": True,
-        "metric_for_best_model": rec.early_stopping_metric,
-        "greater_is_better": True,
-        "save_total_limit": 2,
-        "restore_callback_states_from_checkpoint": True,  # the early-stopping counter survives a resume
-        "learning_rate": 1e-3,
-        "weight_decay": 0.0,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "optim": "adamw_torch",
-        "max_grad_norm": 0.0,  # no clipping, as RecBole
-        "num_train_epochs": 300,
-        "per_device_train_batch_size": 256 if rec.example_style == "sasrec" else 2048,
-        "per_device_eval_batch_size": rec.eval_batch_size,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        "dataloader_pin_memory": cuda,
-        "use_cpu": not cuda,  # lets torchrun on CPU-only hosts run multi-process (gloo) too
-        "dataloader_num_workers": 0,
-        "remove_unused_columns": False,
-        "report_to": "none",
-        "logging_strategy": "steps",
-        "logging_steps": 50,
-        "seed": 42,
-    }
-    values.update(overrides)
-    unknown = sorted(set(values) - set(TrainingArguments.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"TrainingArguments has no field(s) {unknown}")
-    return TrainingArguments(**values)
-
-
-# --------------------------------------------------------------------------------------------------
-# trainer
-
-
-class EpochTimerCallback(TrainerCallback):
-    """Adds ``{"epoch", "step", "epoch_train_seconds"}`` to the trainer's log history at each epoch end."""
-
-    def __init__(self) -> None:
-        self._started: float | None = None
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self._started is not None:
-            seconds = time.perf_counter() - self._started
-            state.log_history.append(
-                {
-                    "epoch": round(state.epoch or 0.0, 4),
-                    "step": state.global_step,
-                    "epoch_train_seconds": seconds,
-                }
-            )
-            logger.info("epoch %.0f trained in %.1f s", state.epoch or 0.0, seconds)
-
-
-@contextmanager
-def full_precision_forward(model: nn.Module):
-    """Run ``model`` without Accelerate's mixed-precision forward wrapper, restoring it afterwards.
-
-    With ``bf16=True`` Accelerate replaces ``model.forward`` by an autocast wrapper (and keeps the original
-    as ``model._original_forward``); ranking must not run under it, or the recorded metrics would be those
-    of a bf16 forward pass and differ from what ``scripts/evaluate.py`` reproduces from the checkpoint.
-    """
-    original = model.__dict__.get("_original_forward")
-    patched = model.__dict__.get("forward")
-    if original is None or patched is None:
-        yield model
-        return
-    model.forward = original
-    try:
-        yield model
-    finally:
-        model.forward = patched
-
-
-class TimeLimitCallback(TrainerCallback):
-    """Stops training once ``minutes`` of wall-clock time have passed since training began."""
-
-    def __init__(self, minutes: float) -> None:
-        self.seconds = minutes * 60.0
-        self.started = time.perf_counter()
-        self.triggered = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if not self.triggered and time.perf_counter() - self.started > self.seconds:
-            self.triggered = True
-            logger.warning("time limit of %.1f min reached at step %d: stopping training", self.seconds / 60,
-                           state.global_step)
-            control.should_training_stop = True
-            control.should_evaluate = True
-            control.should_save = True
-        return control
-
-
-class SequentialRecTrainer(Trainer):
-    """``Trainer`` whose evaluation ranks the validation users, and whose loss may be chunked or sampled.
-
-    ``evaluate()`` returns ``eval_<protocol>_<metric>@K`` (e.g. ``eval_full_ndcg@10``) for every
-    protocol of ``rec_config.eval_protocols``. With several processes each ranks a shard of the users
-    and the ranks are gathered, so every process sees the same metrics.
-    """
-
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
-
-    def __init__(
-        self,
-        *args: Any,
-        split: LeaveOneOutSplit,
-        rec_config: RecTrainingConfig,
-        evaluation_sets: dict[str, EvaluationSet] | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, **kwargs)
-        self.split = split
-        self.rec_config = rec_config
-        self.evaluation_sets = evaluation_sets or build_evaluation_sets(
-            split, rec_config.eval_protocols, rec_config.negatives_seed
-        )
-        self._supports_no_logits: bool | None = None
-
-    # ---- loss ---------------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rec = self.rec_config
-        input_ids, labels = inputs["input_ids"], inputs["labels"]
-        if rec.loss == "full":
-            outputs = model(input_ids=input_ids, labels=labels)
-            loss = outputs.loss
-        else:
-            outputs = model(input_ids=input_ids, **self._no_logits_kwargs())
-            hidden, targets = positions_with_targets(outputs.last_hidden_state, input_ids, labels)
-            weight = self.accelerator.unwrap_model(model).item_embeddings.weight
-            if rec.loss == "chunked":
-                loss = chunked_cross_entropy(hidden, weight, targets, rec.ce_chunk_size)
-            else:
-                loss = sampled_softmax_loss(hidden, weight, targets, rec.sampled_negatives)
-        return (loss, outputs) if return_outputs else loss
-
-    def _no_logits_kwargs(self) -> dict[str, Any]:
-        """Ask the model not to compute ``[B, V]`` logits when its forward supports ``return_logits``."""
-        if self._supports_no_logits is None:
-            import inspect
-
-            forward = self.accelerator.unwrap_model(self.model).forward
-            self._supports_no_logits = "return_logits" in inspect.signature(forward).parameters
-        return {"return_logits": False} if self._supports_no_logits else {}
-
-    # ---- evaluation ---------------------------------------------------------------------------
-    def rank(self, split_name: str = "valid", protocols: tuple[str, ...] | None = None) -> dict[str, RankingResult]:
-        """Rank the users of ``split_name`` (``"valid"`` or ``"test"``) under each protocol.
-
-        With several processes each ranks its shard of the users; ranks are gathered everywhere.
-        """
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        total = len(self.evaluation_sets[split_name].examples) if split_name in self.evaluation_sets else 0
-        shard = np.array_split(np.arange(total), world)[rank] if world > 1 else None
-        model = self.accelerator.unwrap_model(self.model)
-        with full_precision_forward(model):
-            results = evaluate_model(
-                model,
-                self.evaluation_sets,
-                splits=(split_name,),
-                protocols=protocols or self.rec_config.eval_protocols,
-                exclude_history=self.rec_config.exclude_history,
-                batch_size=self.rec_config.eval_batch_size,
-                device=self.args.device,
-                cutoffs=self.rec_config.cutoffs,
-                shard=shard,
-                progress=not self.args.disable_tqdm and self.is_local_process_zero(),
-            )[split_name]
-        if world > 1:
-            results = {name: self._gather(result, total) for name, result in results.items()}
-        return results
-
-    def _gather(self, result: RankingResult, total: int) -> RankingResult:
-        width = -(-total // self.accelerator.num_processes)
-        padded = torch.zeros(width, dtype=torch.long, device=self.args.device)
-        padded[: result.ranks.size] = torch.from_numpy(result.ranks).to(self.args.device)
-        gathered = self.accelerator.gather(padded).cpu().numpy()
-        ranks = gathered[gathered > 0]
-        return RankingResult(
-            protocol=result.protocol,
-            ranks=ranks,
-            metrics=metrics_from_ranks(ranks, self.rec_config.cutoffs),
-            seconds=result.seconds,
-            options=result.options,
-        )
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        started = time.perf_counter()
-        results = self.rank("valid")
-        metrics: dict[str, float] = {}
-        for protocol, result in results.items():
-            for key, value in result.metrics.items():
-                metrics[f"{metric_key_prefix}_{protocol}_{key}"] = value
-        metrics[f"{metric_key_prefix}_seconds"] = time.perf_counter() - started
-        if self.state.epoch is not None:
-            metrics["epoch"] = self.state.epoch
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
 
 # --------------------------------------------------------------------------------------------------
 # the recipe
@@ -467,7 +104,8 @@ def run_training(
     resume_from_checkpoint: str | bool | None = None,
     command: list[str] | None = None,
     extra_record: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    overwrite_output_dir: bool = False,
+) -> RunRecord:
     """Train with early stopping, reload the best checkpoint, evaluate it, save it, write ``metrics.json``.
 
     Args:
@@ -478,22 +116,113 @@ def run_training(
             to ``output_dir/metrics.json``.
         rec_config: recommendation options (default :class:`RecTrainingConfig`).
         training_arguments: default :func:`default_training_arguments`.
-        resume_from_checkpoint: ``True`` (latest checkpoint in ``output_dir``) or a checkpoint folder.
+        resume_from_checkpoint: ``True`` (latest complete checkpoint in ``output_dir``) or a checkpoint folder.
         command: the command line to record (default ``sys.argv``).
         extra_record: more entries for ``metrics.json``.
+        overwrite_output_dir: start afresh in a folder that holds an earlier run (its checkpoints, best model and
+            record are deleted first); without it such a folder is refused unless resuming.
+
+    The folder is locked for the run (a second run in it is refused, naming the holder); checkpoints,
+    ``best_model/`` and ``metrics.json`` are written atomically, never with non-finite weights; a resume is
+    refused when its arguments or data differ from the run's in a way that changes what is trained.
 
     Returns:
-        The ``metrics.json`` record.
+        The run's :class:`~blossom_hf.run_record.RunRecord` (also a mapping with the ``metrics.json`` keys).
     """
     rec = rec_config or RecTrainingConfig()
     output_dir = Path(output_dir)
     args = training_arguments or default_training_arguments(output_dir, rec)
+    validate_training_arguments(args)
     if model.config.vocab_size != data.n_items + 1:
-        raise ValueError(f"model vocab_size {model.config.vocab_size} != number of items {data.n_items} + 1 (padding)")
+        raise BlossomUserError(
+            f"model vocab_size {model.config.vocab_size} != number of items {data.n_items} + 1 (padding); build the "
+            "model with vocab_size=data.n_items + 1"
+        )
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    lock = OutputDirLock(output_dir, command if command is not None else sys.argv)
+    if main_process:
+        lock.acquire()
+    try:
+        if main_process:
+            clean_output_dir(output_dir)
+        return _run_training_locked(data, model, output_dir, rec, args, resume_from_checkpoint, command,
+                                    extra_record, overwrite_output_dir)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def run_arguments(model: nn.Module, rec: RecTrainingConfig, args: TrainingArguments, fingerprint: str) -> dict:
+    """What ``run_arguments.json`` holds: everything that decides what a run trains."""
+    training = {key: value for key, value in args.to_dict().items() if not key.startswith("_")}
+    return {"model": model.config.to_dict(), "rec": rec.to_dict(), "training": training,
+            "data_fingerprint": fingerprint}  # fmt: skip
+
+
+def _resolve_resume(output_dir: Path, resume: str | bool | None, args: TrainingArguments) -> str | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True or resume == "latest":
+        found = complete_checkpoints(output_dir, need_optimizer=not args.save_only_model)
+        if not found:
+            raise BlossomUserError(
+                f"--resume: {output_dir} holds no complete checkpoint to resume from; drop --resume to start afresh"
+            )
+        logger.info("resuming from %s", found[-1])
+        return str(found[-1])
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume: checkpoint folder {path} does not exist; pass a checkpoint-N folder")
+    return str(path)
+
+
+def _start_afresh(output_dir: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder that holds an earlier run: its checkpoints would mix with the
+    new run's, and checkpoint rotation could delete the new ones."""
+    earlier = [p for p in complete_checkpoints(output_dir, need_optimizer=False)]
+    earlier += [output_dir / name for name in (BEST_MODEL_DIR, METRICS_FILE) if (output_dir / name).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        names = ", ".join(sorted(p.name for p in earlier)[:4])
+        raise BlossomUserError(
+            f"{output_dir} already holds a run ({names}); pass --resume to continue it, --overwrite-output-dir to "
+            "replace it, or another --output-dir"
+        )
+    import shutil
+
+    for path in earlier:
+        logger.warning("--overwrite-output-dir: removing %s of the earlier run", path)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _run_training_locked(
+    data: SequenceData,
+    model: nn.Module,
+    output_dir: Path,
+    rec: RecTrainingConfig,
+    args: TrainingArguments,
+    resume_from_checkpoint: str | bool | None,
+    command: list[str] | None,
+    extra_record: dict[str, Any] | None,
+    overwrite_output_dir: bool = False,
+) -> RunRecord:
     started = time.perf_counter()
+    fingerprint = data_fingerprint(data.offsets, data.items, data.item_ids)
+    arguments = run_arguments(model, rec, args, fingerprint)
+    resume = _resolve_resume(output_dir, resume_from_checkpoint, args)
+    if resume is not None:
+        check_resume(output_dir, arguments, resume)
+    elif int(os.environ.get("RANK", "0")) == 0:
+        _start_afresh(output_dir, overwrite_output_dir)
+        save_run_arguments(output_dir, arguments)
     split = leave_one_out(data)
     max_length = model.config.max_history_length
     train_dataset = training_examples(split, rec.example_style, max_length, rec.windows)
+    if len(train_dataset) == 0:
+        raise BlossomUserError(
+            "the data leave no training example (every history is shorter than 3 interactions after the split); "
+            "use a larger dataset or lower --k-core"
+        )
     logger.info(
         "%d training examples (%s style, window %d); %d users evaluated",
         len(train_dataset), rec.example_style, max_length, len(split.evaluated_users),
@@ -516,21 +245,21 @@ def run_training(
         rec_config=rec,
         evaluation_sets=evaluation_sets,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
 
     final = results_to_record({name: trainer.rank(name) for name in ("valid", "test")})
-    record = {
-        "valid": final["valid"],
-        "test": final["test"],
-        "best": {
+    record = RunRecord(
+        valid=final["valid"],
+        test=final["test"],
+        best={
             "metric": rec.early_stopping_metric,
             "value": trainer.state.best_metric,
             "checkpoint": trainer.state.best_model_checkpoint,
-            "epoch": _best_epoch(trainer.state.log_history, trainer.state.best_global_step),
+            "epoch": best_epoch(trainer.state.log_history, trainer.state.best_global_step),
         },
-        "epochs": _epoch_history(trainer.state.log_history),
-        "protocol": {
+        epochs=epoch_history(trainer.state.log_history),
+        protocol={
             "split": split.summary,
             "ranking": "full ranking excludes padding; history items "
             + ("removed" if rec.exclude_history else "kept (RecBole)"),
@@ -539,119 +268,60 @@ def run_training(
             "ties": "pessimistic (the target ranks below every equal score)",
             "training_examples": rec.example_style,
         },
-        "model_config": model.config.to_dict(),
-        "training": {**rec.to_dict(), **_training_arguments_record(args)},
-        "data": {k: v for k, v in data.metadata.items() if k != "source"} | {"source": data.metadata.get("source")},
-        "seed": args.seed,
-        "command": command if command is not None else sys.argv,
-        "versions": _versions(),
-        "device": _device_description(),
-        "timings": {
+        model_config=model.config.to_dict(),
+        training={**rec.to_dict(), **training_arguments_record(args),
+                  "nonfinite_losses_skipped": trainer.nonfinite_losses},
+        data={k: v for k, v in data.metadata.items() if k != "source"} | {"source": data.metadata.get("source"),
+                                                                           "fingerprint": fingerprint},
+        seed=args.seed,
+        command=command if command is not None else sys.argv,
+        versions=library_versions(),
+        device=device_description(),
+        timings={
             "total_seconds": time.perf_counter() - started,
             "train_seconds": train_seconds,
             "train_runtime_reported_by_trainer": train_output.metrics.get("train_runtime"),
             "global_steps": trainer.state.global_step,
             "stopped_by_time_limit": bool(time_limit is not None and time_limit.triggered),
         },
-    }
+    )
     if extra_record:
         record.update(extra_record)
     if trainer.is_world_process_zero():
         best_dir = output_dir / BEST_MODEL_DIR
-        trainer.save_model(str(best_dir))
+        assert_finite_parameters(model, str(best_dir))
+        staging = staging_path(output_dir, BEST_MODEL_DIR)
+        trainer.save_model(str(staging))
         spec = data.metadata.get("data_spec")
         if spec is not None:
-            (best_dir / "data_spec.json").write_text(json.dumps(spec, indent=2))
-        (output_dir / METRICS_FILE).write_text(json.dumps(_jsonable(record), indent=2))
+            (staging / "data_spec.json").write_text(json.dumps(spec, indent=2))
+        replace_dir(staging, best_dir)
+        record.save(output_dir / METRICS_FILE)
         logger.info("Wrote %s and %s", output_dir / METRICS_FILE, best_dir)
-    _log_summary(record)
+    log_summary(record)
     return record
 
 
-# --------------------------------------------------------------------------------------------------
-# record helpers
-
-
-def _best_epoch(history: list[dict[str, Any]], best_step: int | None) -> float | None:
-    if not best_step:
-        return None
-    for entry in history:
-        if entry.get("step") == best_step and "epoch" in entry:
-            return entry["epoch"]
-    return None
-
-
-def _epoch_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch training time and validation metrics, merged by step."""
-    merged: dict[int, dict[str, Any]] = {}
-    for entry in history:
-        step = entry.get("step")
-        if step is None:
-            continue
-        if "epoch_train_seconds" in entry or any(key.startswith("eval_") for key in entry):
-            merged.setdefault(step, {"step": step}).update(entry)
-    return [merged[step] for step in sorted(merged)]
-
-
-def _training_arguments_record(args: TrainingArguments) -> dict[str, Any]:
-    keys = (
-        "learning_rate", "weight_decay", "lr_scheduler_type", "num_train_epochs",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "fp16", "seed", "optim",
-        "max_grad_norm", "world_size",
-    )  # fmt: skip
-    return {key: getattr(args, key, None) for key in keys}
-
-
-def _versions() -> dict[str, str]:
-    import datasets
-    import transformers
-
-    import blossom_hf
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "numpy": np.__version__,
-        "blossom_hf": getattr(blossom_hf, "__version__", "unknown"),
-    }
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if torch.version.cuda:
-        versions["cuda"] = torch.version.cuda
-    return versions
-
-
-def _device_description() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def _log_summary(record: dict[str, Any]) -> None:
-    for split_name in ("valid", "test"):
-        for protocol, metrics in record[split_name].items():
-            logger.info(
-                "%s %s: NDCG@10 %.4f  HR@10 %.4f  MRR@10 %.4f  (%d users)",
-                split_name, protocol, metrics.get("ndcg@10", float("nan")),
-                metrics.get("hit@10", float("nan")), metrics.get("mrr@10", float("nan")), metrics.get("users", 0),
-            )  # fmt: skip
+__all__ = [
+    "BEST_MODEL_DIR",
+    "TRAINING_DEFAULTS",
+    "EpochTimerCallback",
+    "LossType",
+    "NonFinitePolicy",
+    "RecTrainingConfig",
+    "SequentialRecTrainer",
+    "TimeLimitCallback",
+    "assert_finite_parameters",
+    "check_metric_name",
+    "chunked_cross_entropy",
+    "default_batch_size",
+    "default_training_arguments",
+    "device_training_defaults",
+    "example_lengths",
+    "full_precision_forward",
+    "positions_with_targets",
+    "run_arguments",
+    "run_training",
+    "sampled_softmax_loss",
+    "validate_training_arguments",
+]

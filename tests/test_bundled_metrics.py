@@ -1,6 +1,6 @@
-"""The bundled model cards report what scripts/evaluate.py reproduces from their checkpoints.
+"""The bundled model cards report what `blossom-hf evaluate` reproduces from their checkpoints.
 
-Each card's metrics.json stores the result of `scripts/evaluate.py --max-users N` made at export time; this
+Each card's metrics.json stores the result of `blossom-hf evaluate --max-users N` made at export time; this
 re-runs the same evaluation on the folder (CPU, fp32) and requires the same numbers. The full-population
 numbers in the card come from the same script without --max-users (docs/RESULTS.md, model_cards/README.md).
 """
@@ -12,7 +12,8 @@ import shutil
 
 import pytest
 from conftest import REPO, SHARED_DATA
-from hub_testing import load_script
+
+from blossom_hf.commands import evaluate as evaluate_command
 
 CARDS = sorted(p for p in (REPO / "model_cards").glob("blossomrec-*") if (p / "metrics.json").is_file())
 DATASET_FILES = {"ml-1m": "ml-1m", "beauty": "beauty", "video-games": "video-games", "ml-100k": "ml-100k"}
@@ -28,9 +29,8 @@ def test_card_metrics_are_reproduced_by_evaluate(card):
     preset = metrics["data"]["source"]["preset"]
     if not (SHARED_DATA / DATASET_FILES[preset]).is_dir():
         pytest.skip(f"{preset} data not present at {SHARED_DATA}")
-    evaluate = load_script("evaluate")
     splits = [s for s in ("valid", "test") if s in subset]
-    record = evaluate.main([
+    record = evaluate_command.run([
         "--model", str(card), "--dataset", preset, "--data-dir", str(SHARED_DATA), "--device", "cpu",
         "--attn-implementation", "sdpa", "--max-users", str(subset["max_users"]), "--no-progress",
         "--splits", *splits, "--protocols", *subset[splits[0]].keys(),

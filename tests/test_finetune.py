@@ -1,5 +1,5 @@
 """Fine-tuning: vocabulary remapping (shared embeddings kept, encoder intact, new rows N(0, std), old items
-dropped or kept), mapping files, title matching, and scripts/finetune.py end to end on generated data."""
+dropped or kept), mapping files, title matching, and `blossom-hf finetune` end to end on generated data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import SHARED_DATA, tiny_config
-from hub_testing import load_script, write_interactions
+from hub_testing import write_interactions
 from huggingface_hub import ModelCard
 from transformers import AutoModel
 
@@ -20,6 +20,9 @@ from blossom_hf.catalogs import (
     normalize_title,
     read_item_titles,
 )
+from blossom_hf.cli import main as blossom_hf_main
+from blossom_hf.commands import finetune as finetune_command
+from blossom_hf.errors import BlossomUserError
 from blossom_hf.finetuning import (
     VocabularyMappingError,
     read_item_mapping,
@@ -217,7 +220,7 @@ def test_ml100k_to_ml1m_title_match_rate():
 
 
 # --------------------------------------------------------------------------------------------------
-# scripts/finetune.py end to end
+# blossom-hf finetune end to end
 
 
 @pytest.fixture
@@ -244,9 +247,8 @@ def _finetune_argv(root, log, output, *extra):
 
 def test_finetune_script_end_to_end(finetune_setup):
     root, pretrained, log, old_catalog, new_catalog = finetune_setup
-    finetune = load_script("finetune")
     output = root / "ft"
-    record = finetune.main(_finetune_argv(root, log, output, "--map-titles", str(old_catalog), str(new_catalog),
+    record = finetune_command.run(_finetune_argv(root, log, output, "--map-titles", str(old_catalog), str(new_catalog),
                                           "--keep-old-items", "--model-name", "blossomrec-ft-test"))  # fmt: skip
     items = {line.split(",")[1] for line in log.read_text().splitlines()[1:]}
     shared = {i for i in items if int(i[1:]) <= 120}
@@ -276,7 +278,7 @@ def test_finetune_script_end_to_end(finetune_setup):
 def test_finetune_script_from_scratch_baseline(finetune_setup):
     root, pretrained, log, _, _ = finetune_setup
     output = root / "scratch"
-    record = load_script("finetune").main(_finetune_argv(root, log, output, "--from-scratch", "--no-export"))
+    record = finetune_command.run(_finetune_argv(root, log, output, "--from-scratch", "--no-export"))
     assert record["finetuning"]["from_scratch"] is True
     assert record["model_config"]["hidden_size"] == pretrained.config.hidden_size
     items = {line.split(",")[1] for line in log.read_text().splitlines()[1:]}
@@ -286,8 +288,15 @@ def test_finetune_script_from_scratch_baseline(finetune_setup):
 
 def test_finetune_script_clear_errors(finetune_setup, capsys):
     root, _, log, _, _ = finetune_setup
-    finetune = load_script("finetune")
-    with pytest.raises(SystemExit, match="--dataset is required"):
-        finetune.main(["--pretrained", str(root / "pretrained"), "--output-dir", str(root / "x")])
+    with pytest.raises(BlossomUserError, match="--dataset is required"):
+        finetune_command.run(["--pretrained", str(root / "pretrained"), "--output-dir", str(root / "x")])
     with pytest.raises(FileNotFoundError, match="item mapping file .* does not exist"):
-        finetune.main(_finetune_argv(root, log, root / "y", "--mapping", str(root / "missing.tsv")))
+        finetune_command.run(_finetune_argv(root, log, root / "y", "--mapping", str(root / "missing.tsv")))
+    # an export folder the export would refuse is refused before any training, as one line
+    (root / "taken").mkdir()
+    (root / "taken" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    status = blossom_hf_main(["finetune", *_finetune_argv(root, log, root / "z", "--export-dir", str(root / "taken"))])
+    err = capsys.readouterr().err
+    assert status == 2 and "--export-dir" in err and "holds no earlier export" in err and err.count("\n") == 1
+    assert not (root / "z" / "checkpoint-1").exists() and not (root / "z" / "metrics.json").exists()

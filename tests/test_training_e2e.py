@@ -1,9 +1,8 @@
 """Losses, the Trainer glue, and an end-to-end run: train + evaluate on ML-100K (or a synthetic set when
-../shared/data is absent) through scripts/train.py and scripts/evaluate.py, against a most-popular baseline."""
+../shared/data is absent) through `blossom-hf train` and `blossom-hf evaluate`, against a most-popular baseline."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,21 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from blossom_hf import BlossomRecConfig, BlossomRecModel
+from blossom_hf.commands import evaluate as evaluate_command
+from blossom_hf.commands import train as train_command
 from blossom_hf.data import DataSpec, leave_one_out
+from blossom_hf.errors import BlossomUserError, ResumeMismatchError
 from blossom_hf.evaluation import build_evaluation_sets, evaluate_ranking, most_popular_scorer
 from blossom_hf.training import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
 
 datasets.disable_progress_bars()
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"blossom_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- losses ---------------------------------------------------------------------------------------
@@ -133,10 +127,9 @@ SMALL_MODEL = [
 
 def test_train_and_evaluate_beat_most_popular(tmp_path):
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    train_script, evaluate_script = load_script("train"), load_script("evaluate")
     output_dir = tmp_path / "run"
     data_arguments = dataset_arguments(tmp_path)
-    record = train_script.main(
+    record = train_command.run(
         [*data_arguments, *SMALL_MODEL, "--epochs", "2", "--patience", "2", "--output-dir", str(output_dir)]
     )
 
@@ -168,8 +161,8 @@ def test_train_and_evaluate_beat_most_popular(tmp_path):
             ours, theirs = record["test"][protocol][metric], baseline[protocol].metrics[metric]
             assert ours > theirs, f"test {protocol} {metric}: model {ours:.4f} <= most popular {theirs:.4f}"
 
-    # scripts/evaluate.py rebuilds the same data from the model folder and reproduces the numbers
-    again = evaluate_script.main(
+    # `blossom-hf evaluate` rebuilds the same data from the model folder and reproduces the numbers
+    again = evaluate_command.run(
         ["--model", str(output_dir / "best_model"), "--splits", "valid", "test", "--no-progress"]
     )
     for split_name in ("valid", "test"):
@@ -178,7 +171,6 @@ def test_train_and_evaluate_beat_most_popular(tmp_path):
 
 
 def test_resume_from_checkpoint(tmp_path):
-    train_script = load_script("train")
     path = synthetic_interactions(tmp_path / "tiny.csv", n_users=40, n_items=30)
     common = [
         "--dataset", str(path), "--user-col", "user", "--item-col", "item", "--time-col", "time",
@@ -186,13 +178,31 @@ def test_resume_from_checkpoint(tmp_path):
         "--intermediate-size", "16", "--max-history-length", "20", "--batch-size", "16", "--no-progress",
         "--eval-protocols", "full", "uni10", "--output-dir", str(tmp_path / "run"), "--attention-type", "full",
     ]  # fmt: skip
-    first = train_script.main([*common, "--epochs", "1"])
+    first = train_command.run([*common, "--epochs", "1"])
     steps_per_epoch = first["timings"]["global_steps"]
     assert (tmp_path / "run" / f"checkpoint-{steps_per_epoch}").is_dir()
-    second = train_script.main([*common, "--epochs", "2", "--resume"])
+    # a fresh run in the folder of an earlier one is refused (their checkpoints would mix)
+    with pytest.raises(BlossomUserError, match="already holds a run .*pass --resume to continue it"):
+        train_command.run([*common, "--epochs", "1"])
+    # a resume that would train nothing, or train another model or other data, is refused with the differing fields
+    with pytest.raises(ResumeMismatchError, match="already trained 1 epochs and --epochs is 1"):
+        train_command.run([*common, "--epochs", "1", "--resume"])
+    changed = [*common, "--epochs", "2", "--resume"]
+    changed[changed.index("--max-history-length") + 1] = "30"
+    with pytest.raises(ResumeMismatchError, match="max_history_length 20 -> 30"):
+        train_command.run(changed)
+    with pytest.raises(ResumeMismatchError, match="learning_rate 0.001 -> 0.01"):
+        train_command.run([*common, "--epochs", "2", "--lr", "0.01", "--resume"])
+    other = synthetic_interactions(tmp_path / "other.csv", n_users=40, n_items=30, seed=1)
+    with pytest.raises(ResumeMismatchError, match="the data differ"):
+        train_command.run([*[str(other) if a == str(path) else a for a in common], "--epochs", "2", "--resume"])
+    second = train_command.run([*common, "--epochs", "2", "--resume", "--eval-batch-size", "7"])
     assert second["timings"]["global_steps"] == 2 * steps_per_epoch
     assert [e["step"] for e in second["epochs"] if "eval_full_ndcg@10" in e] == [steps_per_epoch, 2 * steps_per_epoch]
     assert "uni10" in second["test"] and second["training"]["eval_protocols"] == ["full", "uni10"]
+    third = train_command.run([*common, "--epochs", "1", "--overwrite-output-dir"])
+    assert third["timings"]["global_steps"] == steps_per_epoch
+    assert not (tmp_path / "run" / f"checkpoint-{2 * steps_per_epoch}").exists(), "the earlier run was cleared"
 
 
 def test_ranking_runs_without_the_mixed_precision_wrapper():

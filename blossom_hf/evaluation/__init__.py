@@ -1,7 +1,7 @@
 """Ranking evaluation (full and sampled ``uniN``) and HR/Recall/MRR/NDCG@K metrics."""
 
 from .baselines import most_popular_scorer
-from .metrics import DEFAULT_CUTOFFS, hit_at_k, metrics_from_ranks, mrr_at_k, ndcg_at_k
+from .metrics import DEFAULT_CUTOFFS, RankingMetrics, hit_at_k, metrics_from_ranks, mrr_at_k, ndcg_at_k
 from .ranking import (
     Protocol,
     RankingResult,
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_CUTOFFS",
     "EvaluationSet",
     "Protocol",
+    "RankingMetrics",
     "RankingResult",
     "Scorer",
     "build_evaluation_sets",

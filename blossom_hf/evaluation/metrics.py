@@ -13,6 +13,7 @@ How ranks are computed, ties included, is :mod:`blossom_hf.evaluation.ranking`'s
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,3 +66,51 @@ def metrics_from_ranks(
         results[f"mrr@{k}"] = float(mrr_at_k(ranks, k).mean())
         results[f"ndcg@{k}"] = float(ndcg_at_k(ranks, k).mean())
     return results
+
+
+class RankingMetrics:
+    """HR/Recall/MRR/NDCG@K for a plain ``transformers.Trainer`` (its ``compute_metrics``).
+
+    A plain ``Trainer`` evaluates only ``eval_loss``; with this it reports ``eval_ndcg@10`` and the rest, from full
+    ranking with pessimistic ties (the rank of the target among all items, padding 0 excluded), as
+    :func:`blossom_hf.evaluation.evaluate_ranking` computes them. Pass the same object twice::
+
+        metrics = RankingMetrics()
+        trainer = Trainer(model=model, args=args, eval_dataset=eval_dataset, data_collator=collator,
+                          compute_metrics=metrics, preprocess_logits_for_metrics=metrics.preprocess_logits)
+
+    ``preprocess_logits`` turns each batch's ``[B, vocab_size]`` scores into ``[B]`` target ranks on the device,
+    so the evaluation never accumulates ``users x items`` scores. The evaluation examples carry ``labels`` ``[B]``:
+    the held-out next item of each history.
+    """
+
+    def __init__(self, cutoffs: Iterable[int] = DEFAULT_CUTOFFS):
+        self.cutoffs = tuple(int(k) for k in cutoffs)
+
+    @staticmethod
+    def preprocess_logits(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+        """``[B]`` 1-based rank of each row's target; a NaN/inf score raises."""
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        if logits.dim() == 3:  # [B, L, V] scores at every position: the last one predicts the held-out item
+            logits = logits[:, -1]
+        if labels.dim() != 1:
+            raise ValueError(
+                f"RankingMetrics needs one target per history (labels [B]), got labels of shape {tuple(labels.shape)}"
+            )
+        scores = logits.float()
+        if not bool(torch.isfinite(scores[:, 1:]).all()):
+            from ..errors import NonFiniteError
+
+            raise NonFiniteError("the model gave NaN/inf scores during evaluation: its weights are probably non-finite")
+        scores = scores.clone()
+        scores[:, 0] = float("-inf")  # padding never competes
+        target = scores.gather(1, labels[:, None].long())
+        others = (scores >= target).sum(dim=1) - 1  # the target itself is >= itself
+        return others + 1
+
+    def __call__(self, eval_prediction: Any) -> dict[str, float]:
+        ranks = eval_prediction.predictions
+        if isinstance(ranks, tuple):
+            ranks = ranks[0]
+        return metrics_from_ranks(np.asarray(ranks).reshape(-1), self.cutoffs)

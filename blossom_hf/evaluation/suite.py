@@ -2,7 +2,7 @@
 
 :func:`build_evaluation_sets` fixes the examples and draws the ``uniN`` negatives once;
 :func:`evaluate_model` ranks them with a model. Training (per epoch, on validation) and
-``scripts/evaluate.py`` (after training) both go through these, so their numbers agree.
+``blossom-hf evaluate`` (after training) both go through these, so their numbers agree.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..data.splits import LeaveOneOutSplit, RankingExamples
+from ..errors import BlossomUserError, NonFiniteError
 from .metrics import DEFAULT_CUTOFFS
-from .ranking import RankingResult, evaluate_ranking, parse_protocol, sample_negatives
+from .ranking import RankingResult, Scorer, evaluate_ranking, parse_protocol, sample_negatives
 
 SPLITS = ("valid", "test")
 
@@ -66,7 +67,47 @@ def evaluate_model(
 ) -> dict[str, dict[str, RankingResult]]:
     """``{split: {protocol: RankingResult}}`` for a model exposing ``config.max_history_length`` and
     ``config.vocab_size``. ``shard`` restricts every split to those example positions (one process's
-    share in multi-process evaluation)."""
+    share in multi-process evaluation).
+
+    Raises:
+        NonFiniteError: the model scored an item NaN or infinite (a ranking of such scores means nothing).
+        BlossomUserError: ``batch_size`` below 1, or an empty ``shard``.
+    """
+    if batch_size < 1:
+        raise BlossomUserError(f"the evaluation batch size must be >= 1 users, got {batch_size}")
+    if shard is not None and len(shard) == 0:
+        raise BlossomUserError("no users to evaluate (an empty selection, e.g. --max-users 0); pass at least 1")
+    if device is None:
+        device = next(model.parameters()).device
+    scorer = finite_scorer(model)
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, scorer, evaluation_sets, splits, protocols, exclude_history, batch_size, device,
+                         cutoffs, shard, progress)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def finite_scorer(model: nn.Module) -> Scorer:
+    """``model(input_ids).logits`` in float32, refusing NaN/inf scores of real items."""
+
+    def score(input_ids: torch.Tensor) -> torch.Tensor:
+        scores = model(input_ids=input_ids).logits.float()
+        finite = torch.isfinite(scores[:, 1:]).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise NonFiniteError(
+                f"the model gave NaN/inf scores to {bad} of {scores.shape[0]} histories in a batch: its weights are "
+                "probably non-finite (a diverged training); evaluate an earlier checkpoint or retrain with a lower --lr"
+            )
+        return scores
+
+    return score
+
+
+def _evaluate(model, scorer, evaluation_sets, splits, protocols, exclude_history, batch_size, device, cutoffs, shard,
+              progress) -> dict[str, dict[str, RankingResult]]:  # fmt: skip
     results: dict[str, dict[str, RankingResult]] = {}
     for split_name in splits:
         if split_name not in evaluation_sets:
@@ -85,7 +126,7 @@ def evaluate_model(
                     )
                 negatives = evaluation_set.negatives[protocol.name][positions]
             results[split_name][protocol.name] = evaluate_ranking(
-                model,
+                scorer,
                 examples,
                 max_length=model.config.max_history_length,
                 n_items=model.config.vocab_size - 1,

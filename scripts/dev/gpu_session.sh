@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# The GPU session behind docs/RESULTS.md and the bundled checkpoints: one call on a 4-GPU machine.
+# The GPU session behind docs/RESULTS.md and the bundled checkpoints (the project's own result tooling, not a
+# user command): smoke test, DDP demonstration, result runs, exports, CPU re-evaluation.
 #
-#   OUT=/path/to/output bash scripts/gpu_session.sh
+#   OUT=/path/to/output BLOSSOM_DATA_DIR=/path/to/datasets bash scripts/dev/gpu_session.sh
+#
+# Devices: SMOKE_GPU (default 0) for the smoke test, DDP_GPUS (default "0,1") for the DDP run, GPUS (default:
+# every GPU nvidia-smi lists) for the result runs. WHEEL_DIR: a folder of dependency wheels to install first
+# (for hosts without network access that lack a dependency).
 #
 # 1. smoke test: one epoch of BlossomRec with the fused Triton backend; BlossomRec runs use "triton" if it
 #    passes, "sdpa" otherwise (said in the log, never silently);
 # 2. the DDP demonstration: torchrun on 2 GPUs, no code change (ML-100K, 3 epochs);
-# 3. scripts/run_results.sh with every run spread over the 4 GPUs, each run capped at $TIME_LIMIT minutes;
+# 3. scripts/dev/run_results.sh with the runs spread over $GPUS, each run capped at $TIME_LIMIT minutes;
 # 4. the bundled checkpoints exported from seed-1 runs (scripts/export_checkpoint.py);
 # 5. the Triton-trained ML-1M checkpoint evaluated on the CPU with the sdpa backend.
-# Results are packed into a few archives under $OUT as they are ready (the device returns at most 8 files).
+# Results are packed into a few archives under $OUT as they are ready.
 set -uo pipefail
 OUT=${OUT:?set OUT to an output folder}
-cd "$(dirname "$0")/.."
-if ! python3 -c "import datasets" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
+cd "$(dirname "$0")/../.."
+if [[ -n "${WHEEL_DIR:-}" ]]; then
+    SITE=$(mktemp -d)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEEL_DIR"/*.whl
+    export PYTHONPATH=$SITE
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export BLOSSOM_DATA_DIR=${BLOSSOM_DATA_DIR:-$PWD/.gpu_data}
+export BLOSSOM_DATA_DIR=${BLOSSOM_DATA_DIR:?set BLOSSOM_DATA_DIR to the folder holding the datasets}
+SMOKE_GPU=${SMOKE_GPU:-0}
+DDP_GPUS=${DDP_GPUS:-0,1}
+GPUS=${GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | tr '\n' ' ')}
 export PYTHONUNBUFFERED=1
 R=$OUT/runs
 mkdir -p "$R"
@@ -26,9 +35,10 @@ start=$(date +%s)
 stamp() { echo "[$(($(date +%s) - start)) s] $*"; }
 
 stamp "smoke test of the triton backend"
-if CUDA_VISIBLE_DEVICES=0 python3 scripts/train.py --dataset ml-100k --max-history-length 200 \
+SMOKE=$(mktemp -d)
+if CUDA_VISIBLE_DEVICES=$SMOKE_GPU python3 -m blossom_hf train --dataset ml-100k --max-history-length 200 \
     --attention-type blossom --attn-implementation triton --epochs 1 --no-progress \
-    --output-dir /tmp/smoke-triton > "$OUT/smoke_triton.log" 2>&1; then
+    --output-dir "$SMOKE/smoke-triton" > "$OUT/smoke_triton.log" 2>&1; then
     BLOSSOM_EXTRA="--attn-implementation triton"
     stamp "triton smoke test passed: BlossomRec runs train with attn_implementation=triton"
 else
@@ -36,17 +46,17 @@ else
     stamp "TRITON SMOKE TEST FAILED (see smoke_triton.log): BlossomRec runs train with sdpa"
 fi
 
-stamp "DDP demonstration on GPUs 2,3"
-CUDA_VISIBLE_DEVICES=2,3 torchrun --standalone --nproc_per_node 2 scripts/train.py --dataset ml-100k \
+stamp "DDP demonstration on GPUs $DDP_GPUS"
+CUDA_VISIBLE_DEVICES=$DDP_GPUS torchrun --standalone --nproc_per_node 2 -m blossom_hf train --dataset ml-100k \
     --max-history-length 50 --epochs 3 --no-progress --output-dir "$R/ddp-ml100k-2gpus" \
     > "$OUT/ddp_2gpus.log" 2>&1 &
 ddp=$!
 
 stamp "result runs"
-GPUS=${GPUS:-"0 1 2 3"} TIME_LIMIT=${TIME_LIMIT:-6} EPOCHS=${EPOCHS:-200} PATIENCE=${PATIENCE:-15} \
+GPUS="$GPUS" TIME_LIMIT=${TIME_LIMIT:-6} EPOCHS=${EPOCHS:-200} PATIENCE=${PATIENCE:-15} \
     RUNS=${RUNS:-"ml1m ml1m-long amazon ablation memory"} AMAZON_WINDOWS=${AMAZON_WINDOWS:-"50 200"} \
     ABLATION_WINDOWS=${ABLATION_WINDOWS:-200} BLOSSOM_EXTRA="$BLOSSOM_EXTRA" \
-    bash scripts/run_results.sh "$R" "${PARALLEL:-24}" > "$OUT/run_results.log" 2>&1
+    bash scripts/dev/run_results.sh "$R" "${PARALLEL:-24}" > "$OUT/run_results.log" 2>&1
 stamp "result runs finished (exit $?)"
 wait "$ddp"; stamp "DDP run finished (exit $?)"
 tail -5 "$OUT/ddp_2gpus.log"
@@ -64,7 +74,7 @@ done
 (cd "$OUT" && tar czf cards_video_games.tar.gz model_cards/blossomrec-video-games)
 
 stamp "triton-trained ML-1M model evaluated with sdpa on the CPU"
-CUDA_VISIBLE_DEVICES="" python3 scripts/evaluate.py --model "$R/ml1m-L200-blossom-s1/best_model" --dataset ml-1m \
+CUDA_VISIBLE_DEVICES="" python3 -m blossom_hf evaluate --model "$R/ml1m-L200-blossom-s1/best_model" --dataset ml-1m \
     --device cpu --attn-implementation sdpa --no-progress --output "$OUT/ml1m_triton_model_cpu_sdpa_eval.json" \
     > "$OUT/cpu_eval.log" 2>&1
 stamp "CPU evaluation finished (exit $?)"

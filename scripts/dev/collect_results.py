@@ -6,7 +6,7 @@ the standard deviation over seeds (sample std; "-" with one seed) of the test me
 full-ranking and the uni100 protocol, plus the best epoch and the mean training time per epoch.
 
 Example:
-  python scripts/collect_results.py results/ --output results/summary.json > results/RESULTS.md
+  python scripts/dev/collect_results.py results/ --output results/summary.json > results/RESULTS.md
 """
 
 from __future__ import annotations

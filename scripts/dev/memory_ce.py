@@ -10,9 +10,9 @@ Modes:
   model  one step of a BlossomRecModel (SASRec-style labels at every position) on random histories
 
 Examples:
-  python scripts/memory_ce.py --device cuda                       # 1M items, 16,384 tokens, d = 128
-  python scripts/memory_ce.py --device cuda --mode model --batch-size 64 --max-history-length 200
-  python scripts/memory_ce.py --device cpu --items 200000 --tokens 1024   # a quick look on a laptop
+  python scripts/dev/memory_ce.py --device cuda                       # 1M items, 16,384 tokens, d = 128
+  python scripts/dev/memory_ce.py --device cuda --mode model --batch-size 64 --max-history-length 200
+  python scripts/dev/memory_ce.py --device cpu --items 200000 --tokens 1024   # a quick look on a laptop
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the project's result tables on ONE GPU: several trainings run in parallel on it.
 #
-#   scripts/run_results.sh OUTPUT_DIR [PARALLEL]
+#   scripts/dev/run_results.sh OUTPUT_DIR [PARALLEL]
 #
 # Everything goes under OUTPUT_DIR: one folder per run (train.log, metrics.json, best_model/, checkpoints),
-# gpu.txt, memory_ce*.json, RESULTS.md and summary.json (scripts/collect_results.py). Re-running the
+# gpu.txt, memory_ce*.json, RESULTS.md and summary.json (scripts/dev/collect_results.py). Re-running the
 # same command skips finished runs and resumes interrupted ones from their last checkpoint.
 #
 # Groups (select with RUNS="..."; default: all but "recbole"):
@@ -22,7 +22,7 @@
 # dropout 0.2 (the paper's setting). Extra options for every run: EXTRA="--attn-implementation triton".
 set -euo pipefail
 
-OUT=${1:?usage: scripts/run_results.sh OUTPUT_DIR [PARALLEL]}
+OUT=${1:?usage: scripts/dev/run_results.sh OUTPUT_DIR [PARALLEL]}
 PARALLEL=${2:-${PARALLEL:-6}}
 RUNS=${RUNS:-"ml1m ml1m-long amazon ablation memory"}
 SEEDS=${SEEDS:-"1 2 3"}
@@ -35,7 +35,7 @@ GPUS=${GPUS:-}                        # e.g. "0 1 2 3": runs are spread round-ro
 AMAZON_WINDOWS=${AMAZON_WINDOWS:-"50"}
 TIME_LIMIT=${TIME_LIMIT:-}            # minutes per run (train.py --time-limit-minutes)
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 { nvidia-smi || true; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
@@ -66,7 +66,7 @@ run_one() {  # name, then train.py arguments
     fi
     echo "[start] $name${CUDA_VISIBLE_DEVICES:+ on GPU $CUDA_VISIBLE_DEVICES}"
     # shellcheck disable=SC2086
-    if python scripts/train.py "$@" --epochs "$EPOCHS" --patience "$PATIENCE" --no-progress \
+    if python -m blossom_hf train "$@" --epochs "$EPOCHS" --patience "$PATIENCE" --no-progress \
         --output-dir "$dir" "${resume[@]}" $extra >> "$dir/train.log" 2>&1; then
         echo "[done] $name"
     else
@@ -143,15 +143,15 @@ done
 
 if has_group memory; then
     echo "[start] memory"
-    python scripts/memory_ce.py --device cuda --mode loss --items 1000000 --tokens 16384 \
+    python scripts/dev/memory_ce.py --device cuda --mode loss --items 1000000 --tokens 16384 \
         --output "$OUT/memory_ce_loss.json" > "$OUT/memory_ce_loss.txt" 2>&1 || echo "[FAILED] memory (loss)"
-    python scripts/memory_ce.py --device cuda --mode model --items 1000000 --batch-size 64 \
+    python scripts/dev/memory_ce.py --device cuda --mode model --items 1000000 --batch-size 64 \
         --max-history-length 200 --output "$OUT/memory_ce_model.json" > "$OUT/memory_ce_model.txt" 2>&1 \
         || echo "[FAILED] memory (model)"
     cat "$OUT"/memory_ce_*.txt
 fi
 
-python scripts/collect_results.py "$OUT" --output "$OUT/summary.json" > "$OUT/RESULTS.md"
+python scripts/dev/collect_results.py "$OUT" --output "$OUT/summary.json" > "$OUT/RESULTS.md"
 cat "$OUT/RESULTS.md"
 if ((failed > 0)); then
     echo "$failed run(s) failed; see the [FAILED] lines above" >&2

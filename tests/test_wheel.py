@@ -1,0 +1,61 @@
+"""The built wheel works without a checkout: `blossom-hf --help` and `blossom-hf train` on a generated CSV, run from
+a folder outside the repository with only the installed wheel importable as blossom_hf."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import REPO
+from hub_testing import write_interactions
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
+    source = tmp_path / "source"  # a clean copy, so the build leaves nothing in the worktree
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "blossom_hf", source / "blossom_hf", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BLOSSOM_DATA_DIR")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
+          str(source)], tmp_path, env)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("blossom_hf-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert "blossom-hf = blossom_hf.cli:main" in entry_points
+    assert "blossom_hf/__main__.py" in names and "blossom_hf/commands/train.py" in names
+    site = tmp_path / "site"
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], tmp_path, env)
+
+    work = tmp_path / "elsewhere"  # not the repository: the checkout is not importable from here
+    work.mkdir()
+    env["PYTHONPATH"] = str(site)
+    where = _run([sys.executable, "-c", "import blossom_hf; print(blossom_hf.__file__)"], work, env).stdout
+    assert Path(where.strip()).is_relative_to(site), f"blossom_hf imported from {where} instead of the wheel"
+    command = str(site / "bin" / "blossom-hf")
+    usage = _run([command, "--help"], work, env).stdout
+    assert "train " in usage and "evaluate " in usage
+
+    log = write_interactions(work / "log.csv", n_users=30, items=list(range(1, 31)))
+    _run([command, "train", "--dataset", str(log), "--user-col", "user", "--item-col", "item", "--time-col", "ts",
+          "--epochs", "1", "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--num-kv-heads", "1",
+          "--intermediate-size", "16", "--max-history-length", "12", "--batch-size", "16", "--no-progress",
+          "--eval-protocols", "full", "uni10", "--output-dir", "run"], work, env)  # fmt: skip
+    assert (work / "run" / "metrics.json").is_file() and (work / "run" / "best_model" / "config.json").is_file()
+    failed = subprocess.run([command, "train", "--dataset", str(work / "missing.csv"), "--output-dir", "run2"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith("blossom-hf train: error: ")
