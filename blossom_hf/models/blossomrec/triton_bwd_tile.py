@@ -12,7 +12,7 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import tile_flags, tile_masks
+    from .triton_common import ltis_tile_mask, stis_tile_mask, tile_flags
 
 if triton is not None:
 
@@ -83,20 +83,25 @@ if triton is not None:
                     vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
                     s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
                     dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
-                    ml, ms = tile_masks(t, row_ok, j, bits, jb0, BLK, WIN, NSINK)
-                    p_l = tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
-                    p_s = tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
-                    ds_l = alpha[:, None] * p_l * (dpr - da[:, None])
-                    ds = ds_l + beta[:, None] * p_s * (dpr - db[:, None])
+                    ds = tl.zeros([R, BN], dtype=tl.float32)
+                    if do_l:
+                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+                        p_l = tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+                        ds_l = alpha[:, None] * p_l * (dpr - da[:, None])  # [R, BN]
+                        ds += ds_l
+                        if ST:
+                            if tl.max(bits, 0) > 0:
+                                u = ds_l * s
+                                jb = j // BLK
+                                for k in tl.static_range(NSEL):
+                                    sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
+                                    uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
+                                    dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
+                    if do_s:
+                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+                        p_s = tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+                        ds += beta[:, None] * p_s * (dpr - db[:, None])
                     dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
-                    if ST:
-                        if tl.max(bits, 0) > 0:
-                            u = ds_l * s
-                            jb = j // BLK
-                            for k in tl.static_range(NSEL):
-                                sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
-                                uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
-                                dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
             if ST:
                 # rows -> queries: sum the straight-through gradient over the group's heads
                 dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1)  # [BM, NP]
@@ -191,11 +196,19 @@ if triton is not None:
                     db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
                     s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
                     dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
-                    ml, ms = tile_masks(t, row_ok, j, bits, jb0, BLK, WIN, NSINK)
-                    p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
-                    p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
-                    ds = p_l * (dpr - da[:, None]) + p_s * (dpr - db[:, None])  # [R, BN]
-                    dv += tl.dot(tl.trans((p_l + p_s).to(q.dtype)), do, input_precision=PREC)
+                    pw = tl.zeros([R, BN], dtype=tl.float32)  # gated probabilities of both branches
+                    ds = tl.zeros([R, BN], dtype=tl.float32)
+                    if do_l:
+                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+                        p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+                        pw += p_l
+                        ds += p_l * (dpr - da[:, None])
+                    if do_s:
+                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+                        p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+                        pw += p_s
+                        ds += p_s * (dpr - db[:, None])
+                    dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
                     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
         smask = (j < L)[:, None] & dmask[None, :]
         optr = ((bb * G + gam) * L + j)[:, None] * HEAD_D + d[None, :]

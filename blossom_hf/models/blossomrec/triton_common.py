@@ -97,17 +97,20 @@ if triton is not None:
         return do_l, do_s, bits, jb0
 
     @triton.jit
-    def tile_masks(t, row_ok, j, bits, jb0, BLK: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr):
-        """LTIS and STIS membership of the pairs ``(t [R], j [C])``: two ``[R, C]`` bool tiles.
-
-        LTIS: own block (``j // b == t // b``, ``j <= t``) or a selected block (``bits``); STIS: ``t - j`` in
-        ``0..W-1`` or a power of two, or ``j`` a sink (``j < S``), with ``j <= t``.
-        """
+    def ltis_tile_mask(t, row_ok, j, bits, jb0, BLK: tl.constexpr):
+        """LTIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: the own block
+        (``j // b == t // b``, ``j <= t``) or a block selected by the row's query (``bits``, see
+        :func:`tile_flags`)."""
         delta = t[:, None] - j[None, :]
-        causal = row_ok[:, None] & (delta >= 0)
         jb = j // BLK
-        own = causal & ((t // BLK)[:, None] == jb[None, :])
+        own = row_ok[:, None] & (delta >= 0) & ((t // BLK)[:, None] == jb[None, :])
         selected = (((bits[:, None] >> (jb - jb0)[None, :]) & 1) != 0) & row_ok[:, None]
+        return own | selected
+
+    @triton.jit
+    def stis_tile_mask(t, row_ok, j, WIN: tl.constexpr, NSINK: tl.constexpr):
+        """STIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: ``t - j`` in ``0..W-1``
+        or a power of two, or ``j`` a sink (``j < S``), with ``j <= t``."""
+        delta = t[:, None] - j[None, :]
         pow2 = (delta > 0) & ((delta & (delta - 1)) == 0)
-        stis = causal & ((delta < WIN) | pow2 | (j < NSINK)[None, :])
-        return own | selected, stis
+        return row_ok[:, None] & (delta >= 0) & ((delta < WIN) | pow2 | (j < NSINK)[None, :])

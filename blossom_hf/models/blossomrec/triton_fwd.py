@@ -17,7 +17,7 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import softmax_update, tile_flags, tile_masks
+    from .triton_common import ltis_tile_mask, softmax_update, stis_tile_mask, tile_flags
 
 if triton is not None:
 
@@ -187,10 +187,11 @@ if triton is not None:
                     kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
                     vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
                     s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
-                    ml, ms = tile_masks(t, row_ok, j, bits, jb0, BLK, WIN, NSINK)
                     if do_l:
+                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
                         m_l, l_l, acc_l = softmax_update(s, ml, m_l, l_l, acc_l, vt, PREC)
                     if do_s:
+                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
                         m_s, l_s, acc_s = softmax_update(s, ms, m_s, l_s, acc_s, vt, PREC)
             o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
             o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
