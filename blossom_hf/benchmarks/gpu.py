@@ -551,31 +551,38 @@ def main(argv: list[str] | None = None) -> int:
                 res = _run(key, layer_case, seq_len, attention_type, backend, dtype, args.warmup, args.steps)
             results["layer"].setdefault(key, {})[str(seq_len)] = res
             save()
-        if not args.no_ops:
-            for which in ("triton", "flash", "flex"):
-                if over_budget(f"op {which} L={seq_len}"):
-                    continue
-                res = _run(f"op only: {which}", op_case, seq_len, which, args.warmup, args.steps)
-                results["ops"].setdefault(which, {})[str(seq_len)] = res
-            save()
     model_rows = [r for r in MODEL_ROWS if args.model_rows is None or any(r[0].startswith(p) for p in args.model_rows)]
-    for seq_len in args.model_lengths:
-        logger.info("whole model, L=%d B=%d", seq_len, TOKENS // seq_len)
-        for key, attention_type, backend in model_rows:
-            if over_budget(f"model {key} L={seq_len}"):
-                continue
-            res = _run(f"model {key}", model_case, seq_len, attention_type, backend, args.warmup, args.steps)
-            results["model"].setdefault(key, {})[str(seq_len)] = res
-            save()
-    for seq_len in args.inference_lengths:
-        logger.info("inference, L=%d B=%d", seq_len, max(1, TOKENS // seq_len // 4))
-        for key, attention_type, backend, autocast in INFERENCE_ROWS:
-            if over_budget(f"inference {key} L={seq_len}"):
-                continue
-            res = _run(f"inference {key}", inference_case, seq_len, attention_type, backend, autocast, args.warmup,
-                       args.steps)
-            results["inference"].setdefault(key, {})[str(seq_len)] = res
-            save()
+    # order (a time budget cuts from the end): layer rows, model rows without compilation, inference rows,
+    # operator-only rows, FlexAttention model rows (one torch.compile per shape)
+    compiled = [r for r in model_rows if r[2] == "flex_dense"]
+    for group in ([r for r in model_rows if r not in compiled], "inference", "ops", compiled):
+        if group == "ops":
+            for seq_len in [] if args.no_ops else args.lengths:
+                for which in ("triton", "flash", "flex"):
+                    if over_budget(f"op {which} L={seq_len}"):
+                        continue
+                    res = _run(f"op only L={seq_len}: {which}", op_case, seq_len, which, args.warmup, args.steps)
+                    results["ops"].setdefault(which, {})[str(seq_len)] = res
+                    save()
+            continue
+        if group == "inference":
+            for seq_len in args.inference_lengths:
+                for key, attention_type, backend, autocast in INFERENCE_ROWS:
+                    if over_budget(f"inference {key} L={seq_len}"):
+                        continue
+                    res = _run(f"inference L={seq_len} {key}", inference_case, seq_len, attention_type, backend,
+                               autocast, args.warmup, args.steps)
+                    results["inference"].setdefault(key, {})[str(seq_len)] = res
+                    save()
+            continue
+        for seq_len in args.model_lengths:
+            for key, attention_type, backend in group:
+                if over_budget(f"model {key} L={seq_len}"):
+                    continue
+                res = _run(f"model L={seq_len} {key}", model_case, seq_len, attention_type, backend, args.warmup,
+                           args.steps)
+                results["model"].setdefault(key, {})[str(seq_len)] = res
+                save()
     for seq_len in args.profile:
         if over_budget(f"profile L={seq_len}"):
             continue
