@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the fused Triton backend: the CUDA parity tests (tests/test_triton_gpu.py) and the
-# benchmark (scripts/benchmark.py). Writes everything under $OUT (default ./gpu_out):
-#   env.txt, gpu_tests.log, parity.jsonl, benchmark.log, benchmark.json, benchmark.png, profile.txt
+# benchmark (python -m blossom_hf.benchmarks.gpu). Writes everything under $OUT (default ./gpu_out):
+#   env.txt, gpu_tests.log, parity.jsonl, benchmark.log, benchmark.json, benchmark.md, benchmark.png, profile.txt
 # Knobs: PARITY_TIMEOUT, BENCH_TIMEOUT (seconds), SKIP_TESTS=1, SKIP_BENCH=1, BENCH_ARGS="--lengths ...".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   # shellcheck disable=SC2086
-  timeout "${BENCH_TIMEOUT:-600}" python scripts/benchmark.py --out-dir "$OUT" ${BENCH_ARGS:-} 2>&1 \
+  timeout "${BENCH_TIMEOUT:-600}" python -m blossom_hf.benchmarks.gpu --out-dir "$OUT" ${BENCH_ARGS:-} 2>&1 \
     | tee "$OUT/benchmark.log"
   [ "$rc" = 0 ] && rc=${PIPESTATUS[0]}
 fi

@@ -1,8 +1,11 @@
 """The fused Triton backend against the eager reference, on the CPU through Triton's interpreter.
 
-The interpreter is switched on for this module only (``TRITON_INTERPRET=1`` through a module fixture; the
-backend re-decorates its kernels when the setting changes, so import order does not matter). Shapes are
-small (B <= 3, L <= 40, D = 16/24) because the interpreter runs every program in numpy.
+Triton fixes compiled-vs-interpreted when it is first imported, so this module needs ``TRITON_INTERPRET=1``
+before that import: run alone, it sets the variable itself (below); collected after modules that already
+imported triton, it re-runs itself in a fresh interpreter (``test_interpreter_suite_in_subprocess``) and
+skips the in-process copies. Shapes are small (B <= 3, L <= 40, D = 16/24) because the interpreter runs
+every program in numpy. Both kernel strategies ("tile" and "gather", see ``attention_triton.plan``) are
+checked on the same inputs.
 
 Comparisons run on fresh random inputs (seed printed; ``BLOSSOM_TEST_SEED`` replays one). Where a near-tie
 in the LTIS scores could make two correct implementations select differently, the eager reference is
@@ -52,10 +55,15 @@ from blossom_hf.models.blossomrec.attention_patterns import (  # noqa: E402
     ltis_select,
 )
 from blossom_hf.models.blossomrec.attention_triton import (  # noqa: E402
+    TILE_MAX_SEQ_LEN,
+    plan,
     triton_availability,
     triton_blossom_attention,
     triton_ltis_select,
 )
+from blossom_hf.models.blossomrec.triton_common import interpret_requested  # noqa: E402
+
+STRATEGIES = ("tile", "gather")
 
 
 @pytest.mark.skipif(IN_PROCESS or os.environ.get("BLOSSOM_TRITON_SUBPROCESS") == "1",
@@ -96,11 +104,11 @@ def _close(actual, expected, name, rtol=1e-4, atol=1e-5):
 
 
 def _compare(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths=None, dtype=torch.float32,
-             rtol=1e-4, atol=1e-5):
+             rtol=1e-4, atol=1e-5, strategy="auto"):
     q, k, v, ck, gate, lengths = _inputs(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths, dtype)
     scaling = head_dim**-0.5
     selected, _ = triton_ltis_select(q, ck, lengths, scaling=scaling, pattern=pattern)
-    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
+    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern, strategy=strategy)
     assert out.dtype == dtype and out.shape == q.shape
     # reference in fp32 from the same (possibly low-precision) values, with the kernel's selection
     ref_inputs = [x.detach().float().requires_grad_() for x in (q, k, v, ck, gate)]
@@ -130,38 +138,65 @@ CASES = {
     "odd_block_dim24_sinks": (2, 4, 2, 37, 24, dict(block_size=6, num_selected_blocks=3, stis_window=9,
                                                     stis_num_sinks=3)),
     "b16_n1": (2, 2, 1, 40, 16, dict(block_size=16, num_selected_blocks=1, stis_window=1)),
+
+
+    # g = 8 (8 heads per kv head: 8-query tiles, the selection's dq in its own kernel), b = 2: a key tile
+    # spans 16 blocks
+    "g8_b2_many_windows": (1, 8, 1, 40, 16, dict(block_size=2, num_selected_blocks=4, stis_window=2,
+                                                 stis_num_sinks=1)),
 }
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("case", sorted(CASES))
 @needs_interpreter
-def test_matches_eager_forward_and_backward(generator, case):
+def test_matches_eager_forward_and_backward(generator, case, strategy):
     batch, heads, groups, seq_len, head_dim, kwargs = CASES[case]
     pattern = BlossomPattern(compression_window=2 * kwargs["block_size"], **kwargs)
-    _compare(generator, batch, heads, groups, seq_len, head_dim, pattern)
+    _compare(generator, batch, heads, groups, seq_len, head_dim, pattern, strategy=strategy)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("seq_len,lengths", [(1, [1, 1]), (3, [3, 1]), (9, [9, 1, 4])])
 @needs_interpreter
-def test_short_histories(generator, seq_len, lengths):
+def test_short_histories(generator, seq_len, lengths, strategy):
     """L < b (no compression window at all, M = 0) and L < 2b; length-1 rows."""
     pattern = BlossomPattern(block_size=4 if seq_len > 3 else 8, compression_window=16, num_selected_blocks=2,
                              stis_window=2, stis_num_sinks=1)
-    _compare(generator, len(lengths), 4, 2, seq_len, 16, pattern, lengths=lengths)
+    _compare(generator, len(lengths), 4, 2, seq_len, 16, pattern, lengths=lengths, strategy=strategy)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @needs_interpreter
-def test_fp16_and_bf16(generator):
+def test_fp16_and_bf16(generator, strategy):
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
-    _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.float16, rtol=1e-2, atol=1e-2)
-    _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.bfloat16, rtol=1e-2, atol=1e-2)
+    _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.float16, rtol=1e-2, atol=1e-2, strategy=strategy)
+    _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.bfloat16, rtol=1e-2, atol=1e-2, strategy=strategy)
+
+
+def test_plan_picks_the_strategy_by_length():
+    pattern = BlossomPattern()
+    assert plan(8, 2, TILE_MAX_SEQ_LEN, 16, pattern).strategy == "tile"
+    assert plan(8, 2, TILE_MAX_SEQ_LEN + 1, 16, pattern).strategy == "gather"
+    assert plan(8, 2, 50, 16, pattern, strategy="gather").strategy == "gather"
+    geo = plan(6, 2, 200, 24, pattern)  # g = 3 -> rows padded to 4 heads per query
+    assert (geo.GP, geo.DP, geo.R) == (4, 32, geo.BM * 4)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        plan(8, 2, 50, 16, pattern, strategy="fast")
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("ON", True), ("0", False),
+                                            ("false", False), ("", False)])
+def test_interpret_requested_reads_the_variable_as_triton_does(monkeypatch, value, expected):
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpret_requested() is expected
 
 
 @needs_interpreter
 def test_selection_matches_ltis_select(generator):
     """Random scores: same selected windows (slot order too) and probabilities as the PyTorch reference,
-    except where two competing scores are a near-tie (< 1e-5 apart)."""
-    batch, heads, groups, seq_len, head_dim = 3, 4, 2, 40, 16
+    except where two competing scores are a near-tie (< 1e-5 apart). 80 windows: two window tiles."""
+    batch, heads, groups, seq_len, head_dim = 3, 4, 2, 160, 16
     pattern = BlossomPattern(block_size=2, compression_window=4, num_selected_blocks=3)
     q, _, _, ck, _, lengths = _inputs(generator, batch, heads, groups, seq_len, head_dim, pattern)
     q, ck = q.detach(), ck.detach()
@@ -182,12 +217,13 @@ def test_selection_matches_ltis_select(generator):
 @needs_interpreter
 def test_selection_tie_rule_is_exact(generator):
     """Small-integer inputs make every score exact in fp32 (any summation order), with many exact ties:
-    the selection must then equal the reference exactly (ties -> larger w, slots by decreasing score)."""
-    batch, heads, groups, seq_len, head_dim = 3, 4, 2, 40, 16
+    the selection must then equal the reference exactly (ties -> larger w, slots by decreasing score).
+    L = 160 with b = 2 gives 80 windows: two window tiles, so the running top-n is merged across tiles."""
+    batch, heads, groups, seq_len, head_dim = 3, 4, 2, 160, 16
     pattern = BlossomPattern(block_size=2, compression_window=4, num_selected_blocks=4)
     q = torch.randint(-1, 2, (batch, heads, seq_len, head_dim), generator=generator).float()
     ck = torch.randint(-1, 2, (batch, groups, seq_len // 2, head_dim), generator=generator).float()
-    lengths = torch.tensor([seq_len, 17, 2])
+    lengths = torch.tensor([seq_len, 97, 2])
     got, got_p = triton_ltis_select(q, ck, lengths, scaling=0.25, pattern=pattern)
     want, want_p = ltis_select(q, ck, lengths, 0.25, pattern)
     z = ltis_scores(q, ck, 0.25)

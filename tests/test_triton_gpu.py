@@ -1,10 +1,12 @@
 """The compiled Triton backend on a CUDA GPU against the eager reference (skipped without CUDA).
 
 Run with ``pytest -m gpu tests/test_triton_gpu.py -s`` (``scripts/gpu_check.sh`` does, and collects the
-numbers). The reference is ``eager_blossom_attention`` on fp32 copies of the inputs (exact upcast of the
-bf16 values), given the Triton kernel's own selection. Reported: ``|out - ref| / |ref|`` (Frobenius) of the
-output and of every input gradient. Bounds: fp32 inputs 1e-5 (output) / 1e-4 (gradients); bf16 inputs
-1e-2 / 2e-2 (bf16 operands of the products, fp32 accumulation).
+numbers). ``strategy="auto"`` runs dense tiles up to ``TILE_MAX_SEQ_LEN`` and gathered key sets above;
+each strategy is also checked outside its range. The reference is ``eager_blossom_attention`` on fp32
+copies of the inputs (exact upcast of the bf16 values), given the Triton kernel's own selection.
+Reported: ``|out - ref| / |ref|`` (Frobenius) of the output and of every input gradient. Bounds: fp32
+inputs 1e-5 (output) / 1e-4 (gradients); bf16 inputs 1e-2 / 2e-2 (bf16 operands of the products, fp32
+accumulation).
 
 Set ``BLOSSOM_PARITY_JSON=path`` to append the measured numbers to a JSON-lines file.
 """
@@ -49,7 +51,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
-def _parity(batch, heads, groups, seq_len, head_dim, dtype, pattern, seed):
+def _parity(batch, heads, groups, seq_len, head_dim, dtype, pattern, seed, strategy="auto"):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     dev = "cuda"
 
@@ -66,7 +68,7 @@ def _parity(batch, heads, groups, seq_len, head_dim, dtype, pattern, seed):
     lengths[-1] = 1 if batch > 2 else lengths[-1]
     scaling = head_dim**-0.5
     selected, _ = triton_ltis_select(q, ck, lengths, scaling=scaling, pattern=pattern)
-    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
+    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern, strategy=strategy)
     torch.cuda.synchronize()
     ref_in = [x.detach().float().requires_grad_() for x in (q, k, v, ck, gate)]
     ref = eager_blossom_attention(*ref_in, lengths, scaling=scaling, pattern=pattern, selected_blocks=selected)
@@ -90,22 +92,36 @@ def _parity(batch, heads, groups, seq_len, head_dim, dtype, pattern, seed):
 @pytest.mark.parametrize("seq_len,batch", [(50, 8), (200, 4), (1024, 2), (4096, 2)])
 def test_parity_paper_shapes(dtype, seq_len, batch):
     errors = _parity(batch, 8, 2, seq_len, 16, dtype, BlossomPattern(**PAPER), seed=seq_len)
-    _record({"test": "parity", "dtype": str(dtype).split(".")[-1], "L": seq_len, "B": batch, "H": 8, "G": 2,
-             "D": 16, **errors})
+    _record({"test": "parity", "strategy": "auto", "dtype": str(dtype).split(".")[-1], "L": seq_len, "B": batch,
+             "H": 8, "G": 2, "D": 16, **errors})
     out_tol, grad_tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
     assert errors["output"] < out_tol, errors
     for name, err in errors.items():
         assert err < (out_tol if name == "output" else grad_tol), (name, errors)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("strategy,seq_len", [("gather", 200), ("tile", 4096)])
+def test_parity_each_strategy_outside_its_range(dtype, strategy, seq_len):
+    """The strategy ``plan`` does not pick at this L computes the same function (both are always correct)."""
+    errors = _parity(2, 8, 2, seq_len, 16, dtype, BlossomPattern(**PAPER), seed=seq_len + 7, strategy=strategy)
+    _record({"test": "parity", "strategy": strategy, "dtype": str(dtype).split(".")[-1], "L": seq_len, "B": 2,
+             "H": 8, "G": 2, "D": 16, **errors})
+    out_tol, grad_tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
+    for name, err in errors.items():
+        assert err < (out_tol if name == "output" else grad_tol), (name, errors)
+
+
+@pytest.mark.parametrize("strategy", ["tile", "gather"])
 @pytest.mark.parametrize("heads,groups,head_dim,sinks,st,dtype", [
     (4, 4, 64, 2, True, torch.bfloat16), (8, 1, 40, 3, False, torch.float32), (2, 2, 128, 0, True, torch.bfloat16),
 ], ids=["mha_d64_sinks_bf16", "g8_d40_noST_fp32", "d128_bf16"])
-def test_parity_other_shapes(dtype, heads, groups, head_dim, sinks, st):
+def test_parity_other_shapes(dtype, heads, groups, head_dim, sinks, st, strategy):
     pattern = BlossomPattern(block_size=16, compression_window=32, num_selected_blocks=3, stis_window=5,
                              stis_num_sinks=sinks, straight_through=st)
-    errors = _parity(3, heads, groups, 700, head_dim, dtype, pattern, seed=head_dim)
-    _record({"test": "parity", "dtype": str(dtype).split(".")[-1], "L": 700, "B": 3, "H": heads, "G": groups,
+    errors = _parity(3, heads, groups, 700, head_dim, dtype, pattern, seed=head_dim, strategy=strategy)
+    _record({"test": "parity", "strategy": strategy, "dtype": str(dtype).split(".")[-1], "L": 700, "B": 3,
+             "H": heads, "G": groups,
              "D": head_dim, "sinks": sinks, "straight_through": st, **errors})
     out_tol, grad_tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
     for name, err in errors.items():

@@ -1,0 +1,1 @@
+"""Benchmarks run by ``blossom-hf benchmark <what>`` (each module defines ``main(argv)``)."""

@@ -1,0 +1,605 @@
+"""GPU speed of BlossomRec's attention backends against dense causal attention (docs/BENCHMARKS.md).
+
+Workload (docs/PERFORMANCE.md): ONE attention layer (``BlossomRecAttention``: projections, RoPE, compressor,
+gate, attention, output projection), d=128, H=8, G=2 (d_h=16), forward + backward, B = 262144 // L rows,
+right-padded histories with real lengths uniform in [L/2, L], for L in {50, 200, 512, 1024, 2048, 4096, 8192}.
+
+Tables (the rows compared at one L are always measured in the same process):
+
+* ``layer``: one layer fwd+bwd. Rows ``blossom/triton bf16`` (the fused backend), ``blossom/sdpa bf16``,
+  ``blossom/eager bf16`` (dense-mask reference, skipped where it cannot fit), ``full/sdpa bf16 (flash)``
+  (dense causal SDPA with GQA: FlashAttention), ``full/flex bf16`` (dense causal FlexAttention with GQA,
+  compiled once per shape), ``full/sdpa fp32`` (SDPA with GQA in fp32 takes the O(L^2) math kernel).
+* ``ops``: the attention operator alone (fwd+bwd on the layer's q/k/v): triton vs FlashAttention vs Flex.
+* ``model``: whole-model training step (2 layers, CE over a 3707-item catalogue at every real position,
+  AdamW, fp32 weights with bf16 autocast as ``blossom_hf.training`` does).
+* ``inference``: whole-model forward only (the ranking / recommend path, scores of every item at the last
+  position), B = 262144 // L // 4, in bf16 autocast and in fp32.
+
+Per row: median ms of the timed steps (CUDA events) after warm-up, and peak allocated MiB above the inputs.
+Failures (out of memory, compile errors) are recorded, not fatal. Writes ``benchmark.json``,
+``benchmark.md`` (the tables) and ``benchmark.png`` into ``--out-dir``.
+
+Run: ``python -m blossom_hf.benchmarks.gpu --out-dir bench`` (or ``blossom-hf benchmark gpu ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+HELP = "GPU speed of the attention backends (layer, operator, whole model, inference) against dense attention"
+TOKENS = 262144
+LENGTHS = (50, 200, 512, 1024, 2048, 4096, 8192)
+MODEL_LENGTHS = (200, 1024, 2048, 4096, 8192)
+INFERENCE_LENGTHS = (200, 1024, 4096)
+CATALOGUE = 3707  # ML-1M items
+DEVICE = "cuda"
+
+LAYER_ROWS = [
+    # key, attention_type, backend, dtype
+    ("blossom/triton bf16", "blossom", "triton", torch.bfloat16),
+    ("blossom/sdpa bf16", "blossom", "sdpa", torch.bfloat16),
+    ("blossom/eager bf16", "blossom", "eager", torch.bfloat16),
+    ("full/sdpa bf16 (flash)", "full", "sdpa", torch.bfloat16),
+    ("full/flex bf16", "full", "flex_dense", torch.bfloat16),
+    ("full/sdpa fp32", "full", "sdpa", torch.float32),
+]
+MODEL_ROWS = [
+    ("blossom/triton", "blossom", "triton"),
+    ("full/sdpa (flash)", "full", "sdpa"),
+    ("full/flex", "full", "flex_dense"),
+]
+INFERENCE_ROWS = [
+    # key, attention_type, backend, autocast bf16
+    ("blossom/triton bf16-autocast", "blossom", "triton", True),
+    ("full/sdpa bf16-autocast (flash)", "full", "sdpa", True),
+    ("blossom/triton fp32", "blossom", "triton", False),
+    ("full/sdpa fp32 (math kernel, GQA)", "full", "sdpa", False),
+]
+DENSE_LAYER = ("full/sdpa bf16 (flash)", "full/flex bf16")
+DENSE_MODEL = ("full/sdpa (flash)", "full/flex")
+
+
+# --------------------------------------------------------------------------------------------------
+# dense causal FlexAttention as a registered backend (attention_type="full" only)
+# --------------------------------------------------------------------------------------------------
+_FLEX: dict = {}
+
+
+def _flex_fn():
+    if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["fn"]
+
+
+def causal_block_mask(seq_len: int, device):
+    """FlexAttention's block mask of dense causal attention at ``seq_len`` (cached)."""
+    key = ("mask", seq_len, str(device))
+    if key not in _FLEX:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def causal(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx
+
+        _FLEX[key] = create_block_mask(causal, None, None, seq_len, seq_len, device=device)
+    return _FLEX[key]
+
+
+def flex_dense_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Dense causal FlexAttention with GQA (compacted histories: causal == causal over real keys)."""
+    from blossom_hf.models.blossomrec.attention_patterns import query_is_real
+
+    if module.config.attention_type != "full":
+        raise NotImplementedError("flex_dense is a dense causal baseline (attention_type='full')")
+    seq_len = query.shape[2]
+    out = _flex_fn()(query, key, value, block_mask=causal_block_mask(seq_len, query.device), scale=scaling,
+                     enable_gqa=True)
+    real = query_is_real(kwargs["lengths"], seq_len)[:, None, :, None]
+    return torch.where(real, out, 0.0).transpose(1, 2).contiguous(), None
+
+
+def register_flex_baseline() -> None:
+    """Register ``flex_dense`` (benchmark baseline) and let torch.compile keep one graph per shape."""
+    from blossom_hf import register_attention_backend
+
+    # every (L, batch) pair is a new shape for torch.compile: keep dynamo from falling back to the unfused
+    # (L x L) FlexAttention after its default 8 recompiles
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    register_attention_backend("flex_dense", flex_dense_forward, overwrite=True,
+                               description="dense causal FlexAttention with GQA (benchmark baseline)")
+
+
+# --------------------------------------------------------------------------------------------------
+# measurement
+# --------------------------------------------------------------------------------------------------
+def _cleanup() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def measure(step: Callable[[], object], warmup: int, steps: int, clear: Callable[[], None] | None = None) -> dict:
+    """Median ms of ``steps`` timed calls after ``warmup`` calls, and peak MiB above what was allocated
+    before the step (``clear`` drops the previous step's gradients first, so they count in the peak)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    torch.cuda.synchronize()
+    if clear is not None:
+        clear()
+    _cleanup()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times),
+            "peak_mib": peak / 2**20, "steps": steps}
+
+
+def _lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=gen)
+
+
+def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dtype, warmup: int, steps: int):
+    from blossom_hf import BlossomRecConfig
+    from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
+
+    batch = TOKENS // seq_len
+    gen = torch.Generator().manual_seed(seq_len)
+    config = BlossomRecConfig(max_history_length=seq_len, attention_type=attention_type, attn_implementation=backend,
+                              hidden_dropout_prob=0.0)
+    torch.manual_seed(0)
+    layer = BlossomRecAttention(config, 0)
+    for module in layer.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    layer = layer.to(DEVICE, dtype)
+    lengths = _lengths(batch, seq_len, gen).to(DEVICE)
+    mask = torch.arange(seq_len, device=DEVICE)[None, :] < lengths[:, None]
+    x = (torch.randn(batch, seq_len, config.hidden_size, generator=gen) * mask.cpu()[..., None]).to(DEVICE, dtype)
+    x.requires_grad_()
+    grad = torch.randn(batch, seq_len, config.hidden_size, generator=gen).to(DEVICE, dtype)
+    rotary = BlossomRecRotaryEmbedding(config).to(DEVICE)(seq_len, DEVICE)
+
+    def clear():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+
+    def step():
+        clear()
+        layer(x, rotary, mask, lengths).backward(grad)
+
+    return measure(step, warmup, steps, clear)
+
+
+def op_case(seq_len: int, which: str, warmup: int, steps: int):
+    """The attention operator alone (fwd+bwd), bf16, on random q/k/v of the layer's shapes."""
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
+    from blossom_hf.models.blossomrec.attention_triton import triton_blossom_attention
+
+    batch, heads, groups, head_dim = TOKENS // seq_len, 8, 2, 16
+    gen = torch.Generator(device=DEVICE).manual_seed(seq_len)
+    pattern = BlossomPattern()
+    lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=gen, device=DEVICE)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.bfloat16).requires_grad_()
+
+    q, k, v = rnd(batch, heads, seq_len, head_dim), rnd(batch, groups, seq_len, head_dim), rnd(
+        batch, groups, seq_len, head_dim)
+    ck = rnd(batch, groups, seq_len // 16, head_dim)
+    gate = torch.rand(batch, heads, seq_len, 2, generator=gen, device=DEVICE).requires_grad_()
+    grad = torch.randn(batch, heads, seq_len, head_dim, generator=gen, device=DEVICE, dtype=torch.bfloat16)
+    scale = head_dim**-0.5
+    if which == "triton":
+        def fn():
+            return triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scale, pattern=pattern)
+    elif which == "flash":
+        def fn():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                                    enable_gqa=True)
+    else:
+        block_mask = causal_block_mask(seq_len, DEVICE)
+
+        def fn():
+            return _flex_fn()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+    def clear():
+        for t in (q, k, v, ck, gate):
+            t.grad = None
+
+    def step():
+        clear()
+        fn().backward(grad)
+
+    return measure(step, warmup, steps, clear)
+
+
+def _model_inputs(config, batch: int, seq_len: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = _lengths(batch, seq_len, gen)
+    real = torch.arange(seq_len)[None, :] < lengths[:, None]
+    ids = torch.where(real, torch.randint(1, config.vocab_size, (batch, seq_len), generator=gen), 0).to(DEVICE)
+    labels = torch.where(real, torch.randint(1, config.vocab_size, (batch, seq_len), generator=gen), 0).to(DEVICE)
+    return ids, labels
+
+
+def model_case(seq_len: int, attention_type: str, backend: str, warmup: int, steps: int):
+    """Whole-model training step: 2 layers, CE at every position, AdamW, bf16 autocast, fp32 weights."""
+    from blossom_hf import BlossomRecConfig, BlossomRecModel
+
+    batch = TOKENS // seq_len
+    config = BlossomRecConfig(vocab_size=CATALOGUE, max_history_length=seq_len, attention_type=attention_type,
+                              attn_implementation=backend)
+    torch.manual_seed(0)
+    model = BlossomRecModel(config).to(DEVICE).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids, labels = _model_inputs(config, batch, seq_len, seq_len + 1)
+
+    def clear():
+        optimizer.zero_grad(set_to_none=True)
+
+    def step():
+        clear()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+
+    return measure(step, warmup, steps, clear)
+
+
+def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int):
+    """Whole-model forward only (scores of every item at the last real position), B = 262144 // L // 4."""
+    from blossom_hf import BlossomRecConfig, BlossomRecModel
+
+    batch = max(1, TOKENS // seq_len // 4)
+    config = BlossomRecConfig(vocab_size=CATALOGUE, max_history_length=seq_len, attention_type=attention_type,
+                              attn_implementation=backend)
+    torch.manual_seed(0)
+    model = BlossomRecModel(config).to(DEVICE).eval()
+    ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
+
+    @torch.inference_mode()
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            return model(input_ids=ids).logits
+
+    return measure(step, warmup, steps)
+
+
+def _run(label: str, fn, *args) -> dict:
+    t0 = time.time()
+    try:
+        result = fn(*args)
+        result["status"] = "ok"
+    except torch.OutOfMemoryError:
+        result = {"status": "OOM"}
+    except Exception as err:  # compile failures etc. are results, not crashes
+        msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        result = {"status": "failed", "error": msg}
+        logger.warning("%s failed:\n%s", label, traceback.format_exc(limit=3))
+    _cleanup()
+    result["wall_s"] = round(time.time() - t0, 1)
+    status = (f"{result['ms']:9.2f} ms {result['peak_mib']:10.0f} MiB" if result["status"] == "ok"
+              else result["status"] + (" " + result.get("error", "") if result["status"] == "failed" else ""))
+    logger.info("  %-40s %s   (%s s)", label, status, result["wall_s"])
+    return result
+
+
+def _eager_fits(seq_len: int) -> bool:
+    batch = TOKENS // seq_len
+    estimate = 10 * batch * 8 * seq_len * seq_len * 4  # ~10 live [B, H, L, L] fp32 tensors in fwd+bwd
+    free, _ = torch.cuda.mem_get_info()
+    return estimate < 0.85 * free
+
+
+def environment(argv: list[str]) -> dict:
+    import transformers
+
+    import blossom_hf
+
+    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "transformers": transformers.__version__, "python": platform.python_version(),
+           "blossom_hf": getattr(blossom_hf, "__version__", "?"),
+           "command": "python -m blossom_hf.benchmarks.gpu " + " ".join(argv),
+           "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    props = torch.cuda.get_device_properties(0)
+    env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    env["sms"] = props.multi_processor_count
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r["status"] != "ok":
+        return r["status"]
+    return f"{r['ms']:.2f} / {r['peak_mib']:,.0f}"
+
+
+def _table(section: dict, title: str, batch_of: Callable[[int], int]) -> list[str]:
+    if not section:
+        return []
+    lengths = sorted({int(L) for per in section.values() for L in per})
+    keys = list(section)
+    lines = [f"### {title}", "", "| L (B) | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for L in lengths:
+        lines.append(f"| {L} ({batch_of(L)}) | " + " | ".join(_cell(section[k].get(str(L))) for k in keys) + " |")
+    return [*lines, ""]
+
+
+def _fastest(section: dict, keys, L: int) -> float | None:
+    ok = [section.get(k, {}).get(str(L)) for k in keys]
+    ok = [r["ms"] for r in ok if r and r["status"] == "ok"]
+    return min(ok) if ok else None
+
+
+def _verdict(value: float, bound: float) -> str:
+    ratio = value / bound
+    return f"met ({ratio:.2f} of the bound)" if value <= bound else f"missed by {100 * (ratio - 1):.0f}%"
+
+
+def targets(results: dict) -> list[str]:
+    """The issue-8 targets table: met / missed by how much."""
+    lines = ["### Targets", "", "| target | L | blossom/triton | fastest dense | ratio | bound | result |",
+             "|---|---|---|---|---|---|---|"]
+    layer, model, inf = results["layer"], results["model"], results["inference"]
+    tri = layer.get("blossom/triton bf16", {})
+    for L in sorted(int(x) for x in tri):
+        r, fastest = tri[str(L)], _fastest(layer, DENSE_LAYER, L)
+        if r["status"] != "ok" or fastest is None:
+            continue
+        bound = 1.25 if L <= 512 else 1.0 if L <= 2048 else 0.75 if L <= 4096 else 0.5
+        ratio = r["ms"] / fastest
+        lines.append(f"| layer fwd+bwd bf16 | {L} | {r['ms']:.2f} | {fastest:.2f} | {ratio:.2f}x | {bound}x | "
+                     f"{_verdict(ratio, bound)} |")
+        mem = [layer.get(k, {}).get(str(L)) for k in DENSE_LAYER]
+        mem = [m["peak_mib"] for m in mem if m and m["status"] == "ok"]
+        if mem:
+            mratio = r["peak_mib"] / min(mem)
+            lines.append(f"| layer peak memory | {L} | {r['peak_mib']:,.0f} MiB | {min(mem):,.0f} MiB | "
+                         f"{mratio:.2f}x | 1.5x | {_verdict(mratio, 1.5)} |")
+    for L in sorted(int(x) for x in model.get("blossom/triton", {})):
+        r, fastest = model["blossom/triton"][str(L)], _fastest(model, DENSE_MODEL, L)
+        if r["status"] != "ok" or fastest is None:
+            continue
+        bound = 1.1 if L <= 512 else 1.0
+        ratio = r["ms"] / fastest
+        lines.append(f"| model training step | {L} | {r['ms']:.2f} | {fastest:.2f} | {ratio:.2f}x | {bound}x | "
+                     f"{_verdict(ratio, bound)} |")
+    for mode, full_key in (("bf16-autocast", "full/sdpa bf16-autocast (flash)"),
+                           ("fp32", "full/sdpa fp32 (math kernel, GQA)")):
+        for L, r in sorted(inf.get(f"blossom/triton {mode}", {}).items(), key=lambda kv: int(kv[0])):
+            full = inf.get(full_key, {}).get(L)
+            if r["status"] != "ok" or not full or full["status"] != "ok":
+                continue
+            bound = 1.25 if int(L) <= 512 else 1.0
+            ratio = r["ms"] / full["ms"]
+            lines.append(f"| inference fwd {mode} | {L} | {r['ms']:.2f} | {full['ms']:.2f} | {ratio:.2f}x | "
+                         f"{bound}x | {_verdict(ratio, bound)} |")
+    return [*lines, ""]
+
+
+def markdown(results: dict) -> str:
+    env = results["env"]
+    head = [f"Measured {env['date_utc']} UTC on {env['gpu']} ({env['sms']} SMs), torch {env['torch']} "
+            f"(CUDA {env['cuda']}), triton {env['triton']}, transformers {env['transformers']}, "
+            f"Python {env['python']}. Command: `{env['command']}`. Entries are median ms / peak MiB above inputs.",
+            ""]
+    body = (_table(results["layer"], "One layer, fwd + bwd", lambda L: TOKENS // L)
+            + _table(results["ops"], "Attention operator only, fwd + bwd, bf16", lambda L: TOKENS // L)
+            + _table(results["model"], "Whole-model training step", lambda L: TOKENS // L)
+            + _table(results["inference"], "GPU inference, whole-model forward only",
+                     lambda L: max(1, TOKENS // L // 4))
+            + targets(results))
+    if results.get("skipped"):
+        body += ["Not run (time budget): " + ", ".join(results["skipped"]), ""]
+    return "\n".join(head + body)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for key, per_len in results["layer"].items():
+        xs = [int(L) for L, r in per_len.items() if r["status"] == "ok"]
+        style = "o-" if key.startswith("blossom/triton") else ("s--" if key.startswith("full") else "^:")
+        axes[0].plot(xs, [per_len[str(L)]["ms"] for L in xs], style, label=key)
+        axes[1].plot(xs, [per_len[str(L)]["peak_mib"] for L in xs], style, label=key)
+    for key, per_len in results.get("model", {}).items():
+        xs = [int(L) for L, r in per_len.items() if r["status"] == "ok"]
+        axes[2].plot(xs, [per_len[str(L)]["ms"] for L in xs], "o-" if "triton" in key else "s--", label=key)
+    titles = ("one layer fwd+bwd: median ms", "one layer fwd+bwd: peak MiB above inputs",
+              "whole model training step: median ms")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("history length L (B = 262144 // L)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    env = results["env"]
+    fig.suptitle(f"BlossomRec attention, {env['gpu']}, torch {env['torch']}, triton {env['triton']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def profile_triton(seq_len: int, path: Path) -> None:
+    """Per-kernel CUDA time of three layer steps with the triton backend (torch.profiler), appended to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from blossom_hf import BlossomRecConfig
+    from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
+
+    batch = TOKENS // seq_len
+    gen = torch.Generator().manual_seed(seq_len)
+    config = BlossomRecConfig(max_history_length=seq_len, attn_implementation="triton", hidden_dropout_prob=0.0)
+    layer = BlossomRecAttention(config, 0).to(DEVICE, torch.bfloat16)
+    lengths = _lengths(batch, seq_len, gen).to(DEVICE)
+    mask = torch.arange(seq_len, device=DEVICE)[None, :] < lengths[:, None]
+    x = torch.randn(batch, seq_len, config.hidden_size, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_()
+    rotary = BlossomRecRotaryEmbedding(config).to(DEVICE)(seq_len, DEVICE)
+    for _ in range(2):
+        layer(x, rotary, mask, lengths).sum().backward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            layer(x, rotary, mask, lengths).sum().backward()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+    with open(path, "a") as fh:
+        fh.write(f"\n=== triton layer step, L={seq_len}, B={batch} (3 steps) ===\n{table}\n")
+    del layer, x
+    _cleanup()
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blossom-hf benchmark gpu", description=HELP)
+    parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS), help="L of the layer/op tables")
+    parser.add_argument("--model-lengths", type=int, nargs="*", default=list(MODEL_LENGTHS))
+    parser.add_argument("--inference-lengths", type=int, nargs="*", default=list(INFERENCE_LENGTHS))
+    parser.add_argument("--rows", nargs="*", default=None, help="subset of layer rows (by key prefix)")
+    parser.add_argument("--model-rows", nargs="*", default=None, help="subset of model rows (by key prefix)")
+    parser.add_argument("--no-ops", action="store_true", help="skip the attention-operator-only table")
+    parser.add_argument("--profile", type=int, nargs="*", default=[], help="profile the triton layer at these L")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--time-budget", type=float, default=math.inf,
+                        help="seconds; once spent, the remaining rows are listed as not run")
+    parser.add_argument("--out-dir", type=Path, default=Path("."))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not torch.cuda.is_available():
+        raise RuntimeError("blossom-hf benchmark gpu needs a CUDA GPU (none is visible)")
+    register_flex_baseline()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"env": environment(argv), "tokens_per_batch": TOKENS, "layer": {}, "ops": {}, "model": {},
+               "inference": {}, "skipped": []}
+    logger.info(json.dumps(results["env"]))
+    started = time.time()
+
+    def save():
+        tmp = args.out_dir / "benchmark.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(args.out_dir / "benchmark.json")
+
+    def over_budget(label: str) -> bool:
+        if time.time() - started > args.time_budget:
+            results["skipped"].append(label)
+            return True
+        return False
+
+    layer_rows = [r for r in LAYER_ROWS if args.rows is None or any(r[0].startswith(p) for p in args.rows)]
+    for seq_len in args.lengths:
+        logger.info("L=%d B=%d", seq_len, TOKENS // seq_len)
+        for key, attention_type, backend, dtype in layer_rows:
+            if over_budget(f"layer {key} L={seq_len}"):
+                continue
+            if backend == "eager" and not _eager_fits(seq_len):
+                res = {"status": "skipped", "error": "dense L x L masks estimated larger than free memory"}
+            else:
+                res = _run(key, layer_case, seq_len, attention_type, backend, dtype, args.warmup, args.steps)
+            results["layer"].setdefault(key, {})[str(seq_len)] = res
+            save()
+    model_rows = [r for r in MODEL_ROWS if args.model_rows is None or any(r[0].startswith(p) for p in args.model_rows)]
+    # order (a time budget cuts from the end): layer rows, model rows without compilation, inference rows,
+    # operator-only rows, FlexAttention model rows (one torch.compile per shape)
+    compiled = [r for r in model_rows if r[2] == "flex_dense"]
+    for group in ([r for r in model_rows if r not in compiled], "inference", "ops", compiled):
+        if group == "ops":
+            for seq_len in [] if args.no_ops else args.lengths:
+                for which in ("triton", "flash", "flex"):
+                    if over_budget(f"op {which} L={seq_len}"):
+                        continue
+                    res = _run(f"op only L={seq_len}: {which}", op_case, seq_len, which, args.warmup, args.steps)
+                    results["ops"].setdefault(which, {})[str(seq_len)] = res
+                    save()
+            continue
+        if group == "inference":
+            for seq_len in args.inference_lengths:
+                for key, attention_type, backend, autocast in INFERENCE_ROWS:
+                    if over_budget(f"inference {key} L={seq_len}"):
+                        continue
+                    res = _run(f"inference L={seq_len} {key}", inference_case, seq_len, attention_type, backend,
+                               autocast, args.warmup, args.steps)
+                    results["inference"].setdefault(key, {})[str(seq_len)] = res
+                    save()
+            continue
+        for seq_len in args.model_lengths:
+            for key, attention_type, backend in group:
+                if over_budget(f"model {key} L={seq_len}"):
+                    continue
+                res = _run(f"model L={seq_len} {key}", model_case, seq_len, attention_type, backend, args.warmup,
+                           args.steps)
+                results["model"].setdefault(key, {})[str(seq_len)] = res
+                save()
+    for seq_len in args.profile:
+        if over_budget(f"profile L={seq_len}"):
+            continue
+        try:
+            profile_triton(seq_len, args.out_dir / "profile.txt")
+        except Exception:
+            logger.warning("profile at L=%d failed:\n%s", seq_len, traceback.format_exc(limit=3))
+    save()
+    try:
+        plot(results, args.out_dir / "benchmark.png")
+    except Exception:
+        logger.warning("plot failed:\n%s", traceback.format_exc(limit=3))
+    text = markdown(results)
+    (args.out_dir / "benchmark.md").write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

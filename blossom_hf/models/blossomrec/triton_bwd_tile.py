@@ -1,0 +1,216 @@
+"""Backward kernels of the dense-tile strategy (see ``triton_fwd.fwd_tile_kernel``).
+
+* ``bwd_q_tile_kernel``: query-major; ``dq``, ``d gate`` and the straight-through ``dp`` per selected block.
+* ``bwd_kv_tile_kernel``: key-major; ``dk, dv`` of a key tile from the query tiles that reach it (LTIS
+  membership is tested against each query's selection in registers, so no inverse index is needed).
+
+Probabilities are recomputed from the stored logsumexps; accumulation is fp32.
+"""
+
+from __future__ import annotations
+
+from .triton_common import tl, triton
+
+if triton is not None:
+    from .triton_common import ltis_tile_mask, stis_tile_mask, tile_flags
+
+if triton is not None:
+
+    @triton.jit
+    def bwd_q_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, OL, OS, LSE, DQ, DGATE, DPS, CK, PSEL, LSEZ,
+                          sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
+                          sdb, sdh, sdt, sdd, scb, sch, scw, scd,
+                          L, H, G, M, scale,
+                          GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
+                          BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
+                          NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
+                          BW: tl.constexpr, ST: tl.constexpr, SELQ: tl.constexpr, PREC: tl.constexpr):
+        """Dense-tile backward, query side: ``dq``, ``d gate = (do.o_L, do.o_S)`` and the straight-through
+        ``dp[t, k] = sum over the group's heads and block sel[t, k] of dS_L * s`` (same tiles as the forward).
+
+        With ``SELQ`` it also adds the selection's share of ``dq`` (the straight-through gradient through
+        ``p = softmax(z̄)``, ``z̄ = τ <mean_h q, k~>``): ``dq_h += τ/g sum_w (c[w] - p_w sum_k p_k dp_k) k~_w``
+        with ``c[sel[t, k]] = p_k dp_k``, over window tiles of ``BW`` (needs ``BM >= 16`` for the products)."""
+        pid_t = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        t0 = pid_t * BM
+        rows = tl.arange(0, R)
+        hh = rows % GP
+        t = t0 + rows // GP  # [R]
+        h = gam * GQ + hh
+        row_in = (hh < GQ) & (t < L)
+        row_ok = row_in & (t < seqlen)
+        d = tl.arange(0, DP)
+        dmask = d < HEAD_D
+        orow = (bb * H + h) * L + t
+        dq = tl.zeros([R, DP], dtype=tl.float32)
+        if t0 < seqlen:
+            rmask = row_ok[:, None] & dmask[None, :]
+            q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+                        mask=rmask, other=0.0)  # [R, DP]
+            do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
+                         mask=rmask, other=0.0)  # [R, DP]
+            o_l = tl.load(OL + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
+            o_s = tl.load(OS + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
+            da = tl.sum(do.to(tl.float32) * o_l, 1)  # [R]
+            db = tl.sum(do.to(tl.float32) * o_s, 1)
+            do = do.to(q.dtype)
+            gptr = GATE + bb * sgb + h * sgh + t * sgt
+            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
+            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+            lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
+            lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
+            tl.store(DGATE + orow * 2, da, mask=row_in)
+            tl.store(DGATE + orow * 2 + 1, db, mask=row_in)
+            cols = tl.arange(0, NP)
+            sel_rows = ((bb * G + gam) * L + t) * NSEL  # [R]
+            selr = tl.load(SEL + sel_rows[:, None] + cols[None, :], mask=row_ok[:, None] & (cols < NSEL)[None, :],
+                           other=-1)  # [R, NP]
+            kb = K + bb * skb + gam * skh
+            vb = V + bb * svb + gam * svh
+            dp_row = tl.zeros([R, NP], dtype=tl.float32)
+            t_hi = tl.minimum(t0 + BM, seqlen) - 1
+            own_first = (t0 // BLK) * BLK
+            for j0 in range(0, t_hi + 1, BN):
+                do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first, BLK, WIN, NSINK)
+                if do_l | do_s:
+                    j = j0 + tl.arange(0, BN)
+                    kmask = (j < seqlen)[:, None] & dmask[None, :]
+                    kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
+                    vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
+                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+                    dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
+                    ds = tl.zeros([R, BN], dtype=tl.float32)
+                    if do_l:
+                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+                        p_l = tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+                        ds_l = alpha[:, None] * p_l * (dpr - da[:, None])  # [R, BN]
+                        ds += ds_l
+                        if ST:
+                            if tl.max(bits, 0) > 0:
+                                u = ds_l * s
+                                jb = j // BLK
+                                for k in tl.static_range(NSEL):
+                                    sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
+                                    uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
+                                    dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
+                    if do_s:
+                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+                        p_s = tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+                        ds += beta[:, None] * p_s * (dpr - db[:, None])
+                    dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+            if ST:
+                # rows -> queries: sum the straight-through gradient over the group's heads
+                dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1)  # [BM, NP]
+                tq = t0 + tl.arange(0, BM)
+                smask = (tq < L)[:, None] & (cols < NSEL)[None, :]
+                tl.store(DPS + ((bb * G + gam) * L + tq)[:, None] * NSEL + cols[None, :], dpq, mask=smask)
+                if SELQ:
+                    qm = tl.sum(tl.reshape(q.to(tl.float32), [BM, GP, DP]), 1) / GQ  # [BM, DP] group mean
+                    tqok = tq < seqlen
+                    qrow = ((bb * G + gam) * L + tq) * NSEL  # [BM]
+                    pnk = smask & tqok[:, None]
+                    selq = tl.load(SEL + qrow[:, None] + cols[None, :], mask=pnk, other=-1)  # [BM, NP]
+                    pdp = tl.load(PSEL + qrow[:, None] + cols[None, :], mask=pnk, other=0.0) * dpq  # [BM, NP]
+                    c_sum = tl.sum(pdp, 1)  # [BM]
+                    lse_z = tl.load(LSEZ + (bb * G + gam) * L + tq, mask=tqok, other=0.0)
+                    ck_base = CK + bb * scb + gam * sch
+                    tlim = tq // BLK  # window w is eligible for t iff w < t // b
+                    dqm = tl.zeros([BM, DP], dtype=tl.float32)
+                    w_end = tl.minimum(M, tl.maximum(t_hi, 0) // BLK)
+                    for w0 in range(0, w_end, BW):
+                        w = w0 + tl.arange(0, BW)
+                        ck = tl.load(ck_base + w[:, None] * scw + d[None, :] * scd,
+                                     mask=(w < M)[:, None] & dmask[None, :], other=0.0).to(tl.float32)  # [BW, DP]
+                        z = tl.dot(qm, tl.trans(ck), input_precision="ieee") * scale  # [BM, BW]
+                        elig = tqok[:, None] & (w[None, :] < tlim[:, None]) & (w < M)[None, :]
+                        dz = -tl.exp(tl.where(elig, z - lse_z[:, None], -1.0e30)) * c_sum[:, None]
+                        for k in tl.static_range(NSEL):
+                            sk = tl.sum(tl.where(cols[None, :] == k, selq, 0), 1)
+                            pk = tl.sum(tl.where(cols[None, :] == k, pdp, 0.0), 1)
+                            dz += tl.where(w[None, :] == sk[:, None], pk[:, None], 0.0)
+                        dqm += tl.dot(dz, ck, input_precision="ieee")
+                    # queries -> rows (the same vector for every head of the group)
+                    dqm_rows = tl.reshape(tl.broadcast_to(dqm[:, None, :], [BM, GP, DP]), [R, DP])
+                    dq += dqm_rows * (1.0 / GQ)
+        tl.store(DQ + orow[:, None] * HEAD_D + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=row_in[:, None] & dmask[None, :])
+
+    @triton.jit
+    def bwd_kv_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, LSE, DGATE, DK, DV,
+                           sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
+                           sdb, sdh, sdt, sdd,
+                           L, H, G, scale,
+                           GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
+                           BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
+                           NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
+                           PREC: tl.constexpr):
+        """Dense-tile backward, key side: ``dk, dv [BN, DP]`` of one key tile from every query tile that holds
+        one of its pairs (LTIS own/selected block or STIS); the group's heads are rows of the query tile, so
+        no atomics are needed. ``DGATE`` holds ``(do.o_L, do.o_S)`` from ``bwd_q_tile_kernel``."""
+        pid_j = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        j0 = pid_j * BN
+        j1 = j0 + BN - 1
+        j = j0 + tl.arange(0, BN)
+        d = tl.arange(0, DP)
+        dmask = d < HEAD_D
+        dk = tl.zeros([BN, DP], dtype=tl.float32)
+        dv = tl.zeros([BN, DP], dtype=tl.float32)
+        if j0 < seqlen:
+            kmask = (j < seqlen)[:, None] & dmask[None, :]
+            kt = tl.load(K + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, mask=kmask,
+                         other=0.0)  # [BN, DP]
+            vt = tl.load(V + bb * svb + gam * svh + j[:, None] * svt + d[None, :] * svd, mask=kmask,
+                         other=0.0)  # [BN, DP]
+            rows = tl.arange(0, R)
+            hh = rows % GP
+            h = gam * GQ + hh
+            cols = tl.arange(0, NP)
+            for t0 in range((j0 // BM) * BM, seqlen, BM):
+                t = t0 + rows // GP  # [R]
+                row_ok = (hh < GQ) & (t < seqlen)
+                selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
+                               mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
+                t_hi = tl.minimum(t0 + BM, seqlen) - 1
+                do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK, BLK, WIN, NSINK)
+                if do_l | do_s:
+                    rmask = row_ok[:, None] & dmask[None, :]
+                    q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+                                mask=rmask, other=0.0)  # [R, DP]
+                    do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
+                                 mask=rmask, other=0.0).to(q.dtype)  # [R, DP]
+                    orow = (bb * H + h) * L + t
+                    gptr = GATE + bb * sgb + h * sgh + t * sgt
+                    alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
+                    beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+                    lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
+                    lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
+                    da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
+                    db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
+                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+                    dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
+                    pw = tl.zeros([R, BN], dtype=tl.float32)  # gated probabilities of both branches
+                    ds = tl.zeros([R, BN], dtype=tl.float32)
+                    if do_l:
+                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+                        p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+                        pw += p_l
+                        ds += p_l * (dpr - da[:, None])
+                    if do_s:
+                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+                        p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+                        pw += p_s
+                        ds += p_s * (dpr - db[:, None])
+                    dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
+                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        smask = (j < L)[:, None] & dmask[None, :]
+        optr = ((bb * G + gam) * L + j)[:, None] * HEAD_D + d[None, :]
+        tl.store(DK + optr, (dk * scale).to(DK.dtype.element_ty), mask=smask)
+        tl.store(DV + optr, dv.to(DV.dtype.element_ty), mask=smask)

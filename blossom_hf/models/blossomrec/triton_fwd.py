@@ -1,0 +1,213 @@
+"""Forward kernels of the fused Triton backend: LTIS fine attention + STIS, gated (``out = α o_L + β o_S``).
+
+Two strategies, one contract (the launcher in ``attention_triton.py`` picks one per call):
+
+* ``fwd_tile_kernel`` (short histories): FlashAttention-style dense key tiles. One score tile feeds both
+  online softmaxes; LTIS (own block, selected blocks) and STIS (window, powers of two, sinks) are masks
+  computed in registers; key tiles with no pair of either set are skipped. Work grows with ``L²/tile``.
+* ``fwd_gather_kernel`` (long histories): ``BQ`` queries x ``g`` heads per program; shared tiles for the own
+  block and the STIS window, per-query key sets (selected blocks, far powers of two) gathered into one tile
+  of ``BQ x keys`` columns and masked block-diagonally. Work is linear in ``L`` (plus ``log L``).
+
+Both write ``out``, and for the backward ``o_L, o_S`` (input dtype) and the two logsumexps per row.
+"""
+
+from __future__ import annotations
+
+from .triton_common import tl, triton
+
+if triton is not None:
+    from .triton_common import ltis_tile_mask, softmax_update, stis_tile_mask, tile_flags
+
+if triton is not None:
+
+    @triton.jit
+    def fwd_gather_kernel(Q, K, V, GATE, SEL, LENS, OUT, OL, OS, LSE,
+                    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
+                    L, H, G, scale,
+                    GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
+                    BP: tl.constexpr, NSEL: tl.constexpr, BQ: tl.constexpr, R: tl.constexpr,
+                    KO: tl.constexpr, WIN: tl.constexpr, KN: tl.constexpr, P0: tl.constexpr,
+                    NFP: tl.constexpr, NSINK: tl.constexpr, SP: tl.constexpr, SAVE: tl.constexpr,
+                    PREC: tl.constexpr):
+        pid_t = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        t0 = pid_t * BQ
+        rows = tl.arange(0, R)
+        qi = rows // GQ
+        t = t0 + qi
+        h = gam * GQ + rows % GQ
+        row_in = (rows < BQ * GQ) & (t < L)
+        row_ok = row_in & (t < seqlen)
+        d = tl.arange(0, DP)
+        dmask = d < HEAD_D
+        kb = K + bb * skb + gam * skh
+        vb = V + bb * svb + gam * svh
+        orow = ((bb * H + h) * L + t)  # [R] int64, row index into [B, H, L, *] buffers
+        out = tl.zeros([R, DP], dtype=tl.float32)
+        if t0 < seqlen:
+            q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+                        mask=row_ok[:, None] & dmask[None, :], other=0.0)
+            # ---------------- LTIS: own block + selected blocks, one softmax ----------------
+            m_l = tl.full([R], -1.0e30, tl.float32)
+            l_l = tl.zeros([R], dtype=tl.float32)
+            acc_l = tl.zeros([R, DP], dtype=tl.float32)
+            ks = (t0 // BLK) * BLK
+            jo = ks + tl.arange(0, KO)
+            kmask = (jo < seqlen)[:, None] & dmask[None, :]
+            kt = tl.load(kb + jo[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)
+            vt = tl.load(vb + jo[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+            cst = (t // BLK) * BLK
+            mask = row_ok[:, None] & (jo[None, :] >= cst[:, None]) & (jo[None, :] <= t[:, None])
+            m_l, l_l, acc_l = softmax_update(s, mask, m_l, l_l, acc_l, vt, PREC)
+            cols = tl.arange(0, BQ * BP)
+            cq = cols // BP
+            ci = cols % BP
+            tc = t0 + cq
+            sel_base = SEL + (bb * G + gam) * L * NSEL
+            for k in range(NSEL):
+                sv = tl.load(sel_base + tc * NSEL + k, mask=tc < L, other=-1)
+                jc = sv * BLK + ci
+                cok = (sv >= 0) & (ci < BLK)
+                cmask = cok[:, None] & dmask[None, :]
+                kc = tl.load(kb + jc[:, None] * skt + d[None, :] * skd, mask=cmask, other=0.0)
+                vc = tl.load(vb + jc[:, None] * svt + d[None, :] * svd, mask=cmask, other=0.0)
+                s_k = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale
+                mask_k = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
+                m_l, l_l, acc_l = softmax_update(s_k, mask_k, m_l, l_l, acc_l, vc, PREC)
+            # ---------------- STIS: window, far powers of two, sinks ----------------
+            m_s = tl.full([R], -1.0e30, tl.float32)
+            l_s = tl.zeros([R], dtype=tl.float32)
+            acc_s = tl.zeros([R, DP], dtype=tl.float32)
+            jn = t0 - (WIN - 1) + tl.arange(0, KN)
+            nmask = ((jn >= 0) & (jn < seqlen))[:, None] & dmask[None, :]
+            kt = tl.load(kb + jn[:, None] * skt + d[None, :] * skd, mask=nmask, other=0.0)
+            vt = tl.load(vb + jn[:, None] * svt + d[None, :] * svd, mask=nmask, other=0.0)
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+            delta = t[:, None] - jn[None, :]
+            mask = row_ok[:, None] & (jn[None, :] >= 0) & (delta >= 0) & (delta < WIN)
+            m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vt, PREC)
+            if NFP > 0:
+                fc = tl.arange(0, BQ * NFP)
+                fq = fc // NFP
+                fpow = tl.full([BQ * NFP], P0, tl.int32) << (fc % NFP)
+                jf = t0 + fq - fpow
+                fok = (jf >= 0) & (jf < seqlen)
+                fmask = fok[:, None] & dmask[None, :]
+                kc = tl.load(kb + jf[:, None] * skt + d[None, :] * skd, mask=fmask, other=0.0)
+                vc = tl.load(vb + jf[:, None] * svt + d[None, :] * svd, mask=fmask, other=0.0)
+                s = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale
+                mask = row_ok[:, None] & (qi[:, None] == fq[None, :]) & fok[None, :]
+                m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vc, PREC)
+            if NSINK > 0:
+                js = tl.arange(0, SP)
+                smask = ((js < NSINK) & (js < seqlen))[:, None] & dmask[None, :]
+                kt = tl.load(kb + js[:, None] * skt + d[None, :] * skd, mask=smask, other=0.0)
+                vt = tl.load(vb + js[:, None] * svt + d[None, :] * svd, mask=smask, other=0.0)
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+                delta = t[:, None] - js[None, :]
+                covered = (delta < WIN) | ((delta & (delta - 1)) == 0)
+                mask = row_ok[:, None] & (js[None, :] < NSINK) & (delta >= 0) & (~covered)
+                m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vt, PREC)
+            # ---------------- gate ----------------
+            o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
+            o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
+            gptr = GATE + bb * sgb + h * sgh + t * sgt
+            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
+            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+            out = alpha[:, None] * o_l + beta[:, None] * o_s
+            out = tl.where(row_ok[:, None], out, 0.0)
+            if SAVE:
+                smask2 = row_in[:, None] & dmask[None, :]
+                zero_pad = row_ok[:, None]
+                tl.store(OL + orow[:, None] * HEAD_D + d[None, :],
+                         tl.where(zero_pad, o_l, 0.0).to(OL.dtype.element_ty), mask=smask2)
+                tl.store(OS + orow[:, None] * HEAD_D + d[None, :],
+                         tl.where(zero_pad, o_s, 0.0).to(OS.dtype.element_ty), mask=smask2)
+                lse_l = tl.where(row_ok & (l_l > 0), m_l + tl.log(tl.where(l_l > 0, l_l, 1.0)), 0.0)
+                lse_s = tl.where(row_ok & (l_s > 0), m_s + tl.log(tl.where(l_s > 0, l_s, 1.0)), 0.0)
+                tl.store(LSE + orow * 2, lse_l, mask=row_in)
+                tl.store(LSE + orow * 2 + 1, lse_s, mask=row_in)
+        tl.store(OUT + orow[:, None] * HEAD_D + d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_in[:, None] & dmask[None, :])
+
+
+    @triton.jit
+    def fwd_tile_kernel(Q, K, V, GATE, SEL, LENS, OUT, OL, OS, LSE,
+                        sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
+                        L, H, G, scale,
+                        GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
+                        BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
+                        NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
+                        SAVE: tl.constexpr, PREC: tl.constexpr):
+        """Dense-tile forward: ``BM`` queries x ``GP`` heads (``R`` rows) against key tiles of ``BN`` keys; one
+        score tile ``s = q k^T [R, BN]`` feeds both online softmaxes (LTIS and STIS masks built in registers);
+        key tiles holding no pair of either set are skipped."""
+        pid_t = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        t0 = pid_t * BM
+        rows = tl.arange(0, R)
+        hh = rows % GP
+        t = t0 + rows // GP  # [R]
+        h = gam * GQ + hh
+        row_in = (hh < GQ) & (t < L)
+        row_ok = row_in & (t < seqlen)
+        d = tl.arange(0, DP)
+        dmask = d < HEAD_D
+        orow = (bb * H + h) * L + t  # [R] int64, row index into [B, H, L, *] buffers
+        out = tl.zeros([R, DP], dtype=tl.float32)
+        if t0 < seqlen:
+            q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+                        mask=row_ok[:, None] & dmask[None, :], other=0.0)  # [R, DP]
+            cols = tl.arange(0, NP)
+            selr = tl.load(SEL + ((bb * G + gam) * L + t)[:, None] * NSEL + cols[None, :],
+                           mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
+            kb = K + bb * skb + gam * skh
+            vb = V + bb * svb + gam * svh
+            m_l = tl.full([R], -1.0e30, tl.float32)
+            l_l = tl.zeros([R], dtype=tl.float32)
+            acc_l = tl.zeros([R, DP], dtype=tl.float32)
+            m_s = tl.full([R], -1.0e30, tl.float32)
+            l_s = tl.zeros([R], dtype=tl.float32)
+            acc_s = tl.zeros([R, DP], dtype=tl.float32)
+            t_hi = tl.minimum(t0 + BM, seqlen) - 1
+            own_first = (t0 // BLK) * BLK
+            for j0 in range(0, t_hi + 1, BN):
+                do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first, BLK, WIN, NSINK)
+                if do_l | do_s:
+                    j = j0 + tl.arange(0, BN)
+                    kmask = (j < seqlen)[:, None] & dmask[None, :]
+                    kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
+                    vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
+                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+                    if do_l:
+                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+                        m_l, l_l, acc_l = softmax_update(s, ml, m_l, l_l, acc_l, vt, PREC)
+                    if do_s:
+                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+                        m_s, l_s, acc_s = softmax_update(s, ms, m_s, l_s, acc_s, vt, PREC)
+            o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
+            o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
+            gptr = GATE + bb * sgb + h * sgh + t * sgt
+            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
+            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+            out = tl.where(row_ok[:, None], alpha[:, None] * o_l + beta[:, None] * o_s, 0.0)
+            if SAVE:
+                smask = row_in[:, None] & dmask[None, :]
+                tl.store(OL + orow[:, None] * HEAD_D + d[None, :],
+                         tl.where(row_ok[:, None], o_l, 0.0).to(OL.dtype.element_ty), mask=smask)
+                tl.store(OS + orow[:, None] * HEAD_D + d[None, :],
+                         tl.where(row_ok[:, None], o_s, 0.0).to(OS.dtype.element_ty), mask=smask)
+                lse_l = tl.where(row_ok & (l_l > 0), m_l + tl.log(tl.where(l_l > 0, l_l, 1.0)), 0.0)
+                lse_s = tl.where(row_ok & (l_s > 0), m_s + tl.log(tl.where(l_s > 0, l_s, 1.0)), 0.0)
+                tl.store(LSE + orow * 2, lse_l, mask=row_in)
+                tl.store(LSE + orow * 2 + 1, lse_s, mask=row_in)
+        tl.store(OUT + orow[:, None] * HEAD_D + d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_in[:, None] & dmask[None, :])

@@ -1,0 +1,229 @@
+"""LTIS block selection of the fused Triton backend (MODEL.md steps 3-5) and its straight-through backward.
+
+* ``select_kernel``: scores ``z̄ = τ <mean_h q, k~>`` tile by tile over the compression windows, an online
+  logsumexp and a running top-n merge (ties -> larger ``w``). Writes ``sel [B, G, L, n]`` (int32, -1 = none),
+  ``p`` of each selected window and the logsumexp of ``z̄`` per query; no ``L x M`` tensor.
+* ``select_bwd_q_kernel``: the compressor path of the straight-through gradient into ``dq``.
+* ``select_bwd_w_kernel``: ``d compressed_key``, window-major (no atomics).
+
+One program = one batch row ``bb``, one kv head ``γ`` and a tile of ``TQ`` queries (or ``BW`` windows).
+"""
+
+from __future__ import annotations
+
+from .triton_common import tl, triton
+
+if triton is not None:
+    from .triton_common import group_mean_query
+
+if triton is not None:
+
+    @triton.jit
+    def window_scores(ck_base, qm, w0, M, tok, tlim, d, dmask, scw, scd, scale, BW: tl.constexpr):
+        """Scores ``z̄ [TQ, BW]`` of windows ``w0 .. w0+BW-1`` (fp32, exact products) and their eligibility."""
+        w = w0 + tl.arange(0, BW)
+        ck = tl.load(ck_base + w[:, None] * scw + d[None, :] * scd,
+                     mask=(w < M)[:, None] & dmask[None, :], other=0.0).to(tl.float32)  # [BW, DP]
+        z = tl.dot(qm, tl.trans(ck), input_precision="ieee") * scale  # [TQ, BW]
+        elig = tok[:, None] & (w[None, :] < tlim[:, None]) & (w < M)[None, :]
+        return w, z, elig
+
+    @triton.jit
+    def lse_update(m, ssum, z, elig):
+        """Online logsumexp over the eligible scores of one window tile."""
+        m_new = tl.maximum(m, tl.max(tl.where(elig, z, -1.0e30), 1))
+        ssum = ssum * tl.exp(m - m_new) + tl.sum(tl.exp(tl.where(elig, z - m_new[:, None], -1.0e30)), 1)
+        return m_new, ssum
+
+    @triton.jit
+    def tile_topn(z, elig, w, cols, TQ: tl.constexpr, NP: tl.constexpr, NSEL: tl.constexpr):
+        """Top-n of one window tile, ``[TQ, NP]`` values and windows by decreasing score, ties -> larger w."""
+        zt = tl.where(elig, z, float("-inf"))
+        bv = tl.full([TQ, NP], float("-inf"), tl.float32)
+        bi = tl.full([TQ, NP], -1, tl.int32)
+        for k in tl.static_range(NSEL):
+            mx = tl.max(zt, 1)
+            am = tl.max(tl.where(zt == mx[:, None], w[None, :], -1), 1)
+            bv = tl.where(cols[None, :] == k, mx[:, None], bv)
+            bi = tl.where(cols[None, :] == k, am[:, None], bi)
+            zt = tl.where(w[None, :] == am[:, None], float("-inf"), zt)
+        return bv, bi
+
+    @triton.jit
+    def merge_topn(av, ai, bv, bi, cols, TQ: tl.constexpr, NP: tl.constexpr, NSEL: tl.constexpr):
+        """Merge the running list A (older, smaller w) with B (a later tile): B wins ties."""
+        jok = (cols < NSEL)[None, None, :]
+        cnt_a = tl.sum(((bv[:, None, :] >= av[:, :, None]) & jok).to(tl.int32), 2)
+        cnt_b = tl.sum(((av[:, None, :] > bv[:, :, None]) & jok).to(tl.int32), 2)
+        pos_a = cols[None, :] + cnt_a
+        pos_b = cols[None, :] + cnt_b
+        nv = tl.full([TQ, NP], float("-inf"), tl.float32)
+        ni = tl.full([TQ, NP], -1, tl.int32)
+        for k in tl.static_range(NSEL):
+            va = tl.max(tl.where(pos_a == k, av, float("-inf")), 1)
+            vb = tl.max(tl.where(pos_b == k, bv, float("-inf")), 1)
+            ia = tl.max(tl.where(pos_a == k, ai, -1), 1)
+            ib = tl.max(tl.where(pos_b == k, bi, -1), 1)
+            nv = tl.where(cols[None, :] == k, tl.maximum(va, vb)[:, None], nv)
+            ni = tl.where(cols[None, :] == k, tl.maximum(ia, ib)[:, None], ni)
+        return nv, ni
+
+    @triton.jit
+    def select_kernel(Q, CK, LENS, SEL_IN, SEL, PSEL, LSEZ,
+                      sqb, sqh, sqt, sqd, scb, sch, scw, scd,
+                      L, M, G, scale,
+                      GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
+                      NSEL: tl.constexpr, NP: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr,
+                      HAS_SEL: tl.constexpr):
+        """Top-n selection of ``TQ`` queries of one (batch row, kv head), windows in tiles of ``BW``. The first
+        tile's top-n is taken as is; later tiles are merged into it (none when ``M <= BW``). With ``HAS_SEL``
+        the given selection is kept and only its probabilities are computed."""
+        pid_t = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        t0 = pid_t * TQ
+        t = t0 + tl.arange(0, TQ)
+        tin = t < L
+        tok = t < seqlen
+        d = tl.arange(0, DP)
+        dmask = d < HEAD_D
+        cols = tl.arange(0, NP)
+        colok = cols < NSEL
+        row_base = ((bb * G + gam) * L + t) * NSEL  # [TQ] int64
+        qm = group_mean_query(Q, bb, gam, t, tok, d, dmask, sqb, sqh, sqt, sqd, GQ, TQ, DP)  # [TQ, DP]
+        tlim = t // BLK  # window w is eligible for t iff w < t // b (w*b + b - 1 < t)
+        tmax = tl.minimum(t0 + TQ, seqlen) - 1
+        w_end = tl.minimum(M, tl.maximum(tmax, 0) // BLK)
+        m = tl.full([TQ], -1.0e30, tl.float32)
+        ssum = tl.zeros([TQ], dtype=tl.float32)
+        ck_base = CK + bb * scb + gam * sch
+        if HAS_SEL:
+            ai = tl.load(SEL_IN + row_base[:, None] + cols[None, :], mask=tin[:, None] & colok[None, :], other=-1)
+            av = tl.zeros([TQ, NP], dtype=tl.float32)  # [TQ, NP] scores of the given windows
+            for w0 in range(0, w_end, BW):
+                w, z, elig = window_scores(ck_base, qm, w0, M, tok, tlim, d, dmask, scw, scd, scale, BW)
+                m, ssum = lse_update(m, ssum, z, elig)
+                for k in tl.static_range(NSEL):
+                    gk = tl.sum(tl.where(cols[None, :] == k, ai, 0), 1)
+                    zk = tl.sum(tl.where(w[None, :] == gk[:, None], z, 0.0), 1)
+                    av = tl.where(cols[None, :] == k, av + zk[:, None], av)
+        else:
+            # first window tile (fully masked when no query of the tile has an eligible window)
+            w, z, elig = window_scores(ck_base, qm, 0, M, tok, tlim, d, dmask, scw, scd, scale, BW)
+            m, ssum = lse_update(m, ssum, z, elig)
+            av, ai = tile_topn(z, elig, w, cols, TQ, NP, NSEL)  # [TQ, NP] running top-n
+            for w0 in range(BW, w_end, BW):
+                w, z, elig = window_scores(ck_base, qm, w0, M, tok, tlim, d, dmask, scw, scd, scale, BW)
+                m, ssum = lse_update(m, ssum, z, elig)
+                bv, bi = tile_topn(z, elig, w, cols, TQ, NP, NSEL)
+                av, ai = merge_topn(av, ai, bv, bi, cols, TQ, NP, NSEL)
+        has = ssum > 0
+        lse = tl.where(has, m + tl.log(tl.where(has, ssum, 1.0)), 0.0)
+        if HAS_SEL:
+            valid = (ai >= 0) & (ai < tlim[:, None]) & (ai < M) & tok[:, None]
+            sel_out = ai
+        else:
+            valid = (av > float("-inf")) & (ai >= 0)
+            sel_out = tl.where(valid, ai, -1)
+        p = tl.exp(tl.where(valid, av - lse[:, None], -1.0e30))
+        smask = tin[:, None] & colok[None, :]
+        tl.store(SEL + row_base[:, None] + cols[None, :], sel_out, mask=smask)
+        tl.store(PSEL + row_base[:, None] + cols[None, :], p, mask=smask)
+        tl.store(LSEZ + (bb * G + gam) * L + t, lse, mask=tin)
+
+
+    @triton.jit
+    def select_bwd_q_kernel(Q, CK, LENS, SEL, PSEL, DPS, LSEZ, DQ,
+                             sqb, sqh, sqt, sqd, scb, sch, scw, scd,
+                             L, M, H, G, scale,
+                             GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
+                             NSEL: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr):
+        pid_t = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        t0 = pid_t * TQ
+        if t0 < seqlen:
+            t = t0 + tl.arange(0, TQ)
+            tok = t < seqlen
+            d = tl.arange(0, DP)
+            dmask = d < HEAD_D
+            qm = group_mean_query(Q, bb, gam, t, tok, d, dmask, sqb, sqh, sqt, sqd, GQ, TQ, DP)
+            tlim = t // BLK
+            tmax = tl.minimum(t0 + TQ, seqlen) - 1
+            w_end = tl.minimum(M, tmax // BLK)
+            row_base = ((bb * G + gam) * L + t) * NSEL
+            lse = tl.load(LSEZ + (bb * G + gam) * L + t, mask=tok, other=0.0)
+            ck_base = CK + bb * scb + gam * sch
+            c_sum = tl.zeros([TQ], dtype=tl.float32)
+            sk = tl.zeros([TQ, DP], dtype=tl.float32)
+            for k in tl.static_range(NSEL):
+                sk_ = tl.load(SEL + row_base + k, mask=tok, other=-1)
+                pdp = tl.load(PSEL + row_base + k, mask=tok, other=0.0) * tl.load(DPS + row_base + k, mask=tok,
+                                                                                    other=0.0)
+                c_sum += pdp
+                ckr = tl.load(ck_base + sk_[:, None] * scw + d[None, :] * scd,
+                              mask=(sk_ >= 0)[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                sk += pdp[:, None] * ckr
+            pk = tl.zeros([TQ, DP], dtype=tl.float32)
+            for w0 in range(0, w_end, BW):
+                w = w0 + tl.arange(0, BW)
+                ck = tl.load(ck_base + w[:, None] * scw + d[None, :] * scd,
+                             mask=(w < M)[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                z = tl.dot(qm, tl.trans(ck), input_precision="ieee") * scale
+                elig = tok[:, None] & (w[None, :] < tlim[:, None]) & (w < M)[None, :]
+                p = tl.exp(tl.where(elig, z - lse[:, None], -1.0e30))
+                pk += tl.dot(p, ck, input_precision="ieee")
+            dqm = (sk - c_sum[:, None] * pk) * (scale / GQ)
+            for hh in tl.static_range(GQ):
+                ptr = DQ + ((bb * H + gam * GQ + hh) * L + t[:, None]) * HEAD_D + d[None, :]
+                msk = tok[:, None] & dmask[None, :]
+                cur = tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+                tl.store(ptr, (cur + dqm).to(DQ.dtype.element_ty), mask=msk)
+
+    @triton.jit
+    def select_bwd_w_kernel(Q, CK, LENS, SEL, PSEL, DPS, LSEZ, DCK,
+                             sqb, sqh, sqt, sqd, scb, sch, scw, scd,
+                             L, M, G, scale,
+                             GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
+                             NSEL: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr):
+        pid_w = tl.program_id(0)
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.load(LENS + bb)
+        w0 = pid_w * BW
+        w = w0 + tl.arange(0, BW)
+        wok = w < M
+        d = tl.arange(0, DP)
+        dmask = d < HEAD_D
+        ck_base = CK + bb * scb + gam * sch
+        ck = tl.load(ck_base + w[:, None] * scw + d[None, :] * scd, mask=wok[:, None] & dmask[None, :],
+                     other=0.0).to(tl.float32)
+        dck = tl.zeros([BW, DP], dtype=tl.float32)
+        tstart = ((w0 + 1) * BLK // TQ) * TQ
+        for tq0 in range(tstart, seqlen, TQ):
+            t = tq0 + tl.arange(0, TQ)
+            tok = t < seqlen
+            qm = group_mean_query(Q, bb, gam, t, tok, d, dmask, sqb, sqh, sqt, sqd, GQ, TQ, DP)
+            row_base = ((bb * G + gam) * L + t) * NSEL
+            lse = tl.load(LSEZ + (bb * G + gam) * L + t, mask=tok, other=0.0)
+            z = tl.dot(qm, tl.trans(ck), input_precision="ieee") * scale
+            elig = tok[:, None] & (w[None, :] < (t // BLK)[:, None]) & wok[None, :]
+            p = tl.exp(tl.where(elig, z - lse[:, None], -1.0e30))
+            c_sum = tl.zeros([TQ], dtype=tl.float32)
+            dz = tl.zeros([TQ, BW], dtype=tl.float32)
+            for k in tl.static_range(NSEL):
+                sk_ = tl.load(SEL + row_base + k, mask=tok, other=-1)
+                pdp = tl.load(PSEL + row_base + k, mask=tok, other=0.0) * tl.load(DPS + row_base + k, mask=tok,
+                                                                                    other=0.0)
+                c_sum += pdp
+                dz += tl.where(w[None, :] == sk_[:, None], pdp[:, None], 0.0)
+            dz = dz - p * c_sum[:, None]
+            dck += tl.dot(tl.trans(dz), qm, input_precision="ieee")
+        tl.store(DCK + ((bb * G + gam) * M + w[:, None]) * HEAD_D + d[None, :],
+                 (dck * scale).to(DCK.dtype.element_ty), mask=wok[:, None] & dmask[None, :])
+
