@@ -29,6 +29,7 @@ under ``TRITON_INTERPRET=1``; head dim 16..128; query/key/value in fp16, bf16 or
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -61,14 +62,20 @@ def _kernels():
     """
     if not _triton_installed():
         raise RuntimeError("the 'triton' attention backend needs the triton package (pip install triton)")
-    from . import triton_bwd_gather, triton_bwd_tile, triton_common, triton_fwd, triton_select
+    # The ``from .module import name`` form (never ``from . import module``): transformers' remote-code loader
+    # finds the files a Hub folder's code needs by that form, so the kernel files travel with the folder.
+    from . import triton_common
+    from .triton_bwd_gather import __name__ as bwd_gather_name
+    from .triton_bwd_tile import __name__ as bwd_tile_name
+    from .triton_fwd import __name__ as fwd_name
+    from .triton_select import __name__ as select_name
 
     if triton_common.INTERPRET != interpret_requested():
         raise RuntimeError(
             "TRITON_INTERPRET changed after triton was imported in this process (it was "
             f"{'on' if triton_common.INTERPRET else 'off'}); set it before the first import of triton"
         )
-    return triton_select, triton_fwd, triton_bwd_tile, triton_bwd_gather
+    return tuple(sys.modules[name] for name in (select_name, fwd_name, bwd_tile_name, bwd_gather_name))
 
 
 def triton_availability() -> str | None:
