@@ -905,8 +905,9 @@ def _read_typed(
         except (pa.ArrowInvalid, OSError) as error:
             raise InteractionDataError(f"{files[0]}: not a readable Parquet file ({error}); check the file") from None
         available = list(schema.names)
+        lists = item_col in available and _is_list(schema.field(item_col).type)
         wanted = _wanted_columns(
-            path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
+            path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order or lists
         )
         used = list(dict.fromkeys(wanted.values()))
         strings = [n for n in {wanted[USER], wanted[ITEM]} if pa.types.is_string(schema.field(n).type)]
@@ -924,14 +925,16 @@ def _read_typed(
             except pa.ArrowInvalid as error:
                 raise InteractionDataError(f"{path}: not an Arrow IPC file or stream ({error})") from None
         available = list(table.column_names)
+        lists = item_col in available and _is_list(table.schema.field(item_col).type)
         wanted = _wanted_columns(
-            path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
+            path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order or lists
         )
     else:
         table = _read_json_lines(path)
         available = list(table.column_names)
+        lists = item_col in available and _is_list(table.schema.field(item_col).type)
         wanted = _wanted_columns(
-            path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
+            path, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order or lists
         )
     if table.num_rows == 0:
         raise InteractionDataError(f"{path}: the {format} data hold no rows; nothing to read")
