@@ -1,4 +1,4 @@
-"""Preprocessing per ``PROTOCOL.md``: de-duplication, rating threshold, iterated k-core, time order, item ids.
+"""Preprocessing (``docs/PROTOCOL.md``): de-duplication, rating threshold, iterated k-core, time order, item ids.
 
 The steps run in the protocol's order and each one is recorded in :attr:`SequenceData.metadata`:
 
@@ -8,7 +8,8 @@ The steps run in the protocol's order and each one is recorded in :attr:`Sequenc
    ``item_k`` interactions are removed, again and again, until no count falls below its bound
    (RecBole ``_filter_by_inter_num``);
 3. each user's interactions ordered by the order column if there is one, else by time; ties keep file
-   order (a stable sort). The file itself need not be sorted: rows are sorted by (user, key, line).
+   order (a stable sort). The file itself need not be sorted: its rows, in file order, are stably sorted
+   by (user, key).
    An order column must not repeat a value within a user, and where both an order and a time column
    exist the known times must not decrease along the order -- either problem raises
    :class:`~blossom_hf.data.errors.OrderingError` rather than guessing;
@@ -31,6 +32,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 from datasets.table import InMemoryTable
 
 from .errors import InteractionDataError, OrderingError
@@ -134,7 +136,11 @@ class SequenceData:
         offsets = pa.array(self.offsets.astype(np.int64 if self.offsets[-1] >= 2**31 else np.int32))
         list_type = pa.LargeListArray if self.offsets[-1] >= 2**31 else pa.ListArray
         histories = list_type.from_arrays(offsets, pa.array(self.items.astype(np.int32)))
-        return datasets.Dataset(InMemoryTable(pa.table({USER: self.user_ids, "item_ids": histories})))
+        table = pa.table({USER: self.user_ids, "item_ids": histories})
+        # an explicit fingerprint: without one, datasets hashes (pickles) the whole table
+        digest = xxhash.xxh3_64(np.ascontiguousarray(self.items).data)
+        digest.update(np.ascontiguousarray(self.offsets).data)
+        return datasets.Dataset(InMemoryTable(table), fingerprint=f"histories-{digest.hexdigest()}")
 
     def save(self, directory: str | Path) -> None:
         """Write the histories (Arrow), the item ids and the metadata (JSON) under ``directory``."""

@@ -1,6 +1,6 @@
 """Ranking evaluation: full ranking and sampled ``uniN`` ranking of one held-out item per user.
 
-Protocols (``PROTOCOL.md``):
+Protocols (``docs/PROTOCOL.md``):
 
 * ``"full"`` (default): the target is ranked against every item; the padding id 0 never counts.
   Items of the user's history are NOT removed (as in RecBole) unless ``exclude_history=True``, which
