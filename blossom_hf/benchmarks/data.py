@@ -163,6 +163,7 @@ def measure(pipeline: str, path: Path, k: int, workdir: Path) -> dict[str, Any]:
     cache = Path(tempfile.mkdtemp(prefix="blossom-cache-", dir=workdir))
     env = dict(os.environ, BLOSSOM_HF_CACHE=str(cache), PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "blossom_hf.benchmarks.data", "--child", pipeline, str(path), str(k), str(out)]
+    load_before = os.getloadavg()[0]
     process = subprocess.Popen(command, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -173,6 +174,8 @@ def measure(pipeline: str, path: Path, k: int, workdir: Path) -> dict[str, Any]:
     record = json.loads(out.read_text())
     out.unlink()
     record.update({"pipeline": pipeline, "peak_rss_gb": usage.ru_maxrss / 2**20})  # ru_maxrss is in KiB
+    record["process_cpu_seconds"] = usage.ru_utime + usage.ru_stime  # whole process, imports included
+    record["load_average_1min"] = [load_before, os.getloadavg()[0]]  # before / after: other work on the machine
     return record
 
 

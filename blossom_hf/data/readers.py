@@ -20,6 +20,7 @@ from .errors import InteractionDataError, MalformedLineError, UnknownColumnError
 from .values import (
     _BOM,
     _ID_TYPE,
+    _NUMBER_PATTERN,
     ITEM,
     LINE,
     ORDER,
@@ -376,7 +377,7 @@ def _read_csv(
     )
     used = list(dict.fromkeys(wanted.values()))
     numeric = [name for canonical, name in wanted.items() if canonical not in (USER, ITEM)]
-    as_text = set()
+    as_text = _text_columns_in_first_row(path, sep, encoding, available, numeric)
 
     def read(text_columns: set[str]) -> pa.Table:
         types = {name: _ID_TYPE for canonical, name in wanted.items() if canonical in (USER, ITEM)}
@@ -413,6 +414,20 @@ def _read_csv(
     numbers = np.arange(2, 2 + table.num_rows, dtype=np.int64)
     raw = {canonical: table.column(name) for canonical, name in wanted.items()}
     return _canonical_columns(path, raw, numbers, assume_file_order, order_col, wanted, first_line=2)
+
+
+def _text_columns_in_first_row(
+    path: Path, sep: str, encoding: str, available: list[str], numeric: list[str]
+) -> set[str]:
+    """Numeric columns whose first value is not a number (ISO times, say): read those as text at once."""
+    with _open_bytes(path) as handle:
+        handle.readline()
+        first = handle.readline().decode(encoding, errors="replace").rstrip("\r\n")
+    fields = next(csv.reader([first], delimiter=sep), [])
+    if len(fields) != len(available):
+        return set()
+    values = dict(zip(available, fields, strict=True))
+    return {name for name in numeric if values[name].strip() and not re.match(_NUMBER_PATTERN, values[name])}
 
 
 def _diagnose_csv(path: Path, sep: str, encoding: str, n_fields: int, message: str) -> InteractionDataError:
