@@ -53,9 +53,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -83,6 +82,9 @@ __all__ = [
     "load_interactions",
     "preset_path",
 ]
+
+if TYPE_CHECKING:  # datasets is needed only for Interactions.dataset
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +175,8 @@ class Interactions:
         if LINE not in columns:
             columns[LINE] = self.column(LINE)
         table = pa.table(columns)
+        import datasets
+
         return datasets.Dataset(table, fingerprint=(self.fingerprint or "interactions").replace(":", "-"))
 
 
@@ -283,8 +287,8 @@ def load_interactions(
             chronological order per user, so the file order is the order.
         sep: field separator for ``csv`` (default ``,``) and ``tsv`` (default tab).
         encoding: text encoding (default utf-8; latin-1 for ``movielens``).
-        cache_dir: folder of the parsed-table cache (default ``$BLOSSOM_HF_CACHE``, else
-            ``<datasets cache>/blossom_hf``); entries are keyed on the file's content and the options.
+        cache_dir: folder of the parsed-table cache (default ``$BLOSSOM_HF_CACHE/interactions``, else
+            ``<datasets cache>/blossom_hf/interactions``); entries are keyed on content and options.
 
     Returns:
         :class:`Interactions`.
@@ -421,8 +425,19 @@ def _cache_root(cache_dir: str | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(datasets.config.HF_DATASETS_CACHE) / "blossom_hf" / "interactions"
+        return Path(os.environ[CACHE_ENV]) / "interactions"
+    return default_cache_root() / "interactions"
+
+
+def default_cache_root() -> Path:
+    """``<datasets cache>/blossom_hf`` (``$HF_DATASETS_CACHE``, by default ``~/.cache/huggingface/datasets``)."""
+    try:
+        import datasets
+
+        return Path(datasets.config.HF_DATASETS_CACHE) / "blossom_hf"
+    except ImportError:  # the library reads data without datasets; use the same default place
+        home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+        return Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets")) / "blossom_hf"
 
 
 def _read_cache(root: Path, key: str, fingerprint: str) -> Interactions | None:

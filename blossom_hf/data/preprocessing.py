@@ -26,17 +26,18 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
-from datasets.table import InMemoryTable
 
 from .errors import InteractionDataError, OrderingError
 from .formats import ITEM, ORDER, RATING, TIME, USER, Interactions
+
+if TYPE_CHECKING:  # datasets is needed only to view or save the histories as a datasets.Dataset
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ class SequenceData:
         # an explicit fingerprint: without one, datasets hashes (pickles) the whole table
         digest = xxhash.xxh3_64(np.ascontiguousarray(self.items).data)
         digest.update(np.ascontiguousarray(self.offsets).data)
+        import datasets
+        from datasets.table import InMemoryTable
+
         return datasets.Dataset(InMemoryTable(table), fingerprint=f"histories-{digest.hexdigest()}")
 
     def save(self, directory: str | Path) -> None:
@@ -154,6 +158,8 @@ class SequenceData:
     def load(cls, directory: str | Path) -> SequenceData:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
+        import datasets
+
         table = datasets.load_from_disk(str(directory / "histories")).data.table
         histories = table.column("item_ids").combine_chunks()
         offsets = np.asarray(histories.offsets.to_numpy(), dtype=np.int64)

@@ -140,9 +140,9 @@ def negatives_cache_dir() -> Path:
     root = os.environ.get("BLOSSOM_HF_CACHE")
     if root:
         return Path(root) / "negatives"
-    import datasets
+    from ..data.formats import default_cache_root
 
-    return Path(datasets.config.HF_DATASETS_CACHE) / "blossom_hf" / "negatives"
+    return default_cache_root() / "negatives"
 
 
 def sample_negatives(
