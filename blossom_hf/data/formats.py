@@ -359,6 +359,8 @@ def load_interactions(
         reader_result = read_file(path, format, user_col, item_col, time_col, order_col, rating_col,
                               assume_file_order, sep, encoding)  # fmt: skip
         interactions = _write_cache(cache, key, fingerprint, *reader_result)
+        del reader_result
+        pa.default_memory_pool().release_unused()  # the parsed copy is gone: give its memory back
         logger.info("Read %d interactions from %s (%s)", len(interactions), path, format)
     interactions.source.update({"path": str(path), "format": format, "fingerprint": fingerprint})
     if preset is not None:

@@ -53,6 +53,18 @@ def _content(lines: pa.ChunkedArray | None, values: pa.ChunkedArray | pa.Array, 
     return str(values[index].as_py())
 
 
+def _one_dictionary(chunked: pa.ChunkedArray) -> bool:
+    """Every chunk refers to the very same dictionary (as ``ChunkedArray.dictionary_encode`` makes them)."""
+    first = chunked.chunk(0).dictionary
+    address = first.buffers()[-1].address if first.buffers()[-1] is not None else None
+    return all(
+        len(chunk.dictionary) == len(first)
+        and chunk.dictionary.buffers()[-1] is not None
+        and chunk.dictionary.buffers()[-1].address == address
+        for chunk in chunked.chunks[1:]
+    )
+
+
 def _id_column(
     path: Path,
     values: pa.ChunkedArray | pa.Array,
@@ -84,7 +96,7 @@ def _id_column(
         )
     if not pa.types.is_dictionary(chunked.type):
         chunked = chunked.dictionary_encode()
-    if chunked.num_chunks > 1:
+    if chunked.num_chunks > 1 and not _one_dictionary(chunked):
         chunked = chunked.unify_dictionaries()
     if chunked.num_chunks == 0:
         return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
