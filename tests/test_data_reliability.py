@@ -325,3 +325,27 @@ def test_arrow_ipc_file_input(tmp_path):
         writer.write_table(table)
     data = preprocess(load_interactions(tmp_path / "x.arrow", user_col="u", item_col="i", time_col="t"))
     assert histories(data) == {"a": ["1", "2"], "b": ["1"]}
+
+
+def test_saved_vocabulary_refuses_int_type_for_ids_that_are_not_plain_integers():
+    from blossom_hf.vocabulary import ItemVocabulary
+
+    saved = {"format": "blossomrec-item-vocabulary", "version": 1, "id_type": "int", "items": ["007", "7"]}
+    with pytest.raises(ValueError, match="not plain integers"):
+        ItemVocabulary.from_dict(saved)
+    with pytest.raises(ValueError, match="compared as text"):
+        ItemVocabulary([7, "7"])
+
+
+def test_parsed_table_is_cached_and_memory_mapped(tmp_path, caplog):
+    path = write(tmp_path / "x.csv", "u,i,t\n1,10,1\n1,11,2\n2,10,3\n")
+    cache = tmp_path / "parsed"
+    first = load_interactions(path, user_col="u", item_col="i", time_col="t", cache_dir=str(cache))
+    assert len(list(cache.glob("*.arrow"))) == 1 and not list(cache.glob("*.partial"))
+    with caplog.at_level(logging.INFO, logger="blossom_hf.data.formats"):
+        again = load_interactions(path, user_col="u", item_col="i", time_col="t", cache_dir=str(cache))
+    assert "from the cache" in caplog.text
+    assert again.dataset.to_dict() == first.dataset.to_dict()
+    before = pa.total_allocated_bytes()
+    load_interactions(path, user_col="u", item_col="i", time_col="t", cache_dir=str(cache)).table.column("timestamp")
+    assert pa.total_allocated_bytes() == before  # mapped from the file, nothing copied into Arrow's pool
