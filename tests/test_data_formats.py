@@ -88,11 +88,15 @@ def test_tsv_with_order_column_and_empty_times(tmp_path):
 
 
 def test_integer_ids_stay_integer_text(tmp_path):
-    table = pa.table({"user": [1, 2], "item": [10.0, 20.0], "ts": [5, 6]})
+    table = pa.table({"user": [1, 2], "item": [10, 20], "ts": [5, 6]})
     path = tmp_path / "x.parquet"
     pq.write_table(table, path)
     data = columns(load_interactions(path, user_col="user", item_col="item", time_col="ts"))
     assert data["user_id"] == ["1", "2"] and data["item_id"] == ["10", "20"]
+    # the raw-id rule: a float id column is refused (7.0 does not say whether the id was "7" or "7.0")
+    pq.write_table(pa.table({"user": [1, 2], "item": [10.0, 20.0], "ts": [5, 6]}), path)
+    with pytest.raises(InteractionDataError, match=r"'item' holds double numbers.*integers or strings"):
+        load_interactions(path, user_col="user", item_col="item", time_col="ts")
 
 
 def test_parquet_timestamps_become_seconds(tmp_path):

@@ -55,3 +55,7 @@ class UnknownColumnError(InteractionDataError, KeyError):
 
 class OrderingError(InteractionDataError):
     """The interactions of a user cannot be put in a well-defined order."""
+
+
+class DataChangedError(InteractionDataError):
+    """The interaction file's content differs from the content recorded in a ``data_spec.json``."""

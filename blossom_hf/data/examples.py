@@ -1,6 +1,6 @@
 """Training examples built from the training histories, as index ranges (no per-example Python lists).
 
-Two styles (``PROTOCOL.md``, "Training examples"):
+Two styles (``docs/PROTOCOL.md``, "Training examples"):
 
 * :class:`PrefixExamples` -- RecBole style (what the paper used): every prefix of a training history
   predicts its next item. Input = the prefix truncated to its most recent ``max_length`` items and

@@ -1,4 +1,4 @@
-"""Preprocessing per ``PROTOCOL.md``: de-duplication, rating threshold, iterated k-core, time order, item ids.
+"""Preprocessing (``docs/PROTOCOL.md``): de-duplication, rating threshold, iterated k-core, time order, item ids.
 
 The steps run in the protocol's order and each one is recorded in :attr:`SequenceData.metadata`:
 
@@ -8,7 +8,8 @@ The steps run in the protocol's order and each one is recorded in :attr:`Sequenc
    ``item_k`` interactions are removed, again and again, until no count falls below its bound
    (RecBole ``_filter_by_inter_num``);
 3. each user's interactions ordered by the order column if there is one, else by time; ties keep file
-   order (a stable sort). The file itself need not be sorted: rows are sorted by (user, key, line).
+   order (a stable sort). The file itself need not be sorted: its rows, in file order, are stably sorted
+   by (user, key).
    An order column must not repeat a value within a user, and where both an order and a time column
    exist the known times must not decrease along the order -- either problem raises
    :class:`~blossom_hf.data.errors.OrderingError` rather than guessing;
@@ -25,16 +26,18 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets.table import InMemoryTable
+import xxhash
 
 from .errors import InteractionDataError, OrderingError
-from .formats import ITEM, LINE, ORDER, RATING, TIME, USER, Interactions
+from .formats import ITEM, ORDER, RATING, TIME, USER, Interactions
+
+if TYPE_CHECKING:  # datasets is needed only to view or save the histories as a datasets.Dataset
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +125,8 @@ class SequenceData:
         """The item map as a ``blossom_hf.vocabulary.ItemVocabulary`` (integer raw ids stay integers)."""
         from ..vocabulary import ItemVocabulary
 
-        integer_like = all(raw.lstrip("-").isdigit() and len(raw) < 19 for raw in self.item_ids)
-        return ItemVocabulary([int(raw) for raw in self.item_ids] if integer_like else list(self.item_ids))
+        canonical_integers = all(_is_canonical_integer(raw) for raw in self.item_ids)
+        return ItemVocabulary([int(raw) for raw in self.item_ids] if canonical_integers else list(self.item_ids))
 
     def item_popularity(self) -> np.ndarray:
         """Interaction count of every index (length ``n_items + 1``; entry 0 is 0)."""
@@ -134,7 +137,14 @@ class SequenceData:
         offsets = pa.array(self.offsets.astype(np.int64 if self.offsets[-1] >= 2**31 else np.int32))
         list_type = pa.LargeListArray if self.offsets[-1] >= 2**31 else pa.ListArray
         histories = list_type.from_arrays(offsets, pa.array(self.items.astype(np.int32)))
-        return datasets.Dataset(InMemoryTable(pa.table({USER: self.user_ids, "item_ids": histories})))
+        table = pa.table({USER: self.user_ids, "item_ids": histories})
+        # an explicit fingerprint: without one, datasets hashes (pickles) the whole table
+        digest = xxhash.xxh3_64(np.ascontiguousarray(self.items).data)
+        digest.update(np.ascontiguousarray(self.offsets).data)
+        import datasets
+        from datasets.table import InMemoryTable
+
+        return datasets.Dataset(InMemoryTable(table), fingerprint=f"histories-{digest.hexdigest()}")
 
     def save(self, directory: str | Path) -> None:
         """Write the histories (Arrow), the item ids and the metadata (JSON) under ``directory``."""
@@ -148,6 +158,8 @@ class SequenceData:
     def load(cls, directory: str | Path) -> SequenceData:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
+        import datasets
+
         table = datasets.load_from_disk(str(directory / "histories")).data.table
         histories = table.column("item_ids").combine_chunks()
         offsets = np.asarray(histories.offsets.to_numpy(), dtype=np.int64)
@@ -181,7 +193,7 @@ def preprocess(
         InteractionDataError: a step needs a column the data lacks.
     """
     config = config or PreprocessingConfig()
-    table = interactions.dataset.data
+    table = interactions.table
     n_rows = table.num_rows
     if n_rows == 0:
         raise InteractionDataError("no interactions to preprocess (the file is empty)")
@@ -189,23 +201,18 @@ def preprocess(
 
     user_codes, user_values = _encode(table.column(USER))
     item_codes, item_values = _encode(table.column(ITEM))
-    lines = _numpy(table.column(LINE), np.int64)
     times = _numpy(table.column(TIME), np.float64) if TIME in table.column_names else None
     order = _numpy(table.column(ORDER), np.float64) if ORDER in table.column_names else None
 
-    # Sort once by (user, key, line); every later step only removes rows, so the order survives.
-    key, key_name = _order_key(times, order, lines, interactions)
+    # Sort once by (user, key); rows are in file order and the sort is stable, so ties keep file order.
+    # Every later step only removes rows, so the order survives.
+    key, key_name = _order_key(times, order, interactions)
     user_rank = _natural_rank(user_values)
-    permutation = np.lexsort((lines, key, user_rank[user_codes]))
-    user_codes, item_codes, lines, key = (
-        user_codes[permutation],
-        item_codes[permutation],
-        lines[permutation],
-        key[permutation],
-    )
+    permutation = _history_order(user_rank[user_codes], key)
+    user_codes, item_codes, key = user_codes[permutation], item_codes[permutation], key[permutation]
     times = times[permutation] if times is not None else None
     if order is not None:
-        _check_order(user_codes, key, lines, times, user_values)
+        _check_order(user_codes, key, permutation, times, user_values, interactions)
     alive = np.ones(n_rows, dtype=bool)
 
     # 1. de-duplication and rating threshold
@@ -340,6 +347,12 @@ def preprocess(
 # --------------------------------------------------------------------------------------------------
 
 
+def _is_canonical_integer(raw: str) -> bool:
+    """``raw`` is an integer written the one way ``str(int)`` writes it (no ``007``, ``+7``, ``-0``)."""
+    body = raw[1:] if raw.startswith("-") else raw
+    return body.isascii() and body.isdigit() and len(raw) < 19 and str(int(raw)) == raw
+
+
 def _numpy(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
     if dtype is np.float64:
         return np.asarray(pc.fill_null(pc.cast(column, pa.float64()), float("nan")).to_numpy(), dtype=np.float64)
@@ -347,16 +360,34 @@ def _numpy(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
 
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Integer code per row and the distinct values (first-appearance order)."""
-    encoded = column.combine_chunks().dictionary_encode()
-    return np.asarray(encoded.indices.to_numpy(), dtype=np.int64), encoded.dictionary
+    """Integer code (int32) per row and the distinct values (strings)."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.cast(column, pa.string()).dictionary_encode()
+    if column.num_chunks > 1:
+        column = column.unify_dictionaries()
+    if column.num_chunks == 0:
+        return np.zeros(0, dtype=np.int32), pa.array([], pa.string())
+    codes = [np.asarray(chunk.indices.to_numpy(zero_copy_only=False)) for chunk in column.chunks]
+    codes_array = codes[0] if len(codes) == 1 else np.concatenate(codes)
+    return codes_array.astype(np.int32, copy=False), pc.cast(column.chunk(0).dictionary, pa.string())
+
+
+def _history_order(user_rank: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Stable permutation sorting rows by (user rank, key); equal pairs keep their row order."""
+    return np.lexsort((key, user_rank))  # numpy's lexsort is stable
 
 
 def _natural_rank(values: pa.Array) -> np.ndarray:
-    """Rank of each distinct value: numeric order when all are integers, else text order."""
+    """Rank of each distinct value: numeric order when all are integers, else text order.
+
+    Ids are text: ``007`` and ``7`` are different values; with equal numbers they rank by their text.
+    """
     integer_like = pc.all(pc.match_substring_regex(values, r"^-?\d{1,18}$")).as_py()
     if integer_like:
-        order = np.argsort(np.asarray(pc.cast(values, pa.int64()).to_numpy()), kind="stable")
+        as_text = np.asarray(pc.array_sort_indices(values).to_numpy())
+        text_rank = np.empty(len(values), dtype=np.int64)
+        text_rank[as_text] = np.arange(len(values))
+        order = np.lexsort((text_rank, np.asarray(pc.cast(values, pa.int64()).to_numpy())))
     else:
         order = np.asarray(pc.array_sort_indices(values).to_numpy())
     rank = np.empty(len(values), dtype=np.int64)
@@ -365,7 +396,7 @@ def _natural_rank(values: pa.Array) -> np.ndarray:
 
 
 def _order_key(
-    times: np.ndarray | None, order: np.ndarray | None, lines: np.ndarray, interactions: Interactions
+    times: np.ndarray | None, order: np.ndarray | None, interactions: Interactions
 ) -> tuple[np.ndarray, str]:
     path = interactions.source.get("path", "<data>")
     if order is not None:
@@ -378,7 +409,7 @@ def _order_key(
         )
     missing = np.isnan(key)
     if missing.any():
-        first = int(lines[np.flatnonzero(missing)[0]])
+        first = int(interactions.line_numbers(np.flatnonzero(missing)[:1])[0])
         raise OrderingError(
             f"{path}: {int(missing.sum())} interaction(s) have no value in the {name} (first: line {first}); "
             "the order of a history must be known for every interaction (give an order column, or drop them)"
@@ -387,16 +418,25 @@ def _order_key(
 
 
 def _check_order(
-    user_codes: np.ndarray, order: np.ndarray, lines: np.ndarray, times: np.ndarray | None, users: pa.Array
+    user_codes: np.ndarray,
+    order: np.ndarray,
+    permutation: np.ndarray,
+    times: np.ndarray | None,
+    users: pa.Array,
+    interactions: Interactions,
 ) -> None:
     """Rows are sorted by (user, order): reject repeated positions and time running backwards."""
+
+    def line(sorted_row: int) -> int:
+        return int(interactions.line_numbers(permutation[sorted_row : sorted_row + 1])[0])
+
     same_user = user_codes[1:] == user_codes[:-1]
     repeated = np.flatnonzero(same_user & (order[1:] == order[:-1]))
     if repeated.size:
         i = int(repeated[0])
         raise OrderingError(
             f"user {users[int(user_codes[i])].as_py()!r} has two interactions at order position {order[i]:g} "
-            f"(lines {lines[i]} and {lines[i + 1]}; {repeated.size} such pair(s)): the order column must be "
+            f"(lines {line(i)} and {line(i + 1)}; {repeated.size} such pair(s)): the order column must be "
             "unique within a user"
         )
     if times is None:
@@ -411,8 +451,8 @@ def _check_order(
         a, b = int(known[backwards[0]]), int(known[backwards[0] + 1])
         raise OrderingError(
             f"user {users[int(user_codes[a])].as_py()!r}: time goes backwards along the order column "
-            f"(line {lines[a]}: time {times[a]:g} at position {order[a]:g}; "
-            f"line {lines[b]}: time {times[b]:g} at position {order[b]:g}; "
+            f"(line {line(a)}: time {times[a]:g} at position {order[a]:g}; "
+            f"line {line(b)}: time {times[b]:g} at position {order[b]:g}; "
             f"{backwards.size} such pair(s) in all). The order and time columns disagree; drop one of them"
         )
 

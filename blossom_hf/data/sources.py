@@ -31,11 +31,10 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import numpy as np
 import pyarrow as pa
-from datasets.table import InMemoryTable
 
-from . import formats
+from . import formats, readers
 from .errors import InteractionDataError, UnknownColumnError
-from .formats import ITEM, LINE, ORDER, TIME, USER, Interactions
+from .formats import Interactions
 from .presets import PRESETS, find_preset, resolve_preset
 
 if TYPE_CHECKING:
@@ -75,32 +74,24 @@ def from_arrow(
         source: extra fields for :attr:`Interactions.source`.
     """
     available = [str(c) for c in table.column_names]
-    wanted = formats._wanted_columns(
-        name, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
+    label = Path(name)
+    wanted = readers._wanted_columns(
+        label, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
     )
     numbers = np.arange(1, table.num_rows + 1, dtype=np.int64)
-    columns: dict[str, pa.Array] = {}
-    for canonical, column in wanted.items():
-        values = table.column(column)
-        if canonical in (USER, ITEM):
-            columns[canonical] = formats._id_strings(name, values, numbers, canonical)
-        elif canonical == TIME:
-            columns[canonical] = formats._parse_times(name, values, numbers)
-        else:
-            columns[canonical] = formats._parse_numbers(name, values, numbers, canonical)
-    if assume_file_order and ORDER not in columns:
-        columns[ORDER] = pa.array(numbers.astype(np.float64))
-    columns[LINE] = pa.array(numbers)
+    raw = {canonical: table.column(column) for canonical, column in wanted.items()}
+    canonical, described, first_line, removed = readers._canonical_columns(
+        label, raw, numbers, assume_file_order, order_col, wanted, 1
+    )
     record = {
         "path": name,
         "format": "table",
-        "columns": dict(wanted),
+        **described,
         "order": "row order" if assume_file_order and order_col is None else None,
         **(source or {}),
     }
-    dataset = datasets.Dataset(InMemoryTable(pa.table(columns)))
-    logger.info("Read %d interactions from %s", dataset.num_rows, name)
-    return Interactions(dataset=dataset, source=record)
+    logger.info("Read %d interactions from %s", canonical.num_rows, name)
+    return Interactions(canonical, record, first_line=first_line, removed_rows=removed)
 
 
 def from_pandas(

@@ -1,20 +1,25 @@
 """A complete, JSON-serialisable description of a dataset: where to read it and how to preprocess it.
 
 Training writes it beside the model (``data_spec.json``) so evaluation can rebuild exactly the same
-histories and split from the same file.
+histories and split from the same file. The spec records the content fingerprint of the file it was
+built from; loading a spec that has one checks it, so a file edited since training (even one kept at
+the same size and modification time) is refused instead of silently changing the metrics.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import DataChangedError
 from .preprocessing import PreprocessingConfig, SequenceData, preprocess
 from .sources import load_interactions
 
 SPEC_FILE = "data_spec.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +27,8 @@ class DataSpec:
     """Arguments of :func:`~blossom_hf.data.formats.load_interactions` plus a :class:`PreprocessingConfig`.
 
     ``path`` is a file or a preset name (``ml-1m``, ``ml-100k``, ``beauty``, ``video-games``).
+    ``fingerprint`` is the content fingerprint of the file (``xxh3-128:<hex>``) the spec was built from,
+    filled in by :meth:`load`; ``None`` in a spec written by hand (nothing is checked then).
     """
 
     path: str
@@ -36,9 +43,15 @@ class DataSpec:
     encoding: str | None = None
     data_dir: str | None = None
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    fingerprint: str | None = None
 
-    def load(self, item_vocabulary: list[str] | None = None) -> SequenceData:
-        """Read and preprocess; with ``item_vocabulary``, number items by it (see :func:`preprocess`)."""
+    def load(self, item_vocabulary: list[str] | None = None, check_fingerprint: bool = True) -> SequenceData:
+        """Read and preprocess; with ``item_vocabulary``, number items by it (see :func:`preprocess`).
+
+        Raises:
+            DataChangedError: the spec has a fingerprint, ``check_fingerprint`` is true, and the file's
+                content is no longer the one the spec was built from.
+        """
         interactions = load_interactions(
             self.path,
             self.format,
@@ -52,8 +65,18 @@ class DataSpec:
             encoding=self.encoding,
             data_dir=self.data_dir,
         )
+        actual = interactions.fingerprint
+        if self.fingerprint is not None and actual != self.fingerprint:
+            if check_fingerprint:
+                raise DataChangedError(
+                    f"{interactions.source.get('path', self.path)} changed since this data spec was written "
+                    f"(content fingerprint {actual}, the spec recorded {self.fingerprint}): use the original "
+                    "file, or give the data options explicitly (e.g. --dataset) to use the new content on purpose"
+                )
+            logger.warning("%s changed since the data spec was written; using the new content", self.path)
         data = preprocess(interactions, self.preprocessing, item_vocabulary=item_vocabulary)
-        data.metadata["data_spec"] = self.to_dict()
+        data.metadata["data_spec"] = {**self.to_dict(), "fingerprint": actual}
+        data.metadata["fingerprint"] = actual
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,8 +92,11 @@ class DataSpec:
         return cls(**values)
 
     def save(self, directory: str | Path) -> Path:
+        """Write ``directory/data_spec.json`` (staged, then renamed)."""
         path = Path(directory) / SPEC_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        staging = path.with_name(path.name + ".partial")
+        staging.write_text(json.dumps(self.to_dict(), indent=2))
+        staging.replace(path)
         return path
 
     @classmethod

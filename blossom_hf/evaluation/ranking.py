@@ -1,6 +1,6 @@
 """Ranking evaluation: full ranking and sampled ``uniN`` ranking of one held-out item per user.
 
-Protocols (``PROTOCOL.md``):
+Protocols (``docs/PROTOCOL.md``):
 
 * ``"full"`` (default): the target is ranked against every item; the padding id 0 never counts.
   Items of the user's history are NOT removed (as in RecBole) unless ``exclude_history=True``, which
@@ -9,7 +9,9 @@ Protocols (``PROTOCOL.md``):
   uniformly, without replacement, from the items the user never interacted with (in any split).
   RecBole redraws them, with replacement, at every evaluation; here they are drawn ONCE from a fixed
   seed by :func:`sample_negatives` and reused, so every model and every epoch is ranked against the
-  same candidates. (With replacement RecBole's "uni100" holds <= 100 distinct negatives.)
+  same candidates. (With replacement RecBole's "uni100" holds <= 100 distinct negatives.) The draw is
+  vectorised and cached on disk under a key made of the histories' bytes, the users, N and the seed,
+  so a second run on the same data reads it back; ``N`` must be smaller than the catalogue.
 
 Ties are pessimistic: the target ranks BELOW every item with an equal score, i.e.
 ``rank = #{items i != target : score_i >= score_target} + 1``. A NaN target score gets the worst rank.
@@ -22,14 +24,17 @@ Batched: at most ``batch_size x (n_items + 1)`` scores exist at a time, on the m
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+import xxhash
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -116,6 +121,30 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
 # negatives
 
 
+_NEGATIVES_VERSION = 1  # bump if the draw below changes
+
+
+def check_num_negatives(num_negatives: int, n_items: int) -> None:
+    """``uniN`` needs ``1 <= N < n_items`` (the target itself is never a negative)."""
+    if num_negatives < 1:
+        raise ValueError(f"uniN needs N >= 1 negatives, got {num_negatives}")
+    if num_negatives >= n_items:
+        raise ValueError(
+            f"uni{num_negatives} asks for {num_negatives} negatives per user but the catalogue has only "
+            f"{n_items} items (the target excluded, at most {n_items - 1}): choose N < {n_items} or use 'full'"
+        )
+
+
+def negatives_cache_dir() -> Path:
+    """``$BLOSSOM_HF_CACHE/negatives`` if set, else ``<datasets cache>/blossom_hf/negatives``."""
+    root = os.environ.get("BLOSSOM_HF_CACHE")
+    if root:
+        return Path(root) / "negatives"
+    from ..data.formats import default_cache_root
+
+    return default_cache_root() / "negatives"
+
+
 def sample_negatives(
     offsets: np.ndarray,
     items: np.ndarray,
@@ -123,6 +152,7 @@ def sample_negatives(
     users: np.ndarray,
     num_negatives: int,
     seed: int,
+    cache_dir: str | Path | None | bool = None,
 ) -> np.ndarray:
     """Draw, once, ``num_negatives`` distinct items per user from the items it never interacted with.
 
@@ -130,13 +160,50 @@ def sample_negatives(
         offsets, items: every user's full history in CSR form (``SequenceData.offsets/items``).
         n_items: items are ``1..n_items``.
         users: the user numbers to draw for (row ``i`` of the result belongs to ``users[i]``).
-        num_negatives: N.
+        num_negatives: N (``1 <= N < n_items``).
         seed: the draw is a pure function of (data, users, N, seed).
+        cache_dir: where drawn negatives are kept (``.npy`` named by a hash of the histories, the users,
+            N and the seed); ``None``: :func:`negatives_cache_dir`; ``False``: no cache.
 
     Returns:
         int64 ``[len(users), num_negatives]``. A user who has seen all but fewer than N items gets all
         the rest, padded with 0 (no candidate), which :func:`sampled_ranks` ignores.
     """
+    check_num_negatives(num_negatives, n_items)
+    users = np.asarray(users, dtype=np.int64)
+    cache_file = None
+    if cache_dir is not False:
+        key = xxhash.xxh3_128()
+        for array, dtype in ((offsets, np.int64), (items, np.int32), (users, np.int64)):
+            key.update(np.ascontiguousarray(array, dtype=dtype).data)
+        key.update(f"{n_items}:{num_negatives}:{seed}:{_NEGATIVES_VERSION}".encode())
+        root = negatives_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir)
+        cache_file = root / f"uni{num_negatives}-{key.hexdigest()}.npy"
+        if cache_file.is_file():
+            try:
+                cached = np.load(cache_file, allow_pickle=False)
+                if cached.shape == (len(users), num_negatives):
+                    logger.info("uni%d negatives read from the cache %s", num_negatives, cache_file)
+                    return cached
+            except (OSError, ValueError) as error:
+                logger.warning("Ignoring the unreadable negatives cache %s (%s)", cache_file, error)
+    started = time.perf_counter()
+    out = _draw_negatives(offsets, items, n_items, users, num_negatives, seed)
+    logger.info("Drew uni%d negatives for %d users in %.1f s", num_negatives, len(users), time.perf_counter() - started)
+    if cache_file is not None:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            staging = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial.npy")
+            np.save(staging, out)
+            os.replace(staging, cache_file)
+        except OSError as error:
+            logger.warning("Could not cache the negatives under %s (%s)", cache_file.parent, error)
+    return out
+
+
+def _draw_negatives(
+    offsets: np.ndarray, items: np.ndarray, n_items: int, users: np.ndarray, num_negatives: int, seed: int
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     users = np.asarray(users, dtype=np.int64)
     n_rows = len(users)
@@ -171,7 +238,10 @@ def sample_negatives(
             rows_per_chunk = max(1, (1 << 22) // width)
             for start in range(0, group.size, rows_per_chunk):
                 rows = group[start : start + rows_per_chunk]
-                drawn, enough = _draw_unseen(rng, rows, width, num_negatives, n_items, seen_keys)
+                # only these rows' seen items: a small, cache-friendly slice (the rows of a chunk are close together)
+                low = np.searchsorted(seen_keys, rows.min() * stride)
+                high = np.searchsorted(seen_keys, (rows.max() + 1) * stride)
+                drawn, enough = _draw_unseen(rng, rows, width, num_negatives, n_items, seen_keys[low:high])
                 out[rows[enough]] = drawn[enough]
                 still.append(rows[~enough])
         pending = np.concatenate(still)
@@ -255,6 +325,7 @@ def evaluate_ranking(
     """
     protocol = parse_protocol(protocol)
     if not protocol.is_full:
+        check_num_negatives(protocol.num_negatives, n_items)
         if negatives is None:
             raise ValueError(f"protocol {protocol.name!r} needs negatives drawn once with sample_negatives()")
         if negatives.shape != (len(examples), protocol.num_negatives):

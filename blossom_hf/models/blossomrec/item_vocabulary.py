@@ -36,7 +36,10 @@ class ItemVocabulary:
         if len(self._index) != len(self._raw):
             seen: set[str] = set()
             dupes = [r for r in self._raw if r in seen or seen.add(r)]
-            raise ValueError(f"item vocabulary has duplicate raw ids, e.g. {dupes[:5]}")
+            raise ValueError(
+                f"item vocabulary has duplicate raw ids, e.g. {dupes[:5]} (ids are compared as text, so 7 and '7' "
+                "are one id; '007' and '7' are two): remove the repeats"
+            )
 
     # ----------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -111,8 +114,8 @@ class ItemVocabulary:
             raise ValueError(f"{source}: 'items' must be a list of raw ids")
         vocab = cls(items)
         vocab.id_type = data.get("id_type", "str")
-        if vocab.id_type == "int" and not all(r.lstrip("-").isdigit() for r in vocab._raw):
-            raise ValueError(f"{source}: id_type 'int' but some ids are not integers")
+        if vocab.id_type == "int" and not all(r.lstrip("-").isdigit() and str(int(r)) == r for r in vocab._raw):
+            raise ValueError(f"{source}: id_type 'int' but some ids are not plain integers (e.g. '007'): use 'str'")
         return vocab
 
     def save(self, directory: str | os.PathLike) -> Path:
