@@ -201,9 +201,14 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the ``n`` largest entries of ``ranked [..., M]`` (``-inf`` = ineligible), by decreasing value,
     ties to the larger index; ``-1`` where fewer than ``n`` entries are finite."""
     num_windows = ranked.shape[-1]
-    # Stable descending sort over w reversed: among equal scores the larger w comes first.
-    order = torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices
-    order = (num_windows - 1) - order[..., :n]
+    if torch.compiler.is_compiling():
+        # Traced graphs (torch.compile/export, ONNX) use top-k over w reversed: ONNX's TopK puts the lower index
+        # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
+        order = ranked.flip(-1).topk(min(n, num_windows), dim=-1).indices
+    else:
+        # Stable descending sort over w reversed: among equal scores the larger w comes first.
+        order = torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :n]
+    order = (num_windows - 1) - order
     top = torch.gather(ranked, -1, order)
     selected = torch.where(torch.isfinite(top), order, torch.full_like(order, -1))
     if selected.shape[-1] < n:

@@ -35,6 +35,7 @@ from .attention_patterns import (
     query_is_real,
     stis_dense_mask,
     stis_key_index,
+    stis_offsets,
 )
 from .registry import BlossomAttentionKwargs, register_attention_backend
 
@@ -99,9 +100,40 @@ def sdpa_blossom_attention(
     """Same contract as :func:`attention_eager.eager_blossom_attention`."""
     needs_grad = torch.is_grad_enabled() and any(
         x.requires_grad for x in (query, key, value, compressed_key, gate))
-    if positions is None and not needs_grad and query.shape[2] <= DENSE_MAX_LENGTH:
+    if needs_grad:
+        return _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
+                         positions)
+    if positions is None and query.shape[2] <= DENSE_MAX_LENGTH:
         return _dense_masked(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks)
-    return _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks, positions)
+    return _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
+                               positions)
+
+
+#: elements of the gathered ``[B, G, Q, K, D]`` key tile per chunk of queries in the no-gradient gathered layout
+#: (bounds its memory at long histories: 64 histories of 4096 items would otherwise gather ~6 GB per layer)
+INFERENCE_TILE_ELEMENTS = 1 << 24
+
+
+def _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
+                        positions):
+    """No-gradient gathered layout, in chunks of queries of at most ``INFERENCE_TILE_ELEMENTS`` gathered keys."""
+    batch, heads, num_queries, head_dim = query.shape
+    groups, seq_len = key.shape[1], key.shape[2]
+    keys_per_query = (pattern.num_selected_blocks + 1) * pattern.block_size + len(
+        stis_offsets(pattern.stis_window, seq_len)) + min(pattern.stis_num_sinks, seq_len)
+    chunk = max(1, INFERENCE_TILE_ELEMENTS // max(1, batch * groups * keys_per_query * head_dim))
+    if torch.compiler.is_compiling() or chunk >= num_queries:
+        return _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
+                         positions)
+    if positions is None:
+        positions = torch.arange(num_queries, device=query.device)[None, :]
+    outs = []
+    for start in range(0, num_queries, chunk):
+        end = min(start + chunk, num_queries)
+        sel = None if selected_blocks is None else selected_blocks[:, :, start:end]
+        outs.append(_gathered(query[:, :, start:end], key, value, compressed_key, gate[:, :, start:end], lengths,
+                              scaling, pattern, sel, positions[:, start:end]))
+    return torch.cat(outs, dim=2)
 
 
 def _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks, positions):

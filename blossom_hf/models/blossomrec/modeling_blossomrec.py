@@ -209,7 +209,7 @@ class BlossomRecAttention(nn.Module):
 
 def _take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rows of ``x [B, L, d]`` at ``positions [B, Q]`` -> ``[B, Q, d]``."""
-    return torch.take_along_dim(x, positions[..., None], dim=1)
+    return torch.gather(x, 1, positions[..., None].expand(-1, -1, x.shape[-1]))
 
 
 _FULL_LAYER_NOTED: set[str] = set()
@@ -330,7 +330,10 @@ def compact_histories(input_ids: torch.Tensor, real: torch.Tensor, window: int, 
     batch, in_len = input_ids.shape
     device = input_ids.device
     total = real.sum(dim=1)
-    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+    # real items first, each group in input order: the sort keys are unique, so no stable sort is needed
+    # (aten.sort.stable has no ONNX form)
+    key = torch.where(real, 0, in_len) + torch.arange(in_len, device=device)
+    order = torch.argsort(key, dim=1)
     drop = (total - window).clamp_min(0)
     lengths = total - drop
     out_len = min(in_len, window) if static else int(lengths.max())
