@@ -100,7 +100,7 @@ def run(
                     continue
                 model = models[kind]
 
-                def call(model=model, backend=backend):
+                def call(model=model, backend=backend, mode=mode, histories=histories, ids=ids, batch=batch):
                     model.set_attn_implementation(backend)
                     with torch.inference_mode():
                         if mode == "recommend":
