@@ -105,7 +105,8 @@ def test_backends_agree_training(seq_len, batch, dtype):
         tol = {"fp32": 2e-3, "bf16": 5e-2, "fp16": 1e-2}[dtype]
         torch.testing.assert_close(loss_a, loss_b, rtol=tol, atol=tol)
         if dtype == "fp32":
-            scale = float(grad_b.abs().max()) + 1e-12
+            # W_q's gradient is exactly zero in theory for one-item histories (a query with one key): absolute floor
+            scale = max(float(grad_b.abs().max()), 1e-4)
             assert float((grad_a - grad_b).abs().max()) <= 1e-2 * scale, f"{a} vs {b}: W_q gradients differ"
 
 
