@@ -1,11 +1,12 @@
-"""The key sets of BlossomRec attention (docs MODEL.md), written once and shared by every backend.
+"""The key sets of BlossomRec attention (docs/MODEL.md, "LTIS" and "STIS"), written once and shared by every
+backend.
 
 Every function here assumes *compacted* histories: the model moves the real items of each row to the
 front (positions ``0 .. length-1``, padding after them) before the first layer, so "position 0" is the
 first real item, block boundaries count from it, and a real query ``t`` only ever sees keys ``j <= t``,
 which are all real. Padded query rows (``t >= length``) must come out as exact zeros.
 
-Notation (MODEL.md): ``b`` block size, ``l`` compression window, ``n`` selected blocks, ``W`` STIS
+Notation (docs/MODEL.md, "Symbols"): ``b`` block size, ``l`` compression window, ``n`` selected blocks, ``W`` STIS
 window, ``S`` sinks, ``M = L // b`` compression windows, ``g = H / G`` query heads per kv head.
 
 * STIS key set of query ``t``: ``{t - d : d in offsets, t - d >= 0} | {first S positions <= t}`` with
@@ -227,7 +228,7 @@ def ltis_select(
     selected_blocks: torch.Tensor | None = None,
     positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-n block selection of MODEL.md (steps 3-5).
+    """Top-n block selection of docs/MODEL.md ("LTIS", steps 3-5).
 
     Returns ``selected [B, G, Q, n]`` (long, ``-1`` = no block; slots sorted by decreasing score) and
     ``selected_prob [B, G, Q, n]`` (fp32 ``p`` of each selected window, differentiable, 0 for empty slots).

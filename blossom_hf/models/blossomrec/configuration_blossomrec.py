@@ -1,4 +1,4 @@
-"""BlossomRec configuration: every hyper-parameter of MODEL.md as a typed, validated field."""
+"""BlossomRec configuration: every hyper-parameter of docs/MODEL.md ("Symbols") as a typed, validated field."""
 
 from __future__ import annotations
 

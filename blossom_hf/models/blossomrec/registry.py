@@ -148,6 +148,12 @@ def resolve_attention_backend(name: str | None, attention_type: str = "blossom")
     if not isinstance(name, str):
         raise ValueError(f"BlossomRec's attn_implementation must be a backend name, got {name!r}")
     backend = _BACKENDS.get(name)
+    if backend is None and name in _TRANSFORMERS_BUILTINS:
+        raise ValueError(
+            f"{name!r} is one of transformers' own attention functions, which expect transformers' mask formats; "
+            f"BlossomRec's backends are {available_attention_backends()} ('sdpa' runs PyTorch's flash/efficient "
+            "kernels on CUDA)."
+        )
     if backend is None:
         if _transformers_function(name) is not None:
             if attention_type == "full":
