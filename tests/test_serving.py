@@ -4,7 +4,9 @@ backends without query-subset support and transformers AttentionInterface functi
 from __future__ import annotations
 
 import copy
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +111,17 @@ def test_transformers_attention_interface_functions_serve_the_full_model(generat
         blossom.set_attn_implementation("blossom_test_mine")
     with pytest.raises(ValueError, match="'flash_attention_2' is one of transformers' own attention functions"):
         full.set_attn_implementation("flash_attention_2")
+
+
+CARDS = sorted(p for p in (Path(__file__).resolve().parents[1] / "model_cards").glob("blossomrec-*")
+               if (p / "sample_scores.json").is_file())
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])
+def test_bundled_checkpoints_reproduce_their_sample_scores_with_every_backend(card, backend):
+    from blossom_hf.hub import check_sample_scores
+
+    model = BlossomRecModel.from_pretrained(card, attn_implementation=backend).eval()
+    expected = json.loads((card / "sample_scores.json").read_text())
+    assert check_sample_scores(model, expected) == []
