@@ -66,10 +66,11 @@ def _build(attention_type: str, length: int, vocab_size: int, seed: int):
     return BlossomRecModel(config).eval()
 
 
-def _time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _time(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall-clock and process CPU milliseconds of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return (time.perf_counter() - start) * 1000.0
+    return (time.perf_counter() - start) * 1000.0, (time.process_time() - cpu) * 1000.0
 
 
 def run(
@@ -108,10 +109,10 @@ def run(
                         return model(input_ids=ids)
 
                 calls[(kind, backend)] = call
-            times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+            times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in calls}
             for key, call in calls.items():  # warm-up (and a first estimate of the cost)
                 times[key].append(_time(call))
-            slowest = max((t[0] for t in times.values()), default=0.0)
+            slowest = max((t[0][0] for t in times.values()), default=0.0)
             reps = repeats if slowest < 4000 else max(2, min(repeats, 3))
             for key in times:
                 times[key].clear()
@@ -122,8 +123,10 @@ def run(
                 key = (kind, backend)
                 record = {"mode": mode, "length": length, "batch": batch, "model": kind, "backend": backend}
                 if key in times:
-                    median = statistics.median(times[key])
-                    record.update(median_ms=round(median, 3), repeats=len(times[key]),
+                    wall = [t[0] for t in times[key]]
+                    median = statistics.median(wall)
+                    record.update(median_ms=round(median, 3), min_ms=round(min(wall), 3), repeats=len(wall),
+                                  cpu_median_ms=round(statistics.median(t[1] for t in times[key]), 3),
                                   histories_per_s=round(batch / (median / 1000.0), 2))
                 else:
                     record.update(median_ms=None, skipped=skipped[key])
@@ -134,23 +137,26 @@ def run(
 
 def markdown_table(records: list[dict]) -> str:
     """One row per (mode, L, B): median ms of each variant and blossom/full ratios per backend."""
-    rows = {}
+    rows: dict = {}
     for r in records:
-        rows.setdefault((r["mode"], r["length"], r["batch"]), {})[(r["model"], r["backend"])] = r["median_ms"]
-    header = ("| mode | L | B | blossom sdpa ms | full sdpa ms | blossom/full (sdpa) | blossom eager ms | "
-              "full eager ms | blossom/full (eager) | blossom sdpa histories/s |")
+        rows.setdefault((r["mode"], r["length"], r["batch"]), {})[(r["model"], r["backend"])] = r
+    header = ("| mode | L | B | blossom sdpa ms (min) | full sdpa ms (min) | blossom/full sdpa, median (min) | "
+              "blossom eager ms (min) | full eager ms (min) | blossom/full eager, median (min) | "
+              "blossom sdpa histories/s |")
     lines = [header, "|" + "---|" * 10]
 
-    def fmt(x):
-        return "skipped" if x is None else f"{x:.2f}"
+    def fmt(r):
+        return "skipped" if r is None or r.get("median_ms") is None else f"{r['median_ms']:.2f} ({r['min_ms']:.2f})"
 
     def ratio(a, b):
-        return "-" if a is None or b is None else f"{a / b:.2f}"
+        if a is None or b is None or a.get("median_ms") is None or b.get("median_ms") is None:
+            return "-"
+        return f"{a['median_ms'] / b['median_ms']:.2f} ({a['min_ms'] / b['min_ms']:.2f})"
 
     for (mode, length, batch), cell in rows.items():
         bs, fs = cell.get(("blossom", "sdpa")), cell.get(("full", "sdpa"))
         be, fe = cell.get(("blossom", "eager")), cell.get(("full", "eager"))
-        throughput = "-" if bs is None else f"{batch / (bs / 1000):.1f}"
+        throughput = "-" if bs is None or bs.get("median_ms") is None else f"{bs['histories_per_s']:.1f}"
         lines.append(f"| {mode} | {length} | {batch} | {fmt(bs)} | {fmt(fs)} | {ratio(bs, fs)} | {fmt(be)} | "
                      f"{fmt(fe)} | {ratio(be, fe)} | {throughput} |")
     return "\n".join(lines) + "\n"

@@ -227,7 +227,8 @@ def ltis_select(
     pattern: BlossomPattern,
     selected_blocks: torch.Tensor | None = None,
     positions: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_probs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Top-n block selection of docs/MODEL.md ("LTIS", steps 3-5).
 
     Returns ``selected [B, G, Q, n]`` (long, ``-1`` = no block; slots sorted by decreasing score) and
@@ -235,7 +236,8 @@ def ltis_select(
     ``query [B, H, Q, D]`` holds every position (``Q = L``) or the queries at ``positions [B, Q]``; the key
     length ``L`` is read from ``compressed_key`` (``M = L // b`` windows) and ``lengths``.
     ``selected_blocks`` overrides the selection (used to compare backends on one selection); its
-    probabilities are still taken from this function's ``p``.
+    probabilities are still taken from this function's ``p``. ``with_probs=False`` skips ``p`` (returns ``None``
+    for it): inference needs only the selection.
     """
     batch, groups, num_windows, _ = compressed_key.shape
     num_queries = query.shape[2]
@@ -243,14 +245,16 @@ def ltis_select(
     n = pattern.num_selected_blocks
     if num_windows == 0:
         empty = torch.full((batch, groups, num_queries, n), -1, dtype=torch.long, device=query.device)
-        return empty, torch.zeros(empty.shape, dtype=torch.float32, device=query.device)
+        return empty, torch.zeros(empty.shape, dtype=torch.float32, device=query.device) if with_probs else None
     eligible = ltis_eligibility(lengths, seq_len, pattern.block_size, positions)[:, None]  # [B, 1, Q, M]
     z = ltis_scores(query, compressed_key, scaling)
-    probs = masked_softmax(z, eligible)  # [B, G, Q, M]
     if selected_blocks is None:
         selected = ltis_top_windows(z.masked_fill(~eligible, float("-inf")), n)
     else:
         selected = selected_blocks.to(device=query.device, dtype=torch.long)
+    if not with_probs:
+        return selected, None
+    probs = masked_softmax(z, eligible)  # [B, G, Q, M]
     selected_prob = torch.gather(probs, -1, selected.clamp_min(0)) * (selected >= 0)
     return selected, selected_prob
 

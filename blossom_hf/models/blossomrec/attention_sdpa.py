@@ -151,11 +151,13 @@ def _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern
     out_stis = _attend(q, _gather_keys(k, stis_index), _gather_keys(v, stis_index), stis_valid, scaling)
 
     # ---- LTIS: own block c = t // b, then the n selected blocks; one joint softmax ----
+    straight_through = pattern.straight_through and torch.is_grad_enabled() and any(
+        x.requires_grad for x in (query, compressed_key))
     selected, selected_prob = ltis_select(query, compressed_key, lengths, scaling, pattern, selected_blocks,
-                                          positions)
+                                          positions, with_probs=straight_through)
     blocks, valid = ltis_block_index(selected, seq_len, pattern.block_size, positions)  # [B, G, Q, n+1]
     k_sel = _gather_blocks(k, blocks, pattern.block_size)  # [B, G, Q, (n+1)b, D]
-    if pattern.straight_through and torch.is_grad_enabled() and selected_prob.requires_grad:
+    if straight_through:
         # keys of selected block i are scaled by s = 1 + p_i - stopgrad(p_i) (== 1 in the forward pass)
         delta = (selected_prob - selected_prob.detach()).repeat_interleave(pattern.block_size, dim=-1)
         scale = torch.cat([torch.ones_like(delta[..., : pattern.block_size]), 1.0 + delta], dim=-1)
@@ -177,7 +179,7 @@ def _dense_masked(query, key, value, compressed_key, gate, lengths, scaling, pat
     q = query.float().reshape(batch * groups, g, seq_len, head_dim)
     k = key.float().reshape(batch * groups, 1, seq_len, head_dim).expand(-1, g, -1, -1)
     v = value.float().reshape(batch * groups, 1, seq_len, head_dim).expand(-1, g, -1, -1)
-    selected, _ = ltis_select(query, compressed_key, lengths, scaling, pattern, selected_blocks)
+    selected, _ = ltis_select(query, compressed_key, lengths, scaling, pattern, selected_blocks, with_probs=False)
     ltis_mask = ltis_dense_mask(selected, seq_len, pattern.block_size).reshape(batch * groups, 1, seq_len, seq_len)
     stis_mask = stis_dense_mask(seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
     out_ltis = F.scaled_dot_product_attention(q, k, v, attn_mask=ltis_mask, scale=scaling)
