@@ -46,11 +46,15 @@ DENSE_MAX_LENGTH = 512
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x [B, G, L, E]`` gathered at ``index [B|1, G|1, Q, K]`` -> ``[B, G, Q, K, E]`` (rows of E copied)."""
-    batch, groups = x.shape[:2]
-    bi = torch.arange(batch, device=x.device).view(batch, 1, 1, 1)
-    gi = torch.arange(groups, device=x.device).view(1, groups, 1, 1)
-    return x[bi, gi, index]
+    """``x [B, G, L, E]`` gathered at ``index [B|1, G|1, Q, K]`` -> ``[B, G, Q, K, E]`` (rows of E copied).
+
+    One row lookup in the flattened ``[B*G*L, E]`` table (``F.embedding``, a contiguous-row gather), which is
+    several times faster on a CPU than advanced indexing with three broadcast index tensors."""
+    batch, groups, length, width = x.shape
+    base = (torch.arange(batch, device=x.device).view(batch, 1, 1, 1) * groups
+            + torch.arange(groups, device=x.device).view(1, groups, 1, 1)) * length
+    flat_index = (base + index).expand(batch, groups, *index.shape[2:])
+    return F.embedding(flat_index, x.reshape(batch * groups * length, width))
 
 
 def _gather_blocks(x: torch.Tensor, block_index: torch.Tensor, block_size: int) -> torch.Tensor:
