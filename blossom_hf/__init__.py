@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel
 from .models.blossomrec import (
     BLOSSOMREC_FORMAT_VERSION,
     AttentionBackend,
+    BlossomAttentionKwargs,
     BlossomPattern,
     BlossomRecConfig,
     BlossomRecModel,
@@ -31,6 +32,7 @@ AutoModel.register(BlossomRecConfig, BlossomRecModel, exist_ok=True)
 __all__ = [
     "AttentionBackend",
     "BLOSSOMREC_FORMAT_VERSION",
+    "BlossomAttentionKwargs",
     "BlossomPattern",
     "BlossomRecConfig",
     "BlossomRecModel",

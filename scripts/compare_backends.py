@@ -3,6 +3,7 @@
 
     python scripts/compare_backends.py                 # default: paper-size model, 64 histories of up to 200 items
     python scripts/compare_backends.py --length 512 --batch 16 --repeats 5
+    python scripts/compare_backends.py --serving --dtype bf16   # the scoring path (recommend()), under autocast
 
 Builds a randomly initialised BlossomRec model (no download, CPU by default), scores one batch of random
 histories with each backend, and prints the largest score difference to the eager reference and the median
@@ -29,7 +30,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per backend (default 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serving", action="store_true",
+                        help="time the scoring path (output_last_hidden_state=False, as recommend()), not forward")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype")
     args = parser.parse_args()
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
 
     torch.manual_seed(args.seed)
     config = BlossomRecConfig(vocab_size=args.items + 1, max_history_length=args.length, attn_implementation="eager")
@@ -42,19 +47,22 @@ def main() -> None:
 
     backends = blossom_hf.available_attention_backends()
     print(f"blossom_hf {blossom_hf.__version__}, torch {torch.__version__}, device {args.device}")
-    print(f"batch {args.batch} x window {args.length}, {args.items} items; backends available here: {backends}")
+    print(f"batch {args.batch} x window {args.length}, {args.items} items, {args.dtype}, "
+          f"{'scoring path' if args.serving else 'forward'}; backends available here: {backends}")
     reference = None
     rows = []
-    with torch.inference_mode():
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    autocast = torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.inference_mode(), autocast:
         for name in backends:
             model.set_attn_implementation(name)
-            scores = model(input_ids=ids).logits[:, 1:]
+            scores = model(input_ids=ids, output_last_hidden_state=not args.serving).logits[:, 1:].float()
             times = []
             for _ in range(args.repeats):
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                model(input_ids=ids)
+                model(input_ids=ids, output_last_hidden_state=not args.serving)
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)

@@ -140,3 +140,124 @@ def test_training_after_inference_mode(generator):
         model(ids)
     model(ids, labels=ids).loss.backward()
     assert model.item_embeddings.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# reliability: silent wrong answers and unclear errors (issue 10)
+# ------------------------------------------------------------------------------------------------
+def test_exclude_seen_masks_the_whole_history_not_only_the_window(generator):
+    model = BlossomRecModel(tiny_config(max_history_length=8)).eval()
+    num_items = model.config.num_items
+    history = torch.randperm(num_items, generator=generator)[:30].add(1).tolist()  # 30 distinct items, window 8
+    recs = model.recommend(history, k=num_items - 30, exclude_seen=True)[0]
+    assert not set(history) & set(recs.items), "items older than the window came back"
+    assert len(recs.items) == num_items - 30
+    # a history covering the whole catalogue: nothing is left, and nothing seen is returned
+    everything = model.recommend(list(range(1, num_items + 1)), k=10, exclude_seen=True)[0]
+    assert everything.items == [] and everything.scores == []
+    # fewer than k remain -> fewer than k come back
+    most = model.recommend(list(range(1, num_items - 2)), k=10, exclude_seen=True)[0]
+    assert sorted(most.items) == [num_items - 2, num_items - 1, num_items]
+
+
+def test_recommend_refuses_non_finite_scores(model):
+    with torch.no_grad():
+        model.layers[-1].mlp.fc_out.bias[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf scores for history 0"):
+        model.recommend([[1, 2, 3]], k=3)
+
+
+@pytest.mark.parametrize("bad", [-1, 0])
+def test_recommend_batch_size_must_be_positive(model, bad):
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad}"):
+        model.recommend([[1, 2]], batch_size=bad)
+
+
+def test_recommend_history_types(model):
+    import numpy as np
+
+    want = model.recommend([[3, 4, 5]], k=4)[0].items
+    assert model.recommend(np.array([3, 4, 5]), k=4)[0].items == want  # 1-D numpy: one history
+    assert model.recommend(torch.tensor([3, 4, 5]), k=4)[0].items == want  # 1-D tensor: one history
+    assert model.recommend(np.array([[3, 4, 5], [3, 4, 5]]), k=4)[1].items == want  # 2-D: one per row
+    assert model.recommend([np.array([3, 4, 5]), torch.tensor([3, 4, 5])], k=4)[1].items == want
+    assert model.recommend(np.array([3, 4, 5], dtype=np.uint8), k=4)[0].items == want  # uint8 ids
+    assert model.recommend([np.int64(3), np.int32(4), 5], k=4)[0].items == want  # numpy scalars
+    with pytest.raises(TypeError, match="float"):
+        model.recommend(np.array([3.0, 4.0]), k=4)
+    with pytest.raises(TypeError, match="item id 3.0 is a float"):
+        model.recommend([[3.0, 4]], k=4)
+    with pytest.raises(TypeError, match="histories is a mapping"):
+        model.recommend({"user": [3, 4]}, k=4)
+    with pytest.raises(TypeError, match="history 1 is a dict"):
+        model.recommend([[3], {"a": 1}], k=4)
+
+
+def test_uint8_input_ids_are_not_misread(model):
+    ids = torch.tensor([[3, 4, 200 % model.config.vocab_size]])
+    torch.testing.assert_close(model(ids.to(torch.uint8)).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("bad_label", [-5, 10_000])
+def test_labels_outside_the_vocabulary_raise(model, bad_label):
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=f"label {bad_label} at \\[0\\] is not an item index"):
+        model(ids, labels=torch.tensor([bad_label]))
+    with pytest.raises(ValueError, match=f"label {bad_label} at \\[0, 1\\]"):
+        model(ids, labels=torch.tensor([[0, bad_label, 0]]))
+
+
+def test_labels_without_any_target_raise_instead_of_nan(model):
+    ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    with pytest.raises(ValueError, match="labels hold no target"):
+        model(ids, labels=torch.zeros_like(ids))
+    with pytest.raises(ValueError, match="labels hold no target"):
+        model(ids, labels=torch.full((2,), -100))
+    assert torch.isfinite(model(ids, labels=torch.tensor([[0, 0, 7], [0, 0, 0]])).loss)
+
+
+def test_config_typos_name_the_closest_field():
+    from blossom_hf import BlossomRecConfig
+
+    with pytest.raises(ValueError, match="no field 'stis_windw': did you mean 'stis_window'"):
+        BlossomRecConfig(stis_windw=16)
+    with pytest.raises(ValueError, match="no field 'totally_unknown'"):
+        BlossomRecConfig(totally_unknown=1)
+    assert BlossomRecConfig(attn_implementation="eager", torch_dtype="float32").stis_window == 8
+
+
+def test_from_pretrained_of_a_missing_folder_is_one_line(tmp_path):
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder at .*model: check the path") as err:
+        BlossomRecModel.from_pretrained(missing)
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        BlossomRecModel.from_pretrained("./not-here")
+
+
+def test_checkpoint_with_missing_or_unexpected_weights_is_refused(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = BlossomRecModel(tiny_config())
+    model.save_pretrained(tmp_path / "ok")
+    weights = load_file(tmp_path / "ok" / "model.safetensors")
+
+    missing = tmp_path / "missing"
+    model.save_pretrained(missing)
+    save_file({k: v for k, v in weights.items() if "fc_in.weight" not in k}, missing / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"weights do not match the config .*missing keys: \['layers.0.mlp.fc_in"):
+        BlossomRecModel.from_pretrained(missing)
+    loaded = BlossomRecModel.from_pretrained(missing, strict=False)  # the caller asked: loads, with a warning
+    assert loaded.config.vocab_size == model.config.vocab_size
+
+    full = tmp_path / "full"  # blossom weights under a config saying attention_type: full
+    model.save_pretrained(full)
+    config = json.loads((full / "config.json").read_text())
+    config["attention_type"] = "full"
+    (full / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"attention_type='full'.*unexpected keys: \['layers.0.self_attn.compressor"):
+        BlossomRecModel.from_pretrained(full)
+    BlossomRecModel.from_pretrained(tmp_path / "ok")  # a complete checkpoint loads

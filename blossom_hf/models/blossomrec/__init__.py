@@ -7,6 +7,7 @@ from .item_vocabulary import ItemVocabulary, UnknownItemError
 from .modeling_blossomrec import BlossomRecModel, BlossomRecOutput, BlossomRecPreTrainedModel, Recommendations
 from .registry import (
     AttentionBackend,
+    BlossomAttentionKwargs,
     available_attention_backends,
     list_attention_backends,
     register_attention_backend,
@@ -16,6 +17,7 @@ from .registry import (
 __all__ = [
     "AttentionBackend",
     "BLOSSOMREC_FORMAT_VERSION",
+    "BlossomAttentionKwargs",
     "BlossomPattern",
     "BlossomRecConfig",
     "BlossomRecModel",

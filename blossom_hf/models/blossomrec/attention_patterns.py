@@ -1,11 +1,12 @@
-"""The key sets of BlossomRec attention (docs MODEL.md), written once and shared by every backend.
+"""The key sets of BlossomRec attention (docs/MODEL.md, "LTIS" and "STIS"), written once and shared by every
+backend.
 
 Every function here assumes *compacted* histories: the model moves the real items of each row to the
 front (positions ``0 .. length-1``, padding after them) before the first layer, so "position 0" is the
 first real item, block boundaries count from it, and a real query ``t`` only ever sees keys ``j <= t``,
 which are all real. Padded query rows (``t >= length``) must come out as exact zeros.
 
-Notation (MODEL.md): ``b`` block size, ``l`` compression window, ``n`` selected blocks, ``W`` STIS
+Notation (docs/MODEL.md, "Symbols"): ``b`` block size, ``l`` compression window, ``n`` selected blocks, ``W`` STIS
 window, ``S`` sinks, ``M = L // b`` compression windows, ``g = H / G`` query heads per kv head.
 
 * STIS key set of query ``t``: ``{t - d : d in offsets, t - d >= 0} | {first S positions <= t}`` with
@@ -31,7 +32,10 @@ __all__ = [
     "stis_dense_mask",
     "ltis_window_keys",
     "ltis_eligibility",
+    "ltis_scores",
     "ltis_select",
+    "ltis_top_windows",
+    "ltis_block_index",
     "ltis_key_index",
     "ltis_dense_mask",
     "masked_softmax",
@@ -75,51 +79,74 @@ def stis_offsets(window: int, seq_len: int) -> list[int]:
     return sorted(offsets)
 
 
+def _stis_table(
+    positions: torch.Tensor, window: int, num_sinks: int, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """STIS gather table of the queries at ``positions [..., Q]``: ``index, valid [..., Q, K]``."""
+    offsets = torch.tensor(stis_offsets(window, seq_len), dtype=torch.long, device=positions.device)
+    t = positions[..., None]
+    off_keys = t - offsets  # [..., Q, K_off]
+    off_valid = off_keys >= 0
+    sinks = torch.arange(min(num_sinks, seq_len), device=positions.device)
+    sink_keys = sinks.expand(*positions.shape, -1)  # [..., Q, S]
+    # A sink already reached through an offset is not counted twice (the key set is a set).
+    covered = ((t - sink_keys)[..., None] == offsets).any(dim=-1)
+    sink_valid = (sink_keys <= t) & ~covered
+    index = torch.cat([off_keys, sink_keys], dim=-1)
+    valid = torch.cat([off_valid, sink_valid], dim=-1)
+    return index.clamp_min(0), valid
+
+
 @lru_cache(maxsize=64)
 def _stis_key_index_cpu(seq_len: int, window: int, num_sinks: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Built outside inference mode: a cached inference tensor could not be saved for a later backward.
     with torch.inference_mode(False):
-        return _build_stis_key_index(seq_len, window, num_sinks)
-
-
-def _build_stis_key_index(seq_len: int, window: int, num_sinks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    offsets = torch.tensor(stis_offsets(window, seq_len), dtype=torch.long)
-    t = torch.arange(seq_len)
-    off_keys = t[:, None] - offsets[None, :]  # [L, K_off]
-    off_valid = off_keys >= 0
-    sinks = torch.arange(min(num_sinks, seq_len))
-    sink_keys = sinks[None, :].expand(seq_len, -1)  # [L, S]
-    # A sink already reached through an offset is not counted twice (the key set is a set).
-    covered = torch.isin(t[:, None] - sink_keys, offsets)
-    sink_valid = (sink_keys <= t[:, None]) & ~covered
-    index = torch.cat([off_keys, sink_keys], dim=1)
-    valid = torch.cat([off_valid, sink_valid], dim=1)
-    return index.clamp_min(0), valid
+        return _stis_table(torch.arange(seq_len), window, num_sinks, seq_len)
 
 
 def stis_key_index(
-    seq_len: int, window: int, num_sinks: int, device: torch.device | str = "cpu"
+    seq_len: int,
+    window: int,
+    num_sinks: int,
+    device: torch.device | str = "cpu",
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """STIS keys of every query as a gather table: ``index [L, K]`` (long) and ``valid [L, K]`` (bool).
+    """STIS keys as a gather table: ``index`` (long) and ``valid`` (bool), ``[L, K]`` for every query, or
+    ``[..., Q, K]`` for the queries at ``positions [..., Q]`` (the serving path scores one query per row).
 
     ``K = len(stis_offsets) + num_sinks``; invalid slots point at position 0 and must be masked.
     """
+    if positions is not None:
+        return _stis_table(positions, int(window), int(num_sinks), int(seq_len))
+    if torch.compiler.is_compiling():  # no Python-side cache inside a traced graph
+        return _stis_table(torch.arange(seq_len, device=device), int(window), int(num_sinks), int(seq_len))
     index, valid = _stis_key_index_cpu(int(seq_len), int(window), int(num_sinks))
     return index.to(device), valid.to(device)
 
 
-def stis_dense_mask(seq_len: int, window: int, num_sinks: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The STIS key set as a dense ``[L, L]`` boolean mask (True = attend), built from the gather table."""
-    index, valid = stis_key_index(seq_len, window, num_sinks, device)
+def stis_dense_mask(
+    seq_len: int,
+    window: int,
+    num_sinks: int,
+    device: torch.device | str = "cpu",
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The STIS key set as a dense boolean mask (True = attend): ``[L, L]``, or ``[..., Q, L]`` at ``positions``."""
+    index, valid = stis_key_index(seq_len, window, num_sinks, device, positions)
     return _scatter_mask(index, valid, seq_len)
 
 
 # --------------------------------------------------------------------------------------------------
 # LTIS
 # --------------------------------------------------------------------------------------------------
-def query_is_real(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """``[B, L]`` bool: position ``t`` holds a real item (compacted layout)."""
-    return torch.arange(seq_len, device=lengths.device)[None, :] < lengths[:, None]
+def _positions(seq_len: int, device: torch.device, positions: torch.Tensor | None) -> torch.Tensor:
+    """Query positions ``[B|1, Q]``: the given ones, or every position ``0..L-1`` as ``[1, L]``."""
+    return torch.arange(seq_len, device=device)[None, :] if positions is None else positions
+
+
+def query_is_real(lengths: torch.Tensor, seq_len: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, L]`` (or ``[B, Q]`` at ``positions``) bool: the query holds a real item (compacted layout)."""
+    return _positions(seq_len, lengths.device, positions) < lengths[:, None]
 
 
 def ltis_window_keys(key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
@@ -141,20 +168,22 @@ def ltis_window_keys(key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomP
     return windows.permute(0, 1, 2, 4, 3)
 
 
-def ltis_eligibility(lengths: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:
-    """``[B, L, M]`` bool: window ``w`` is eligible for query ``t``.
+def ltis_eligibility(
+    lengths: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[B, Q, M]`` bool (``Q = L`` without ``positions``): window ``w`` is eligible for query ``t``.
 
     Eligible iff the window ends strictly before ``t`` (``w*b + b - 1 < t``), its selection block holds
     at least one real item, and ``t`` itself is real.
     """
     num_windows = seq_len // block_size
     device = lengths.device
-    t = torch.arange(seq_len, device=device)
+    t = _positions(seq_len, device, positions)  # [B|1, Q]
     w = torch.arange(num_windows, device=device)
-    ends_before = (w[None, :] * block_size + block_size - 1) < t[:, None]  # [L, M]
+    ends_before = (w * block_size + block_size - 1) < t[..., None]  # [B|1, Q, M]
     block_real = (w[None, :] * block_size) < lengths[:, None]  # [B, M]
-    real_query = query_is_real(lengths, seq_len)  # [B, L]
-    return ends_before[None] & block_real[:, None, :] & real_query[:, :, None]
+    real_query = t < lengths[:, None]  # [B, Q]
+    return ends_before & block_real[:, None, :] & real_query[:, :, None]
 
 
 def ltis_scores(query: torch.Tensor, compressed_key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -169,6 +198,27 @@ def ltis_scores(query: torch.Tensor, compressed_key: torch.Tensor, scaling: floa
     return scaling * torch.matmul(q_mean, compressed_key.float().transpose(-1, -2))
 
 
+def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the ``n`` largest entries of ``ranked [..., M]`` (``-inf`` = ineligible), by decreasing value,
+    ties to the larger index; ``-1`` where fewer than ``n`` entries are finite."""
+    num_windows = ranked.shape[-1]
+    if torch.compiler.is_compiling():
+        # Traced graphs (torch.compile/export, ONNX) use top-k over w reversed: ONNX's TopK puts the lower index
+        # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
+        order = ranked.flip(-1).topk(min(n, num_windows), dim=-1).indices
+    else:
+        # Stable descending sort over w reversed: among equal scores the larger w comes first.
+        order = torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :n]
+    order = (num_windows - 1) - order
+    top = torch.gather(ranked, -1, order)
+    selected = torch.where(torch.isfinite(top), order, torch.full_like(order, -1))
+    if selected.shape[-1] < n:
+        pad = torch.full((*selected.shape[:-1], n - selected.shape[-1]), -1, dtype=torch.long,
+                         device=selected.device)
+        selected = torch.cat([selected, pad], dim=-1)
+    return selected
+
+
 def ltis_select(
     query: torch.Tensor,
     compressed_key: torch.Tensor,
@@ -176,62 +226,79 @@ def ltis_select(
     scaling: float,
     pattern: BlossomPattern,
     selected_blocks: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-n block selection of MODEL.md (steps 3-5).
+    positions: torch.Tensor | None = None,
+    with_probs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Top-n block selection of docs/MODEL.md ("LTIS", steps 3-5).
 
-    Returns ``selected [B, G, L, n]`` (long, ``-1`` = no block; slots sorted by decreasing score) and
-    ``selected_prob [B, G, L, n]`` (fp32 ``p`` of each selected window, differentiable, 0 for empty slots).
+    Returns ``selected [B, G, Q, n]`` (long, ``-1`` = no block; slots sorted by decreasing score) and
+    ``selected_prob [B, G, Q, n]`` (fp32 ``p`` of each selected window, differentiable, 0 for empty slots).
+    ``query [B, H, Q, D]`` holds every position (``Q = L``) or the queries at ``positions [B, Q]``; the key
+    length ``L`` is read from ``compressed_key`` (``M = L // b`` windows) and ``lengths``.
     ``selected_blocks`` overrides the selection (used to compare backends on one selection); its
-    probabilities are still taken from this function's ``p``.
+    probabilities are still taken from this function's ``p``. ``with_probs=False`` skips ``p`` (returns ``None``
+    for it): inference needs only the selection.
     """
     batch, groups, num_windows, _ = compressed_key.shape
-    seq_len = query.shape[2]
+    num_queries = query.shape[2]
+    seq_len = num_queries if positions is None else num_windows * pattern.block_size
     n = pattern.num_selected_blocks
-    eligible = ltis_eligibility(lengths, seq_len, pattern.block_size)[:, None]  # [B, 1, L, M]
     if num_windows == 0:
-        empty = torch.full((batch, groups, seq_len, n), -1, dtype=torch.long, device=query.device)
-        return empty, torch.zeros(empty.shape, dtype=torch.float32, device=query.device)
+        empty = torch.full((batch, groups, num_queries, n), -1, dtype=torch.long, device=query.device)
+        return empty, torch.zeros(empty.shape, dtype=torch.float32, device=query.device) if with_probs else None
+    eligible = ltis_eligibility(lengths, seq_len, pattern.block_size, positions)[:, None]  # [B, 1, Q, M]
     z = ltis_scores(query, compressed_key, scaling)
-    probs = masked_softmax(z, eligible)  # [B, G, L, M]
     if selected_blocks is None:
-        ranked = z.masked_fill(~eligible, float("-inf"))
-        # Stable descending sort over w reversed: among equal scores the larger w comes first.
-        order = torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices
-        order = (num_windows - 1) - order[..., :n]
-        top = torch.gather(ranked, -1, order)
-        selected = torch.where(torch.isfinite(top), order, torch.full_like(order, -1))
-        if selected.shape[-1] < n:
-            pad = torch.full((*selected.shape[:-1], n - selected.shape[-1]), -1, dtype=torch.long,
-                             device=selected.device)
-            selected = torch.cat([selected, pad], dim=-1)
+        selected = ltis_top_windows(z.masked_fill(~eligible, float("-inf")), n)
     else:
         selected = selected_blocks.to(device=query.device, dtype=torch.long)
+    if not with_probs:
+        return selected, None
+    probs = masked_softmax(z, eligible)  # [B, G, Q, M]
     selected_prob = torch.gather(probs, -1, selected.clamp_min(0)) * (selected >= 0)
     return selected, selected_prob
 
 
-def ltis_key_index(selected: torch.Tensor, seq_len: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """LTIS fine keys of every query as a gather table.
+def ltis_block_index(
+    selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LTIS fine keys of every query, block by block.
 
-    Returns ``index [B, G, L, (n+1)*b]`` and ``valid`` of the same shape. Slots ``0..b-1`` are the own
-    block ``c*b + i`` (valid when ``<= t``), then ``b`` slots per selected block (valid when selected).
+    Returns ``blocks [B, G, Q, n+1]`` (the own block ``c = t // b`` first, then the selected blocks; ``-1``
+    = none) and ``valid [B, G, Q, (n+1)*b]``: key ``i`` of block slot ``s`` is attended. Own-block keys
+    ``c*b + i`` are valid when ``<= t``, keys of a selected block when the slot holds a block.
     """
     device = selected.device
-    t = torch.arange(seq_len, device=device)
+    t = _positions(seq_len, device, positions)[:, None, :, None]  # [B|1, 1, Q, 1]
     i = torch.arange(block_size, device=device)
-    own = (t // block_size * block_size)[:, None] + i[None, :]  # [L, b]
-    own_valid = own <= t[:, None]
-    sel = selected[..., None] * block_size + i  # [B, G, L, n, b]
-    sel_valid = (selected >= 0)[..., None].expand_as(sel)
-    batch, groups = selected.shape[:2]
-    index = torch.cat([own.expand(batch, groups, -1, -1), sel.flatten(-2)], dim=-1)
-    valid = torch.cat([own_valid.expand(batch, groups, -1, -1), sel_valid.flatten(-2)], dim=-1)
+    own = t // block_size  # [B|1, 1, Q, 1]
+    batch, groups, num_queries = selected.shape[:3]
+    blocks = torch.cat([own.expand(batch, groups, num_queries, 1), selected], dim=-1)
+    own_valid = (own * block_size + i) <= t  # [B|1, 1, Q, b]
+    sel_valid = (selected >= 0).repeat_interleave(block_size, dim=-1)  # [B, G, Q, n*b]
+    valid = torch.cat([own_valid.expand(batch, groups, num_queries, block_size), sel_valid], dim=-1)
+    return blocks, valid
+
+
+def ltis_key_index(
+    selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LTIS fine keys of every query as a gather table.
+
+    Returns ``index [B, G, Q, (n+1)*b]`` and ``valid`` of the same shape. Slots ``0..b-1`` are the own
+    block ``c*b + i`` (valid when ``<= t``), then ``b`` slots per selected block (valid when selected).
+    """
+    blocks, valid = ltis_block_index(selected, seq_len, block_size, positions)
+    i = torch.arange(block_size, device=selected.device)
+    index = (blocks[..., None] * block_size + i).flatten(-2)
     return index.clamp(0, seq_len - 1), valid
 
 
-def ltis_dense_mask(selected: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:
-    """The LTIS fine key set as a dense ``[B, G, L, L]`` boolean mask (True = attend)."""
-    index, valid = ltis_key_index(selected, seq_len, block_size)
+def ltis_dense_mask(
+    selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend)."""
+    index, valid = ltis_key_index(selected, seq_len, block_size, positions)
     return _scatter_mask(index, valid, seq_len)
 
 

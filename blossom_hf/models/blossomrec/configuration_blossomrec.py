@@ -1,7 +1,9 @@
-"""BlossomRec configuration: every hyper-parameter of MODEL.md as a typed, validated field."""
+"""BlossomRec configuration: every hyper-parameter of docs/MODEL.md ("Symbols") as a typed, validated field."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 
 from transformers import PreTrainedConfig
@@ -14,6 +16,19 @@ BLOSSOMREC_FORMAT_VERSION = 1
 
 _ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new", "gelu_pytorch_tanh")
 _ATTENTION_TYPES = ("blossom", "full")
+
+#: Extra keyword arguments transformers itself passes to a config (from config.json, from_pretrained or the
+#: PreTrainedConfig constructor); every other unknown name is refused, so a typo never goes unnoticed.
+_TRANSFORMERS_KWARGS = frozenset({
+    "auto_map", "model_type", "name_or_path", "torch_dtype", "num_labels", "output_attentions",
+    "attn_implementation", "experts_implementation", "per_layer_config", "rope_scaling", "custom_pipelines",
+    "use_cache", "tie_word_embeddings", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
+    "tokenizer_class", "prefix", "task_specific_params", "finetuning_task", "cross_attention_hidden_size",
+    "add_cross_attention", "tie_encoder_decoder", "is_decoder", "pruned_heads", "torchscript", "base_model_tp_plan",
+    "base_model_pp_plan", "quantization_config", "use_return_dict", "transformers_version", "architectures",
+    "output_hidden_states", "return_dict", "dtype", "chunk_size_feed_forward", "is_encoder_decoder", "id2label",
+    "label2id", "problem_type", "peft_config",
+})
 
 
 class BlossomRecConfig(PreTrainedConfig):
@@ -73,8 +88,30 @@ class BlossomRecConfig(PreTrainedConfig):
     blossomrec_format_version: int = BLOSSOMREC_FORMAT_VERSION
 
     def __post_init__(self, **kwargs):
+        self._refuse_unknown(kwargs)
         self._validate_fields()
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def _refuse_unknown(cls, kwargs: dict) -> None:
+        """An unknown keyword (a typo such as ``stis_windw=16``) raises, naming the closest valid field."""
+        try:
+            from transformers import GenerationConfig
+
+            generation = set(GenerationConfig._get_default_generation_params())
+        except (ImportError, AttributeError):  # pragma: no cover - other transformers versions
+            generation = set()
+        unknown = [k for k in kwargs if k not in _TRANSFORMERS_KWARGS and k not in generation and not k.startswith("_")]
+        if not unknown:
+            return
+        fields = [f.name for f in dataclasses.fields(cls)]
+        name = unknown[0]
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"BlossomRecConfig has no field {name!r}: {hint}valid fields are "
+            f"{sorted(f for f in fields if f in cls.__annotations__)}"
+        )
 
     # ------------------------------------------------------------------------------------------------
     @property

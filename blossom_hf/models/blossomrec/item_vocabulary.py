@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
+from numbers import Integral, Real
 from pathlib import Path
 
 VOCABULARY_FILE = "item_vocabulary.json"
@@ -143,11 +144,77 @@ class ItemVocabulary:
         return cls(range(1, num_items + 1))
 
 
-def as_histories(histories: Sequence[RawId] | Sequence[Sequence[RawId]]) -> list[list[RawId]]:
-    """Accept one history (a flat list) or a batch of histories."""
-    if isinstance(histories, str | bytes) or not isinstance(histories, Sequence | Iterable):
-        raise TypeError("histories must be a list of item ids or a list of such lists")
+def _raw_id(value, row: int | None) -> RawId:
+    """One raw id as a Python int or str; numpy/torch integer scalars become int. Floats, bools and other types
+    are refused (an id is never reinterpreted: 7.0 is not item 7)."""
+    where = "" if row is None else f"history {row}: "
+    if _is_zero_dim(value):
+        value = value.item()  # numpy scalar / 0-d tensor -> Python scalar
+    if isinstance(value, bool):
+        raise TypeError(f"{where}item id {value!r} is a bool; item ids are integers or strings")
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        raise TypeError(
+            f"{where}item id {value!r} is a {type(value).__name__}; pass integer or string ids (e.g. "
+            "history.astype(int) for a float column read from a table with missing values)"
+        )
+    raise TypeError(f"{where}item id {value!r} has type {type(value).__name__}; item ids are integers or strings")
+
+
+def _is_zero_dim(value) -> bool:
+    return hasattr(value, "dtype") and hasattr(value, "item") and tuple(getattr(value, "shape", (1,))) == ()
+
+
+def _rows_of_array(histories) -> list | None:
+    """A numpy array or torch tensor of ids as nested Python lists (None for anything else)."""
+    if type(histories).__module__.split(".")[0] not in ("numpy", "torch") or not hasattr(histories, "tolist"):
+        return None
+    dtype = str(histories.dtype)
+    if "float" in dtype or "complex" in dtype or "bool" in dtype:
+        raise TypeError(
+            f"histories hold {dtype} values; item ids are integers or strings (convert with .astype(int) / .long())"
+        )
+    ndim = histories.ndim if hasattr(histories, "ndim") else histories.dim()
+    if ndim not in (1, 2):
+        raise ValueError(f"an array of histories must be 1-D (one history) or 2-D (one per row), got {ndim}-D")
+    rows = histories.tolist()
+    return [rows] if ndim == 1 else rows
+
+
+def as_histories(histories) -> list[list[RawId]]:
+    """Accept one history (a flat list, 1-D numpy array or tensor of raw ids) or a batch of histories (a list of
+    those, or a 2-D array with one history per row). Every id comes back as a Python int or str."""
+    if isinstance(histories, Mapping):
+        raise TypeError(
+            "histories is a mapping; pass a list of histories (e.g. list(histories.values()), keeping the user "
+            "order yourself)"
+        )
+    if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
+        raise TypeError(
+            f"histories must be a list of item ids or a list of such lists, got {type(histories).__name__}"
+        )
+    rows = _rows_of_array(histories)
+    if rows is not None:
+        return [[_raw_id(x, row) for x in history] for row, history in enumerate(rows)]
     items = list(histories)
-    if items and all(isinstance(x, int | str) for x in items):
-        return [items]
-    return [list(h) for h in items]
+    if all(_is_scalar_id(x) for x in items):
+        return [[_raw_id(x, 0) for x in items]] if items else []
+    out = []
+    for row, history in enumerate(items):
+        if isinstance(history, Mapping) or isinstance(history, str | bytes) or not isinstance(history, Iterable):
+            raise TypeError(
+                f"history {row} is a {type(history).__name__}, not a list of item ids (mixing ids and lists of ids?)"
+            )
+        array_rows = _rows_of_array(history)
+        if array_rows is not None and len(array_rows) != 1:
+            raise ValueError(f"history {row} is a 2-D array; each history must be 1-D")
+        values = array_rows[0] if array_rows is not None else list(history)
+        out.append([_raw_id(x, row) for x in values])
+    return out
+
+
+def _is_scalar_id(value) -> bool:
+    return isinstance(value, int | str | float) or _is_zero_dim(value)

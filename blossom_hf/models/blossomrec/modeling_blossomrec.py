@@ -1,7 +1,7 @@
 """BlossomRec: a SASRec-style post-LN transformer recommender whose attention is BlossomRec's
 LTIS + STIS sparse attention (arXiv 2512.13368; docs/MODEL.md), with swappable attention backends.
 
-Layout of the model (MODEL.md):
+Layout of the model (docs/MODEL.md, "Backbone"):
 
     h0 = Dropout(LayerNorm(E[items]))
     per layer:  h = LayerNorm(h + Dropout(Attention(h)));  h = LayerNorm(h + Dropout(FFN(h)))
@@ -10,12 +10,22 @@ Layout of the model (MODEL.md):
 Histories may be left- or right-padded (item 0 = padding). The model moves the real items of every row
 to the front ("compaction"), keeps the most recent ``max_history_length`` of them, runs the layers, and
 maps the hidden states back to the input positions. So RoPE positions and LTIS blocks count from the
-first real item, and left and right padding give the same scores.
+first real item, and left and right padding give the same scores (docs/MODEL.md, "Padding").
+
+Serving path (docs/MODEL.md, "Serving"): ``forward(..., output_last_hidden_state=False)`` and ``recommend()``
+need only the scores of the last real position, so the last layer computes attention, FFN and scores for that
+one query per row (keys, values and compressed keys still cover the history). Training and the default
+``forward`` keep every position.
+
+Input checks (:func:`validate_input_ids`) run in eager mode; under ``torch.compile``/``torch.export`` the forward
+is free of data-dependent Python checks and the compacted length is static (``min(L, max_history_length)``);
+call :meth:`BlossomRecModel.validate_inputs` yourself before a compiled/exported model if inputs are untrusted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +38,14 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
+# importing the backend files registers "eager", "sdpa" and "triton" (each file holds its own registration)
+from .attention_eager import eager_attention_forward  # noqa: F401
 from .attention_patterns import BlossomPattern, ltis_window_keys
-from .attention_triton import triton_attention_forward  # noqa: F401  (importing it registers "triton")
+from .attention_sdpa import sdpa_attention_forward  # noqa: F401
+from .attention_triton import triton_attention_forward  # noqa: F401
 from .configuration_blossomrec import BlossomRecConfig
 from .item_vocabulary import VOCABULARY_FILE, ItemVocabulary, as_histories
-from .registry import get_attention_function, resolve_attention_backend
+from .registry import get_attention_backend, resolve_attention_backend
 
 try:
     from transformers import initialization as init
@@ -53,7 +66,8 @@ class BlossomRecOutput(ModelOutput):
         logits: ``[B, vocab_size]`` scores of every item for the last real position of each history
             (column 0, padding, is ``-inf``).
         last_hidden_state: ``[B, L, hidden]`` user states aligned with the input positions (zeros at padding
-            and at items dropped because the history was longer than the window).
+            and at items dropped because the history was longer than the window); ``None`` on the serving path
+            (``output_last_hidden_state=False``).
         hidden_states: per-layer states (embedding output first) in the compacted layout, if asked.
     """
 
@@ -158,27 +172,47 @@ class BlossomRecAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor,
         lengths: torch.Tensor,
+        pattern: BlossomPattern,
+        query_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``[B, L, d]`` in, ``[B, Q, d]`` out: every position, or the queries at ``query_positions [B, Q]``
+        (keys, values and compressed keys always cover all ``L`` positions)."""
         batch, seq_len, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rotary
         key = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rotary
-        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        key = apply_rotary(key, cos, sin)
+        if query_positions is None:
+            query_states, q_cos, q_sin = hidden_states, cos, sin
+        else:
+            query_states = _take_positions(hidden_states, query_positions)
+            q_cos, q_sin = cos[query_positions][:, None], sin[query_positions][:, None]  # [B, 1, Q, D]
+        num_queries = query_states.shape[1]
+        query = self.q_proj(query_states).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        query = apply_rotary(query, q_cos, q_sin)
 
-        pattern = BlossomPattern.from_config(self.config)
         extra = {"lengths": lengths, "pattern": pattern, "compressed_key": None, "gate": None}
+        if query_positions is not None:
+            extra["query_positions"] = query_positions
         if self.config.attention_type == "blossom":
             extra["compressed_key"] = self.compressor(key, lengths, pattern)
-            gate = torch.sigmoid(self.gate_proj(hidden_states).float())  # [B, L, 2H]
-            extra["gate"] = gate.view(batch, seq_len, self.num_heads, 2).transpose(1, 2)
+            gate = torch.sigmoid(self.gate_proj(query_states).float())  # [B, Q, 2H]
+            extra["gate"] = gate.view(batch, num_queries, self.num_heads, 2).transpose(1, 2)
 
-        attention_interface = get_attention_function(self.config._attn_implementation)
+        attention_interface = get_attention_backend(self.config._attn_implementation).function
         attn_output, _ = attention_interface(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **extra
         )
-        attn_output = attn_output.reshape(batch, seq_len, -1).to(hidden_states.dtype)
+        attn_output = attn_output.reshape(batch, num_queries, -1).to(hidden_states.dtype)
         return self.o_proj(attn_output)
+
+
+def _take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x [B, L, d]`` at ``positions [B, Q]`` -> ``[B, Q, d]``."""
+    return torch.gather(x, 1, positions[..., None].expand(-1, -1, x.shape[-1]))
+
+
+_FULL_LAYER_NOTED: set[str] = set()
 
 
 class BlossomRecFeedForward(nn.Module):
@@ -203,9 +237,33 @@ class BlossomRecLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, rotary, attention_mask, lengths) -> torch.Tensor:
-        attn = self.self_attn(hidden_states, rotary, attention_mask, lengths)
-        hidden_states = self.attn_norm(hidden_states + self.dropout(attn))
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor,
+        pattern: BlossomPattern,
+        query_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L, d]``, or ``[B, Q, d]`` for the queries at ``query_positions`` (serving path)."""
+        if query_positions is None:
+            attn = self.self_attn(hidden_states, rotary, attention_mask, lengths, pattern)
+            residual = hidden_states
+        else:
+            residual = _take_positions(hidden_states, query_positions)
+            name = self.self_attn.config._attn_implementation
+            if get_attention_backend(name).query_subset:
+                attn = self.self_attn(hidden_states, rotary, attention_mask, lengths, pattern, query_positions)
+            else:  # the backend computes every position: keep the queried ones (documented, logged once)
+                if name not in _FULL_LAYER_NOTED and not torch.compiler.is_compiling():
+                    _FULL_LAYER_NOTED.add(name)
+                    logger.warning(
+                        "attention backend %r has no query_subset support: the serving path runs its last layer's "
+                        "attention at every position (FFN and scores still only at the last one)", name)
+                attn = _take_positions(self.self_attn(hidden_states, rotary, attention_mask, lengths, pattern),
+                                       query_positions)
+        hidden_states = self.attn_norm(residual + self.dropout(attn))
         return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
 
 
@@ -236,6 +294,7 @@ def validate_input_ids(input_ids: torch.Tensor, vocab_size: int, attention_mask:
         raise ValueError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}")
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)})")
+    input_ids = input_ids.long()  # uint8/int16 ids would wrap around in the comparison with vocab_size
     bad = (input_ids < 0) | (input_ids >= vocab_size)
     if bool(bad.any()):
         row, col = (int(i) for i in bad.nonzero()[0])
@@ -262,15 +321,22 @@ def validate_input_ids(input_ids: torch.Tensor, vocab_size: int, attention_mask:
     return real
 
 
-def compact_histories(input_ids: torch.Tensor, real: torch.Tensor, window: int) -> CompactedBatch:
-    """Move real items to the front (stable) and keep the most recent ``window`` of each row."""
+def compact_histories(input_ids: torch.Tensor, real: torch.Tensor, window: int, static: bool = False) -> CompactedBatch:
+    """Move real items to the front (stable) and keep the most recent ``window`` of each row.
+
+    The compacted width is the longest kept history (eager), or ``min(L, window)`` with ``static=True`` (no
+    data-dependent shape: used under ``torch.compile``/``torch.export``; the extra slots are padding).
+    """
     batch, in_len = input_ids.shape
     device = input_ids.device
     total = real.sum(dim=1)
-    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+    # real items first, each group in input order: the sort keys are unique, so no stable sort is needed
+    # (aten.sort.stable has no ONNX form)
+    key = torch.where(real, 0, in_len) + torch.arange(in_len, device=device)
+    order = torch.argsort(key, dim=1)
     drop = (total - window).clamp_min(0)
     lengths = total - drop
-    out_len = int(lengths.max())
+    out_len = min(in_len, window) if static else int(lengths.max())
     slots = torch.arange(out_len, device=device)[None, :]
     valid = slots < lengths[:, None]
     source = torch.gather(order, 1, (slots + drop[:, None]).clamp_max(in_len - 1))
@@ -286,6 +352,8 @@ class BlossomRecPreTrainedModel(PreTrainedModel):
     base_model_prefix = "blossomrec"
     main_input_name = "input_ids"
     _supports_sdpa = True
+    #: BlossomRec's own backends by name, plus functions registered with transformers' AttentionInterface for
+    #: attention_type="full" (registry.py)
     _supports_attention_backend = True
     _no_split_modules = ["BlossomRecLayer"]
 
@@ -315,19 +383,22 @@ class BlossomRecPreTrainedModel(PreTrainedModel):
     def _check_and_adjust_attn_implementation(
         self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
     ) -> str:
-        return resolve_attention_backend(attn_implementation)
+        return resolve_attention_backend(attn_implementation, self.config.attention_type)
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        return resolve_attention_backend(requested_attention)
+        return resolve_attention_backend(requested_attention, self.config.attention_type)
 
     def set_attn_implementation(self, attn_implementation: str, allow_all_kernels: bool = False) -> None:
-        """Switch the attention backend at run time ("eager", "sdpa", "triton", or a registered name).
+        """Switch the attention backend at run time ("eager", "sdpa", "triton", a name registered with
+        ``blossom_hf.register_attention_backend``, or, for ``attention_type="full"``, a function registered with
+        ``transformers.AttentionInterface``). Availability is checked here, once.
 
         The weights are untouched: the scores change only by floating-point rounding.
         """
         if isinstance(attn_implementation, dict):
             attn_implementation = attn_implementation.get("", self.config._attn_implementation)
-        self.config._attn_implementation_internal = resolve_attention_backend(attn_implementation)
+        self.config._attn_implementation_internal = resolve_attention_backend(
+            attn_implementation, self.config.attention_type)
 
 
 class BlossomRecModel(BlossomRecPreTrainedModel):
@@ -354,14 +425,28 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         self.item_embeddings = value
 
     # ----------------------------------------------------------------------------------------------
-    def encode(self, compact: CompactedBatch, output_hidden_states: bool = False):
-        """Run the layers on a compacted batch; returns ``hidden [B, Lc, d]`` (and all layer states)."""
+    def validate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The checks ``forward`` runs in eager mode (shape, dtype, id range, empty rows, mask agreement); returns
+        ``real [B, L]``. Call it before a ``torch.compile``d or exported model, which skips them."""
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        return validate_input_ids(input_ids, self.config.vocab_size, attention_mask)
+
+    def encode(self, compact: CompactedBatch, output_hidden_states: bool = False, last_only: bool = False):
+        """Run the layers on a compacted batch; returns ``hidden [B, Lc, d]`` (and all layer states).
+
+        With ``last_only`` the last layer computes only the last real position of each row and ``hidden`` is
+        ``[B, 1, d]`` (the serving path; ``output_hidden_states`` then holds the earlier layers only).
+        """
+        pattern = BlossomPattern.from_config(self.config)
         hidden = self.embedding_dropout(self.embedding_norm(self.item_embeddings(compact.input_ids)))
         rotary = self.rotary(hidden.shape[1], hidden.device)
         states = [hidden] if output_hidden_states else None
-        for layer in self.layers:
-            hidden = layer(hidden, rotary, compact.valid, compact.lengths)
-            if states is not None:
+        last_index = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            positions = (compact.lengths - 1)[:, None] if last_only and index == last_index else None
+            hidden = layer(hidden, rotary, compact.valid, compact.lengths, pattern, positions)
+            if states is not None and positions is None:
                 states.append(hidden)
         return hidden, states
 
@@ -383,6 +468,7 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_logits: bool = True,
+        output_last_hidden_state: bool = True,
         **kwargs,
     ) -> BlossomRecOutput | tuple:
         """Score the next item after each history.
@@ -391,27 +477,38 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
             input_ids: ``[B, L]`` item indices, 0 = padding (left, right or both).
             attention_mask: optional ``[B, L]``; must mark exactly the non-zero items.
             labels: ``[B]`` next item of each history (loss at the last position, RecBole style) or
-                ``[B, L]`` next item at every position (0 or -100 = no target).
+                ``[B, L]`` next item at every position. Entries are item indices ``1..vocab_size-1``, or 0 /
+                -100 for "no target"; anything else raises, and so do labels without any target.
             return_logits: set False to skip the ``[B, vocab_size]`` scores (e.g. when a training loop
                 computes its own chunked or sampled loss from ``last_hidden_state``).
+            output_last_hidden_state: set False (without labels) for the serving path: the last layer computes
+                only the last real position of each row and ``last_hidden_state`` is ``None``.
         """
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
             input_ids = input_ids[None]
-        real = validate_input_ids(input_ids, self.config.vocab_size, attention_mask)
-        compact = compact_histories(input_ids, real, self.config.max_history_length)
+        compiling = torch.compiler.is_compiling()
+        if compiling:  # no data-dependent checks inside a graph (validate_inputs() does them)
+            real = input_ids != 0
+        else:
+            real = validate_input_ids(input_ids, self.config.vocab_size, attention_mask)
+        input_ids = input_ids.long()
+        compact = compact_histories(input_ids, real, self.config.max_history_length, static=compiling)
         output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
                                     else self.config.output_hidden_states)
-        hidden, states = self.encode(compact, output_hidden_states)
+        serving = labels is None and not output_last_hidden_state and not output_hidden_states
+        hidden, states = self.encode(compact, output_hidden_states, last_only=serving)
 
         batch_index = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[batch_index, compact.lengths - 1]
+        last = hidden[:, 0] if serving else hidden[batch_index, compact.lengths - 1]
         needs_logits = return_logits or (labels is not None and labels.dim() == 1)
         logits = self.score_items(last) if needs_logits else None
         loss = None if labels is None else self._loss(hidden, last, logits, compact, labels, input_ids.shape)
 
-        aligned = hidden.new_zeros(input_ids.shape[0], input_ids.shape[1], hidden.shape[-1])
-        rows = batch_index[:, None].expand_as(compact.source)
-        aligned[rows[compact.valid], compact.source[compact.valid]] = hidden[compact.valid]
+        aligned = None
+        if not serving:  # hidden states back at their input positions (a spare column takes the padding slots)
+            in_len, width = input_ids.shape[1], hidden.shape[-1]
+            target = torch.where(compact.valid, compact.source, in_len)[..., None].expand(-1, -1, width)
+            aligned = hidden.new_zeros(input_ids.shape[0], in_len + 1, width).scatter(1, target, hidden)[:, :in_len]
         output = BlossomRecOutput(
             loss=loss, logits=logits, last_hidden_state=aligned,
             hidden_states=tuple(states) if states is not None else None,
@@ -423,7 +520,15 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
     def _loss(self, hidden, last, logits, compact: CompactedBatch, labels: torch.Tensor, input_shape) -> torch.Tensor:
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError("labels must be an integer tensor of item indices")
-        labels = labels.to(hidden.device)
+        labels = labels.to(hidden.device).long()
+        vocab_size = self.config.vocab_size
+        bad = ((labels < 0) & (labels != _IGNORE_INDEX)) | (labels >= vocab_size)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"label {int(labels[where])} at {list(where)} is not an item index: labels must be in "
+                f"[1, {vocab_size}) or 0 / {_IGNORE_INDEX} for 'no target'"
+            )
         if labels.dim() == 1 and labels.shape[0] == input_shape[0]:
             targets, scores = labels, logits
         elif tuple(labels.shape) == tuple(input_shape):
@@ -436,8 +541,11 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
                 f"got {tuple(labels.shape)}"
             )
         targets = torch.where(targets > 0, targets, _IGNORE_INDEX)
-        if bool((targets >= self.config.vocab_size).any()):
-            raise ValueError(f"a label is outside the vocabulary [1, {self.config.vocab_size})")
+        if not bool((targets != _IGNORE_INDEX).any()):
+            raise ValueError(
+                "labels hold no target (every entry is 0 or -100, or sits at a padded/dropped position): the loss "
+                "would be NaN; drop this batch or give at least one next-item label"
+            )
         return F.cross_entropy(scores.float(), targets, ignore_index=_IGNORE_INDEX)
 
     # ----------------------------------------------------------------------------------------------
@@ -453,13 +561,16 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         """Top-``k`` next items for each history of raw item ids (oldest first).
 
         Args:
-            histories: one history (a list of raw ids) or a list of histories.
+            histories: one history (a list, or a 1-D numpy array / torch tensor, of raw ids) or a list of
+                histories (or a 2-D array: one history per row). Ids are ints or strings; floats are refused.
             k: how many items to return per history.
-            exclude_seen: drop items already in the history from the ranking.
+            exclude_seen: drop every item of the history (all of it, not only the window the model reads) from
+                the ranking; fewer than ``k`` items come back when fewer remain.
             unknown: "error" (default) raises on a raw id the vocabulary does not know; "skip" drops it.
-            batch_size: histories scored per forward pass.
+            batch_size: histories scored per forward pass (a positive integer).
 
-        Without ``model.vocabulary`` the ids are model indices (1..vocab_size-1).
+        Without ``model.vocabulary`` the ids are model indices (1..vocab_size-1). Runs the serving path (the last
+        layer computes the last position only). Raises ValueError if the model produces NaN/inf scores.
         """
         batch = as_histories(histories)
         if not batch:
@@ -467,6 +578,8 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
         num_items = self.config.num_items
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_items:
             raise ValueError(f"k must be an integer in [1, {num_items}], got {k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         vocab = self.vocabulary
         encoded = []
         for row, history in enumerate(batch):
@@ -482,8 +595,9 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
                     raise ValueError(f"history {row}: item index {outside[0]} is outside 1..{num_items}")
             if not indices:
                 raise ValueError(f"history {row} is empty" + (" after skipping unknown ids" if history else ""))
-            encoded.append(indices[-self.config.max_history_length:])
+            encoded.append(indices)
 
+        window = self.config.max_history_length
         was_training = self.training
         self.eval()
         results: list[Recommendations] = []
@@ -491,14 +605,17 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
             device = self.item_embeddings.weight.device
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start:start + batch_size]
-                width = max(len(h) for h in chunk)
-                ids = torch.zeros(len(chunk), width, dtype=torch.long)
-                for i, h in enumerate(chunk):
-                    ids[i, : len(h)] = torch.tensor(h)
-                ids = ids.to(device)
-                scores = self(input_ids=ids).logits.float()
-                if exclude_seen:
-                    scores.scatter_(1, ids, float("-inf"))
+                ids = _padded([h[-window:] for h in chunk]).to(device)
+                scores = self(input_ids=ids, output_last_hidden_state=False).logits.float()
+                finite = torch.isfinite(scores[:, 1:]).all(dim=1)
+                if not bool(finite.all()):
+                    row = start + int((~finite).nonzero()[0])
+                    raise ValueError(
+                        f"the model produced NaN/inf scores for history {row}: its weights are probably not finite "
+                        "(check the checkpoint, e.g. a diverged training run); no ranking is returned"
+                    )
+                if exclude_seen:  # the whole history, not only the window the model read
+                    scores.scatter_(1, _padded(chunk).to(device), float("-inf"))
                 top = scores.topk(k, dim=1)
                 for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                     kept = [(i, v) for i, v in zip(indices, values, strict=True) if v != float("-inf")]
@@ -598,18 +715,28 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
             )  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
         """``PreTrainedModel.from_pretrained`` (safetensors only) plus the item vocabulary when present.
 
+        Args:
+            strict: a checkpoint whose weights do not match the model exactly (a missing tensor would be left at
+                its random init; an unexpected one, e.g. blossom weights under ``attention_type: full``, means the
+                config and the weights disagree) raises ValueError listing the keys. ``strict=False`` loads anyway
+                and logs a warning.
+
         Raises:
+            FileNotFoundError: a local path that does not exist (and cannot be a Hub repo id).
             OSError: ``model.safetensors`` is damaged (truncated download, corrupted header); the message names
                 the file and how to get a good copy.
-            ValueError: the config is invalid or from a newer format version, or ``item_vocabulary.json`` is
-                unreadable or does not fit the weights (``vocab_size`` != items + 1).
+            ValueError: the config is invalid or from a newer format version, the weights do not match the config
+                (``strict``), or ``item_vocabulary.json`` is unreadable or does not fit the weights.
         """
+        _check_local_path(pretrained_model_name_or_path)
         kwargs.setdefault("use_safetensors", True)
+        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
         except Exception as err:
             if type(err).__name__ != "SafetensorError":
                 raise
@@ -622,6 +749,8 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
                 "If it was downloaded, download it again (from_pretrained(..., force_download=True), or delete it "
                 "from the Hugging Face cache); if it was exported locally, export the checkpoint again."
             ) from err
+        _check_loading_info(pretrained_model_name_or_path, model, info, strict,
+                            ignore_mismatched=bool(kwargs.get("ignore_mismatched_sizes")))
         vocabulary = _load_vocabulary(pretrained_model_name_or_path, kwargs)
         if vocabulary is not None and len(vocabulary) + 1 != model.config.vocab_size:
             raise ValueError(
@@ -629,7 +758,50 @@ class BlossomRecModel(BlossomRecPreTrainedModel):
                 f"vocab_size is {model.config.vocab_size} (items + 1 for padding): the files do not belong together"
             )
         model.vocabulary = vocabulary
-        return model
+        return (model, info) if wants_info else model
+
+
+def _padded(rows: list[list[int]]) -> torch.Tensor:
+    """Right-padded ``[len(rows), longest]`` long tensor of index lists (0 = padding)."""
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids
+
+
+def _check_local_path(path_or_repo) -> None:
+    """A path that cannot be a Hub repo id ("name" or "org/name") and does not exist: say so in one line."""
+    text = os.fspath(path_or_repo) if isinstance(path_or_repo, os.PathLike) else str(path_or_repo)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise NotADirectoryError(f"{text} is a file; from_pretrained needs the checkpoint folder that holds it")
+        return
+    parts = text.replace("\\", "/").split("/")
+    looks_local = (isinstance(path_or_repo, os.PathLike) or text.startswith((".", "/", "~")) or len(parts) > 2
+                   or "\\" in text or any(not p for p in parts))
+    if looks_local:
+        raise FileNotFoundError(
+            f"no checkpoint folder at {text}: check the path (a Hugging Face Hub id has the form 'org/name')"
+        )
+
+
+def _check_loading_info(source, model: BlossomRecModel, info: dict, strict: bool, ignore_mismatched: bool) -> None:
+    """Missing, unexpected or mismatched weights: ValueError (strict) or a warning (the load report)."""
+    problems = []
+    kinds = ("missing_keys", "unexpected_keys") + (() if ignore_mismatched else ("mismatched_keys",))
+    for kind in kinds:
+        keys = sorted(str(k) for k in (info.get(kind) or ()))
+        if keys:
+            problems.append(f"{kind.replace('_', ' ')}: {keys[:6]}{' ...' if len(keys) > 6 else ''}")
+    if not problems:
+        return
+    message = (f"{source}: the weights do not match the config (attention_type={model.config.attention_type!r}); "
+               + "; ".join(problems))
+    if strict:
+        raise ValueError(message + ". Re-export the checkpoint, fix config.json, or pass strict=False to load anyway "
+                         "(missing weights keep their random init)")
+    logger.warning("%s (strict=False: loaded anyway, missing weights keep their random init)", message)
 
 
 def _load_vocabulary(path_or_repo, kwargs: dict) -> ItemVocabulary | None:

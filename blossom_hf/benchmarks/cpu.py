@@ -1,0 +1,209 @@
+"""CPU serving benchmark: ``recommend()`` and ``forward`` latency/throughput of BlossomRec vs the dense baseline.
+
+``python -m blossom_hf.benchmarks.cpu`` (or ``blossom-hf benchmark cpu``). For every history length L and batch
+size B it builds a BlossomRec model (``attention_type="blossom"``) and the dense baseline (``"full"``) with the
+same width and random weights (ML-1M catalogue by default), and times, in one process and interleaved
+(A B A B ...), so that the machine's load hits every variant alike:
+
+* ``recommend``: ``model.recommend(histories, k=10)`` on B raw histories of L items (the serving path);
+* ``forward``: ``model(input_ids)`` under ``torch.inference_mode`` (every position's hidden state).
+
+for the backends ``sdpa`` and ``eager`` of each model. The eager backend materialises ``[B, H, L, L]`` scores:
+cells whose scores would exceed ``--eager-max-elements`` are skipped and marked so. Medians of ``--repeats``
+timed calls after one warm-up call; threads as set with ``--threads`` (default: torch's current setting).
+Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``). No number here is asserted by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+HELP = "CPU serving benchmark: recommend()/forward latency of BlossomRec vs the dense model (sdpa, eager)"
+
+VARIANTS = (("blossom", "sdpa"), ("full", "sdpa"), ("blossom", "eager"), ("full", "eager"))
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "load_average": load,
+    }
+
+
+def _build(attention_type: str, length: int, vocab_size: int, seed: int):
+    from blossom_hf import BlossomRecConfig, BlossomRecModel
+
+    torch.manual_seed(seed)
+    config = BlossomRecConfig(vocab_size=vocab_size, attention_type=attention_type, max_history_length=length,
+                              hidden_dropout_prob=0.0)
+    return BlossomRecModel(config).eval()
+
+
+def _time(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall-clock and process CPU milliseconds of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - start) * 1000.0, (time.process_time() - cpu) * 1000.0
+
+
+def run(
+    lengths: list[int],
+    batch_sizes: list[int],
+    modes: list[str],
+    repeats: int = 5,
+    vocab_size: int = 3707,
+    eager_max_elements: int = 1 << 28,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Time every (mode, L, B, model, backend) cell; returns one record per cell (``median_ms`` None = skipped)."""
+    records: list[dict] = []
+    cells = [(length, batch) for length in lengths for batch in batch_sizes]
+    generator = torch.Generator().manual_seed(seed)
+    for length, batch in tqdm(cells, desc="cpu benchmark", disable=not progress):
+        models = {kind: _build(kind, length, vocab_size, seed) for kind in ("blossom", "full")}
+        heads = models["blossom"].config.num_attention_heads
+        ids = torch.randint(1, vocab_size, (batch, length), generator=generator)
+        histories = ids.tolist()
+        for mode in modes:
+            calls: dict[tuple[str, str], Callable[[], object]] = {}
+            skipped: dict[tuple[str, str], str] = {}
+            for kind, backend in VARIANTS:
+                if backend == "eager" and batch * heads * length * length > eager_max_elements:
+                    skipped[(kind, backend)] = f"eager [B, H, L, L] scores > {eager_max_elements} elements"
+                    continue
+                model = models[kind]
+
+                def call(model=model, backend=backend, mode=mode, histories=histories, ids=ids, batch=batch):
+                    model.set_attn_implementation(backend)
+                    with torch.inference_mode():
+                        if mode == "recommend":
+                            return model.recommend(histories, k=10, batch_size=max(batch, 1))
+                        return model(input_ids=ids)
+
+                calls[(kind, backend)] = call
+            times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in calls}
+            for key, call in calls.items():  # warm-up (and a first estimate of the cost)
+                times[key].append(_time(call))
+            slowest = max((t[0][0] for t in times.values()), default=0.0)
+            reps = repeats if slowest < 4000 else max(2, min(repeats, 3))
+            for key in times:
+                times[key].clear()
+            for _ in range(reps):
+                for key, call in calls.items():
+                    times[key].append(_time(call))
+            for kind, backend in VARIANTS:
+                key = (kind, backend)
+                record = {"mode": mode, "length": length, "batch": batch, "model": kind, "backend": backend}
+                if key in times:
+                    wall = [t[0] for t in times[key]]
+                    median = statistics.median(wall)
+                    record.update(median_ms=round(median, 3), min_ms=round(min(wall), 3), repeats=len(wall),
+                                  cpu_median_ms=round(statistics.median(t[1] for t in times[key]), 3),
+                                  histories_per_s=round(batch / (median / 1000.0), 2))
+                else:
+                    record.update(median_ms=None, skipped=skipped[key])
+                records.append(record)
+                logger.info("%s", record)
+    return records
+
+
+def markdown_table(records: list[dict]) -> str:
+    """One row per (mode, L, B): median ms of each variant and blossom/full ratios per backend."""
+    rows: dict = {}
+    for r in records:
+        rows.setdefault((r["mode"], r["length"], r["batch"]), {})[(r["model"], r["backend"])] = r
+    header = ("| mode | L | B | blossom sdpa ms (min) | full sdpa ms (min) | blossom/full sdpa, median (min) | "
+              "blossom eager ms (min) | full eager ms (min) | blossom/full eager, median (min) | "
+              "blossom sdpa histories/s |")
+    lines = [header, "|" + "---|" * 10]
+
+    def fmt(r):
+        return "skipped" if r is None or r.get("median_ms") is None else f"{r['median_ms']:.2f} ({r['min_ms']:.2f})"
+
+    def ratio(a, b):
+        if a is None or b is None or a.get("median_ms") is None or b.get("median_ms") is None:
+            return "-"
+        return f"{a['median_ms'] / b['median_ms']:.2f} ({a['min_ms'] / b['min_ms']:.2f})"
+
+    for (mode, length, batch), cell in rows.items():
+        bs, fs = cell.get(("blossom", "sdpa")), cell.get(("full", "sdpa"))
+        be, fe = cell.get(("blossom", "eager")), cell.get(("full", "eager"))
+        throughput = "-" if bs is None or bs.get("median_ms") is None else f"{bs['histories_per_s']:.1f}"
+        lines.append(f"| {mode} | {length} | {batch} | {fmt(bs)} | {fmt(fs)} | {ratio(bs, fs)} | {fmt(be)} | "
+                     f"{fmt(fe)} | {ratio(be, fe)} | {throughput} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blossom-hf benchmark cpu", description=HELP)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 1024, 2048, 4096])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--modes", nargs="+", choices=("recommend", "forward"), default=["recommend", "forward"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: as set)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median reported)")
+    parser.add_argument("--vocab-size", type=int, default=3707, help="items + 1 (default: the ML-1M catalogue)")
+    parser.add_argument("--eager-max-elements", type=int, default=1 << 28,
+                        help="skip the eager backend where B*H*L*L exceeds this (its L x L scores)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the records and the machine here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    for name in ("lengths", "batch_sizes"):
+        if any(v < 1 for v in getattr(args, name)):
+            raise ValueError(f"--{name.replace('_', '-')} must be positive integers, got {getattr(args, name)}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    machine = _machine()
+    started = time.time()
+    records = run(args.lengths, args.batch_sizes, args.modes, repeats=args.repeats, vocab_size=args.vocab_size,
+                  eager_max_elements=args.eager_max_elements, seed=args.seed, progress=not args.no_progress)
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    table = markdown_table(records)
+    sys.stdout.write(table)
+    command = "python -m blossom_hf.benchmarks.cpu " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.markdown is not None:
+        args.markdown.write_text(table, encoding="utf-8")
+    if args.json is not None:
+        payload = {"command": command.strip(), "machine": machine, "seconds": round(time.time() - started, 1),
+                   "records": records}
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        tmp.replace(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
