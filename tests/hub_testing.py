@@ -80,7 +80,8 @@ def tiny_training_run(output_dir: Path, csv_path: Path, epochs: int = 1, **confi
         output_dir, rec, num_train_epochs=epochs, per_device_train_batch_size=16, use_cpu=True,
         disable_tqdm=True, bf16=False, dataloader_pin_memory=False, save_total_limit=1,
     )  # fmt: skip
-    record = run_training(data, model, output_dir, rec, args, command=["scripts/train.py", "--dataset", str(csv_path)])
+    command = ["blossom-hf", "train", "--dataset", str(csv_path)]
+    record = run_training(data, model, output_dir, rec, args, command=command)
     return model, record
 
 

@@ -25,7 +25,7 @@ def test_card_metrics_are_reproduced_by_evaluate(card):
     evaluation = metrics.get("evaluation") or {}
     subset = evaluation.get("subset")
     assert subset, f"{card.name}: metrics.json lacks the evaluate.py subset check (export with --evaluation-subset)"
-    assert evaluation.get("splits"), f"{card.name}: card metrics were not re-computed by scripts/evaluate.py"
+    assert evaluation.get("splits"), f"{card.name}: card metrics were not re-computed by blossom-hf evaluate"
     preset = metrics["data"]["source"]["preset"]
     if not (SHARED_DATA / DATASET_FILES[preset]).is_dir():
         pytest.skip(f"{preset} data not present at {SHARED_DATA}")

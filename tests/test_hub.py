@@ -267,6 +267,14 @@ def test_export_command(tiny_run, tmp_path):
         with pytest.raises(BlossomUserError, match="ONNX export is unavailable"):
             export_command.main([str(root / "run"), str(tmp_path / "y"), "--onnx", str(tmp_path / "m.onnx")])
         assert not (tmp_path / "y").exists(), "refused before any work"
+    elif importlib.util.find_spec("onnxruntime") is not None:
+        onnx_file = tmp_path / "onnx" / "m.onnx"
+        assert export_command.main([str(root / "run"), str(tmp_path / "y"), "--onnx", str(onnx_file)]) == 0
+        assert onnx_file.stat().st_size > 0 and (tmp_path / "y" / "config.json").is_file()
+        assert not [p for p in onnx_file.parent.iterdir() if p != onnx_file], "no staging file left beside it"
+        with pytest.raises(FileExistsError, match="overwrite"):
+            export_command.main([str(root / "run"), str(tmp_path / "z"), "--onnx", str(onnx_file)])
+        assert not (tmp_path / "z").exists(), "refused before any work"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 
 from ..errors import BlossomUserError
@@ -67,20 +66,14 @@ def require_onnx_export() -> None:
                                "module); export without --onnx")  # fmt: skip
 
 
-def export_onnx_file(model, path: Path) -> Path:
-    """``blossom_hf.serving.export_onnx(model, path)``, written beside ``path`` and renamed into place."""
+def export_onnx_file(model, path: Path, overwrite: bool = False) -> Path:
+    """``blossom_hf.serving.export_onnx``: the scoring path as ONNX, staged and renamed, top-10 checked in
+    onnxruntime against PyTorch."""
     require_onnx_export()
     from .. import serving
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        serving.export_onnx(model, partial)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return path
+    return serving.export_onnx(model, path, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         require_onnx_export()  # before any work
         if Path(args.onnx).resolve().is_relative_to(Path(args.target).resolve()):
             raise BlossomUserError(f"--onnx {args.onnx} lies inside the Hub folder {args.target}; write it elsewhere")
+        if Path(args.onnx).exists() and not args.overwrite:
+            raise FileExistsError(f"--onnx {args.onnx} exists; pass --overwrite to replace it")
     metrics = load_metrics(run_dir)
     if args.evaluation:
         metrics = merge_evaluation(metrics, args.evaluation)
@@ -119,5 +114,5 @@ def main(argv: list[str] | None = None) -> int:
     LOGGER.info("Wrote %s (%d files, %.1f MB); check it with: blossom-hf recommend --model %s ITEM_ID ...",
                 folder, len(list(folder.iterdir())), total / 1e6, folder)  # fmt: skip
     if args.onnx:
-        LOGGER.info("Wrote %s", export_onnx_file(model, Path(args.onnx)))
+        LOGGER.info("Wrote %s", export_onnx_file(model, Path(args.onnx), overwrite=args.overwrite))
     return 0

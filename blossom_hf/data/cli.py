@@ -12,7 +12,7 @@ from .spec import DataSpec
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, dataset_default: str | None) -> None:
-    """Options shared with scripts/evaluate.py: where the interactions are and how to read them."""
+    """Options shared with `blossom-hf evaluate`: where the interactions are and how to read them."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset",
@@ -53,7 +53,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_default: str | N
     group.add_argument(
         "--no-download", action="store_true", help="never download a missing preset: fail with where it was looked for"
     )
-    prep = parser.add_argument_group("preprocessing (PROTOCOL.md order: dedupe, rating, k-core, time order, ids)")
+    prep = parser.add_argument_group("preprocessing (docs/PROTOCOL.md order: dedupe, rating, k-core, time order, ids)")
     prep.add_argument(
         "--dedupe",
         default="none",

@@ -224,7 +224,9 @@ def load_interactions(
         interactions.source.update({"path": text, "local_copy": str(local)})
         return interactions
     path = Path(text).expanduser()
-    if path.is_file():
+    if path.is_file() or (path.is_dir() and format in ("auto", "parquet") and readers.part_files(path)):
+        # a folder of Parquet part files (as Spark/polars/Ray write a table or per-user sequences) is one file to
+        # the readers; any other folder is a `datasets` folder
         return formats.load_interactions(path, format, **file_options)
     if path.is_dir() or (_HUB_ID.match(text) and not text.lower().endswith(_TABLE_SUFFIXES)):
         return _load_with_datasets(text, path.is_dir(), split, cache_dir, columns)

@@ -1,4 +1,4 @@
-"""Top-K metrics from the rank of a single target per user (``PROTOCOL.md``, "Ranking and metrics").
+"""Top-K metrics from the rank of a single target per user (``docs/PROTOCOL.md``, "Ranking and metrics").
 
 With rank ``r`` (1 = best) of the one held-out item and cut-off ``K``:
 

@@ -12,7 +12,7 @@
 #    passes, "sdpa" otherwise (said in the log, never silently);
 # 2. the DDP demonstration: torchrun on 2 GPUs, no code change (ML-100K, 3 epochs);
 # 3. scripts/dev/run_results.sh with the runs spread over $GPUS, each run capped at $TIME_LIMIT minutes;
-# 4. the bundled checkpoints exported from seed-1 runs (scripts/export_checkpoint.py);
+# 4. the bundled checkpoints exported from seed-1 runs (blossom-hf export);
 # 5. the Triton-trained ML-1M checkpoint evaluated on the CPU with the sdpa backend.
 # Results are packed into a few archives under $OUT as they are ready.
 set -uo pipefail
@@ -67,7 +67,7 @@ stamp "exports"
 for spec in "ml1m-L200-blossom-s1 blossomrec-ml1m" "beauty-L50-blossom-s1 blossomrec-beauty" \
             "video-games-L50-blossom-s1 blossomrec-video-games"; do
     set -- $spec
-    python3 scripts/export_checkpoint.py "$R/$1" "$OUT/model_cards/$2" --repo-id "blossom-hf/$2" \
+    python3 -m blossom_hf export "$R/$1" "$OUT/model_cards/$2" --repo-id "blossom-hf/$2" \
         >> "$OUT/export.log" 2>&1 || echo "export of $1 failed" >> "$OUT/export.log"
 done
 (cd "$OUT" && tar czf cards_ml1m_beauty.tar.gz model_cards/blossomrec-ml1m model_cards/blossomrec-beauty export.log)
