@@ -199,3 +199,22 @@ def test_interrupt_and_os_errors_are_one_line(monkeypatch, capsys):
     with pytest.raises(KeyboardInterrupt):
         monkeypatch.setattr(train_command, "main", interrupted)
         cli.main(["--debug", "train"])
+
+
+def test_dense_model_never_defaults_to_the_triton_backend(monkeypatch):
+    """On a CUDA machine the default for BlossomRec training is triton, but the dense attention_type='full' model
+    (which triton does not implement) gets sdpa; an explicit choice is always kept (found on the GPU: the dense
+    baseline crashed with the triton default)."""
+    import importlib.util
+
+    import torch
+
+    from blossom_hf.commands.options import resolve_attn_implementation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "a test GPU")
+    assert resolve_attn_implementation(None, True, attention_type="full") == "sdpa"
+    assert resolve_attn_implementation("eager", True, attention_type="full") == "eager"
+    expected = "triton" if importlib.util.find_spec("triton") is not None else "sdpa"
+    assert resolve_attn_implementation(None, True, attention_type="blossom") == expected
+    assert resolve_attn_implementation(None, True, use_cpu=True, attention_type="blossom") == "sdpa"

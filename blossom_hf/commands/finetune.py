@@ -151,8 +151,11 @@ def _run(argv: list[str] | None):
     if not data_args.dataset:
         raise BlossomUserError("--dataset is required: a preset name or an interaction file")
     spec = data_args.to_spec()
-    attn = resolve_attn_implementation(run_args.attn_implementation, True, training_args.use_cpu)
-    pretrained = load_pretrained(args, attn)
+    pretrained = load_pretrained(args, run_args.attn_implementation)
+    attn = resolve_attn_implementation(run_args.attn_implementation, True, training_args.use_cpu,
+                                       pretrained.config.attention_type)  # fmt: skip
+    if pretrained.config._attn_implementation != attn:
+        pretrained.set_attn_implementation(attn)
     data = spec.load()
     output_dir.mkdir(parents=True, exist_ok=True)
     mapping, mapping_info = build_mapping(args, output_dir)

@@ -249,13 +249,19 @@ def namespace_to(cls: type, namespace: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-def resolve_attn_implementation(requested: str | None, for_training: bool, use_cpu: bool = False) -> str:
-    """The backend to use: the requested one, else ``triton`` for training on a CUDA GPU where Triton imports, else
-    ``sdpa``. The choice is logged."""
+def resolve_attn_implementation(
+    requested: str | None, for_training: bool, use_cpu: bool = False, attention_type: str = "blossom"
+) -> str:
+    """The backend to use: the requested one, else ``triton`` for training BlossomRec on a CUDA GPU where Triton
+    imports, else ``sdpa`` (which runs the dense ``attention_type="full"`` model through FlashAttention on a GPU).
+    The choice is logged."""
     if requested:
         return requested
     import torch
 
+    if attention_type == "full":
+        logger.info("attention backend: sdpa (attention_type='full': dense causal attention)")
+        return "sdpa"
     if for_training and torch.cuda.is_available() and not use_cpu:
         try:
             import triton  # noqa: F401

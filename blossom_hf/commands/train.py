@@ -86,7 +86,9 @@ def _run(argv: list[str] | None):
         "max_history_length": window,
         "attention_type": model_args.attention_type,
         "ltis_straight_through": model_args.straight_through == "on",
-        "attn_implementation": resolve_attn_implementation(run_args.attn_implementation, True, args.use_cpu),
+        "attn_implementation": resolve_attn_implementation(
+            run_args.attn_implementation, True, args.use_cpu, overrides.get("attention_type", model_args.attention_type)
+        ),
     }
     config_values.update(overrides)
     torch.manual_seed(args.seed)
