@@ -3,6 +3,7 @@ a folder outside the repository with only the installed wheel importable as blos
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -59,3 +60,10 @@ def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
                             cwd=work, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines()[-1].startswith("blossom-hf train: error: ")
+
+    # README's first command: recommendations from the bundled ML-1M checkpoint, shipped inside the wheel
+    assert any(n.endswith("checkpoints/blossomrec-ml1m/model.safetensors") for n in names)
+    assert wheel.stat().st_size < 15_000_000, f"the wheel is {wheel.stat().st_size / 1e6:.1f} MB"
+    recs = json.loads(_run([command, "recommend", "1", "1196", "260", "--json"], work, env).stdout)
+    assert recs["model"] == "bundled:blossomrec-ml1m" and len(recs["recommendations"]) == 10
+    assert recs["recommendations"][0]["rank"] == 1
