@@ -300,3 +300,14 @@ def test_finetune_script_clear_errors(finetune_setup, capsys):
     err = capsys.readouterr().err
     assert status == 2 and "--export-dir" in err and "holds no earlier export" in err and err.count("\n") == 1
     assert not (root / "z" / "checkpoint-1").exists() and not (root / "z" / "metrics.json").exists()
+
+
+def test_finetune_command_refuses_swapped_catalogues(finetune_setup):
+    """`--map-titles NEW OLD` (the wrong way round) stops before any training, naming the catalogues."""
+    root, _, log, old_catalog, new_catalog = finetune_setup
+    output = root / "ft-swapped"
+    with pytest.raises(ValueError) as raised:
+        finetune_command.run(_finetune_argv(root, log, output, "--map-titles", str(new_catalog), str(old_catalog)))
+    message = str(raised.value)
+    assert "\n" not in message and ("catalog" in message.lower() or "map-titles" in message), message
+    assert not (output / "metrics.json").exists() and not (output / "hub").exists()

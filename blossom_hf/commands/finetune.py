@@ -111,14 +111,16 @@ def load_pretrained(args: FinetuneArguments, attn_implementation: str | None):
     return model
 
 
-def build_mapping(args: FinetuneArguments, output_dir: Path) -> tuple[list[tuple[str, str]] | None, dict | None]:
-    from ..catalogs import build_title_mapping
-    from ..finetuning import read_item_mapping, write_item_mapping
+def build_mapping(
+    args: FinetuneArguments, output_dir: Path, old_vocabulary, new_vocabulary
+) -> tuple[list[tuple[str, str]] | None, dict | None]:
+    from ..finetuning import read_item_mapping, title_mapping_for, write_item_mapping
 
     if args.mapping:
         return read_item_mapping(args.mapping), {"source": "file", "file": Path(args.mapping).name}
     if args.map_titles:
-        match = build_title_mapping(*args.map_titles)
+        # refuses catalogues given the wrong way round (OLD must list the pretrained model's items)
+        match = title_mapping_for(*args.map_titles, old_vocabulary, new_vocabulary)
         path = write_item_mapping(match.pairs, output_dir / "item_mapping.tsv")
         LOGGER.info(
             "Title mapping: %d of %d new catalogue items matched (%.1f%%), %.1f%% of the old catalogue covered; "
@@ -158,8 +160,8 @@ def _run(argv: list[str] | None):
         pretrained.set_attn_implementation(attn)
     data = spec.load()
     output_dir.mkdir(parents=True, exist_ok=True)
-    mapping, mapping_info = build_mapping(args, output_dir)
     new_vocabulary = data.item_vocabulary()
+    mapping, mapping_info = build_mapping(args, output_dir, pretrained.vocabulary, new_vocabulary)
 
     if args.from_scratch:
         torch.manual_seed(training_args.seed)
