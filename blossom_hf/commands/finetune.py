@@ -142,7 +142,7 @@ def _run(argv: list[str] | None):
     import torch
 
     from ..finetuning import remap_item_vocabulary
-    from ..hub import CardOptions, export_hub_folder
+    from ..hub import CardOptions, export_hub_folder, finetuning_section
     from ..training import run_training
 
     training_args = training_arguments(raw, rec, run_args)
@@ -205,37 +205,6 @@ def _run(argv: list[str] | None):
         export_hub_folder(model, export_dir, record, card_options=options, overwrite=True)
         LOGGER.info("Hub folder: %s", export_dir)
     return record, run_args
-
-
-def finetuning_section(finetuning: dict[str, Any]) -> str:
-    """The card's "Fine-tuning" section."""
-    base = finetuning["base_model"]
-    if finetuning.get("from_scratch"):
-        return (f"Trained from scratch with the architecture of `{base}` (random weights, no transfer), as the "
-                "baseline for the fine-tuned model trained the same way on the same data.")  # fmt: skip
-    vocab = finetuning["vocabulary"]
-    mapping = finetuning.get("mapping") or {"source": "identity"}
-    if mapping["source"] == "titles":
-        stages = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in mapping["stages"].items())
-        matching = (f"by title and year: {mapping['matched_new_items']} of {mapping['new_items']} catalogue items "
-                    f"matched ({100 * mapping['match_rate']:.1f}%; {stages}), {mapping['ambiguous_new']} "
-                    f"ambiguous and {mapping['unmatched_new']} unmatched left out")  # fmt: skip
-    elif mapping["source"] == "file":
-        matching = f"by the mapping file `{mapping['file']}` ({vocab['mapping_pairs']} pairs)"
-    else:
-        matching = "by raw id (equal ids are the same item)"
-    lines = [
-        f"Fine-tuned from `{base}`: every encoder weight starts from the pretrained model; the item embedding "
-        "was carried over to this dataset's items.",
-        "",
-        f"- {vocab['new_items']} items in the new data: {vocab['shared']} ({100 * vocab['shared_fraction']:.1f}%) "
-        f"shared with the pretrained vocabulary kept their embeddings, {vocab['initialised']} were initialised "
-        f"N(0, {vocab['init_std']}).",
-        f"- Pretrained items without data here: {vocab['old_kept']} kept, {vocab['old_dropped']} dropped "
-        f"(of {vocab['old_items']}).",
-        f"- Items matched {matching}.",
-    ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
