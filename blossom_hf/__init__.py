@@ -23,6 +23,7 @@ from .models.blossomrec import (
     register_attention_backend,
     unregister_attention_backend,
 )
+from .tables import recommend_table
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ AutoConfig.register(BlossomRecConfig.model_type, BlossomRecConfig, exist_ok=True
 AutoModel.register(BlossomRecConfig, BlossomRecModel, exist_ok=True)
 
 __all__ = [
+    "recommend_table",
     "AttentionBackend",
     "BLOSSOMREC_FORMAT_VERSION",
     "BlossomAttentionKwargs",

@@ -189,8 +189,8 @@ def as_histories(histories) -> list[list[RawId]]:
     those, or a 2-D array with one history per row). Every id comes back as a Python int or str."""
     if isinstance(histories, Mapping):
         raise TypeError(
-            "histories is a mapping; pass a list of histories (e.g. list(histories.values()), keeping the user "
-            "order yourself)"
+            "histories is a mapping; pass a list of histories, or use blossom_hf.recommend_table(model, "
+            "{user: history, ...}) for user-keyed input and a table of results"
         )
     if isinstance(histories, str | bytes) or not isinstance(histories, Iterable):
         raise TypeError(
