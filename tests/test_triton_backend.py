@@ -60,6 +60,7 @@ from blossom_hf.models.blossomrec.attention_triton import (  # noqa: E402
     triton_availability,
     triton_blossom_attention,
     triton_ltis_select,
+    triton_serving_attention,
 )
 from blossom_hf.models.blossomrec.triton_common import interpret_requested  # noqa: E402
 
@@ -104,11 +105,12 @@ def _close(actual, expected, name, rtol=1e-4, atol=1e-5):
 
 
 def _compare(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths=None, dtype=torch.float32,
-             rtol=1e-4, atol=1e-5, strategy="auto"):
+             rtol=1e-4, atol=1e-5, strategy="auto", geometry=None):
     q, k, v, ck, gate, lengths = _inputs(gen, batch, heads, groups, seq_len, head_dim, pattern, lengths, dtype)
     scaling = head_dim**-0.5
     selected, _ = triton_ltis_select(q, ck, lengths, scaling=scaling, pattern=pattern)
-    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern, strategy=strategy)
+    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern, strategy=strategy,
+                                   geometry=geometry)
     assert out.dtype == dtype and out.shape == q.shape
     # reference in fp32 from the same (possibly low-precision) values, with the kernel's selection
     ref_inputs = [x.detach().float().requires_grad_() for x in (q, k, v, ck, gate)]
@@ -172,6 +174,19 @@ def test_fp16_and_bf16(generator, strategy):
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
     _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.float16, rtol=1e-2, atol=1e-2, strategy=strategy)
     _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.bfloat16, rtol=1e-2, atol=1e-2, strategy=strategy)
+
+
+@pytest.mark.parametrize("variant", [dict(BNQ=32, BN=16, warps_bwd_q=4), dict(BN=64, num_warps=2), dict(BM=4, R=16)])
+@needs_interpreter
+def test_tile_geometry_variants_match_eager(generator, variant):
+    """The tuning knobs of the dense-tile kernels (TritonGeometry) change speed only: key tiles of 16, 32 or 64
+    in either kernel, 4-query tiles (the selection's dq then in its own kernel)."""
+    import dataclasses
+
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3,
+                             stis_num_sinks=1)
+    geometry = dataclasses.replace(plan(4, 1, 37, 16, pattern, strategy="tile"), **variant)
+    _compare(generator, 2, 4, 1, 37, 16, pattern, geometry=geometry)
 
 
 def test_plan_picks_the_strategy_by_length():
@@ -301,3 +316,72 @@ def test_clear_errors(generator):
             triton_blossom_attention(q, k, v, ck, gate, lengths, **call)
     finally:
         mp.undo()
+
+
+SERVING_CASES = {**CASES, "two_window_tiles": (2, 4, 2, 160, 16, dict(block_size=2, num_selected_blocks=3,
+                                                                     stis_window=2))}
+
+
+@pytest.mark.parametrize("case", ["gqa2_g2", "g4_sinks", "odd_block_dim24_sinks", "g8_b2_many_windows",
+                                  "two_window_tiles"])
+@needs_interpreter
+def test_serving_kernels_match_eager_at_given_positions(generator, case):
+    """``triton_serving_attention``: the selection and gathered forward kernels for queries at given positions
+    (two per row, in any order, one of them padding) against ``eager_blossom_attention(positions=...)``; 80
+    windows make two window tiles in the selection."""
+    batch, heads, groups, seq_len, head_dim, kwargs = SERVING_CASES[case]
+    pattern = BlossomPattern(compression_window=2 * kwargs["block_size"], **kwargs)
+    q, k, v, ck, gate, lengths = _inputs(generator, batch, heads, groups, seq_len, head_dim, pattern)
+    q, k, v, ck, gate = (x.detach() for x in (q, k, v, ck, gate))
+    lengths[-1] = max(1, seq_len // 2)
+    positions = torch.stack([lengths - 1, torch.randint(0, seq_len, (batch,), generator=generator)], 1)
+    positions[-1, 1] = seq_len - 1  # padding position (length L/2): exact zeros
+    rows = torch.arange(batch)[:, None]
+    sub = lambda x: x[rows, :, positions].transpose(1, 2)  # noqa: E731  [B, H, Q, *]
+    scaling = head_dim**-0.5
+    got = triton_serving_attention(sub(q), k, v, ck, sub(gate), lengths, positions, scaling=scaling, pattern=pattern)
+    want = eager_blossom_attention(sub(q), k, v, ck, sub(gate), lengths, scaling=scaling, pattern=pattern,
+                                   positions=positions)
+    assert got.shape == (batch, heads, 2, head_dim)
+    _close(got, want, "serving output")
+    assert bool((got[-1, :, 1] == 0).all()), "a padding position must give exact zeros"
+
+
+@pytest.mark.parametrize("seq_len", [1, 9, 40])
+@needs_interpreter
+def test_serving_path_matches_eager(generator, seq_len, monkeypatch):
+    """The serving path (last layer at the last real position only, ``query_positions``) on triton against
+    eager on the same weights: scores and top-k; the triton backend really runs its serving kernels there."""
+    from blossom_hf.models.blossomrec import attention_triton
+    from blossom_hf.models.blossomrec.registry import get_attention_backend
+
+    assert get_attention_backend("triton").query_subset
+    config = tiny_config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_history_length=40,
+                         ltis_block_size=4, ltis_compression_window=8, ltis_num_selected_blocks=2, stis_window=3,
+                         stis_num_sinks=1, attn_implementation="eager")
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    eager = BlossomRecModel(config).eval()
+    fused = copy.deepcopy(eager)
+    fused.set_attn_implementation("triton")
+    ids = random_histories(4, seq_len, config.vocab_size, generator, padding="left")
+    calls = []
+    serving = attention_triton.triton_serving_attention
+
+    def counting(query, *args, **kwargs):
+        calls.append(tuple(query.shape))
+        return serving(query, *args, **kwargs)
+
+    monkeypatch.setattr(attention_triton, "triton_serving_attention", counting)
+    with torch.no_grad():
+        want = eager(ids, output_last_hidden_state=False).logits
+        got = fused(ids, output_last_hidden_state=False).logits
+        every_position = fused(ids).logits
+    assert calls == [(4, config.num_attention_heads, 1, config.head_dim)], "the serving kernels were not used"
+    torch.testing.assert_close(got[:, 1:], want[:, 1:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[:, 1:], every_position[:, 1:], rtol=1e-4, atol=1e-4)
+    k = 5
+    top_got, top_want = got.topk(k, dim=-1), want.topk(k, dim=-1)
+    # same items, except where two scores are a near-tie
+    same = (top_got.indices == top_want.indices).all(-1)
+    gaps = (top_want.values[:, :-1] - top_want.values[:, 1:]).min(-1).values
+    assert bool((same | (gaps < 1e-4)).all()), (top_got.indices, top_want.indices)

@@ -183,3 +183,27 @@ def test_whole_model_matches_eager_on_gpu():
              "worst_param_grad_rel_err": worst})
     assert abs(float(loss_e) - float(loss_t)) < 1e-5 * abs(float(loss_e))
     assert worst < 1e-3
+
+
+def test_serving_path_matches_eager_on_gpu():
+    """``output_last_hidden_state=False`` (last layer at the last real position only) on triton vs eager, fp32."""
+    from blossom_hf import BlossomRecConfig
+
+    config = BlossomRecConfig(vocab_size=500, max_history_length=300, hidden_dropout_prob=0.0, stis_num_sinks=1,
+                              attn_implementation="eager")
+    torch.manual_seed(0)
+    eager = BlossomRecModel(config).cuda().eval()
+    fused = copy.deepcopy(eager)
+    fused.set_attn_implementation("triton")
+    ids = torch.randint(1, 500, (6, 300), generator=torch.Generator().manual_seed(2))
+    for row, length in enumerate((300, 250, 120, 17, 5, 1)):
+        ids[row, length:] = 0
+    ids = ids.cuda()
+    with torch.no_grad():
+        want = eager(ids, output_last_hidden_state=False).logits[:, 1:]
+        got = fused(ids, output_last_hidden_state=False).logits[:, 1:]
+    err = _rel(got, want)
+    same_top = float((got.topk(10).indices == want.topk(10).indices).float().mean())
+    _record({"test": "serving_fp32", "rel_err_scores": err, "top10_agreement": same_top})
+    assert err < 1e-4
+    assert same_top == 1.0

@@ -12,6 +12,9 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
+    from .triton_common import program_row
+
+if triton is not None:
 
     @triton.jit
     def bwd_q_part(q, do, kt, vt, mask, lse, gsc, dg, dq, scale, PREC: tl.constexpr):
@@ -35,10 +38,7 @@ if triton is not None:
                       KN: tl.constexpr, P0: tl.constexpr, NFP: tl.constexpr, NSINK: tl.constexpr,
                       SP: tl.constexpr, ST: tl.constexpr, PREC: tl.constexpr):
         pid_t = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * BQ
         rows = tl.arange(0, R)
         qi = rows // GQ
@@ -190,10 +190,7 @@ if triton is not None:
                        WIN: tl.constexpr, DN: tl.constexpr, PF0: tl.constexpr, BK: tl.constexpr,
                        CQ: tl.constexpr, R: tl.constexpr, PREC: tl.constexpr):
         pid_j = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         j0 = pid_j * BK
         j = j0 + tl.arange(0, BK)
         jok = j < seqlen
@@ -282,10 +279,7 @@ if triton is not None:
                             NSINK: tl.constexpr, SP: tl.constexpr, CH: tl.constexpr, CQ: tl.constexpr,
                             R: tl.constexpr, PREC: tl.constexpr):
         pid_c = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         c0 = pid_c * CH
         if c0 < seqlen:
             js = tl.arange(0, SP)

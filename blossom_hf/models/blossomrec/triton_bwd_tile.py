@@ -12,9 +12,78 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import ltis_tile_mask, stis_tile_mask, tile_flags
+    from .triton_common import ltis_tile_mask, program_row, stis_tile_mask, tile_flags
 
 if triton is not None:
+
+    @triton.jit
+    def bwd_q_tile_step(q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, row_ok, bits, jb0, do_l, do_s,
+                        selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale, BLK: tl.constexpr,
+                        NSEL: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr, BN: tl.constexpr,
+                        ST: tl.constexpr, PREC: tl.constexpr):
+        """One key tile of the query-side backward: ``dq [R, DP]`` and the straight-through ``dp_row [R, NP]``."""
+        j = j0 + tl.arange(0, BN)
+        kmask = (j < seqlen)[:, None] & dmask[None, :]
+        kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
+        vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+        dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
+        ds = tl.zeros([q.shape[0], BN], dtype=tl.float32)
+        if do_l:
+            ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+            p_l = tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+            ds_l = alpha[:, None] * p_l * (dpr - da[:, None])  # [R, BN]
+            ds += ds_l
+            if ST:
+                if tl.max(bits, 0) > 0:
+                    u = ds_l * s
+                    jb = j // BLK
+                    for k in tl.static_range(NSEL):
+                        sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
+                        uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
+                        dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
+        if do_s:
+            ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+            p_s = tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+            ds += beta[:, None] * p_s * (dpr - db[:, None])
+        dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+        return dq, dp_row
+
+    @triton.jit
+    def bwd_kv_tile_step(Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, do_l, do_s,
+                         dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale,
+                         BLK: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr, PREC: tl.constexpr):
+        """One query tile of the key-side backward: ``dk, dv [BN, DP]`` of the key tile ``kt, vt``."""
+        rmask = row_ok[:, None] & dmask[None, :]
+        q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+                    mask=rmask, other=0.0)  # [R, DP]
+        do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
+                     mask=rmask, other=0.0).to(q.dtype)  # [R, DP]
+        orow = (bb * H + h) * L + t
+        gptr = GATE + bb * sgb + h * sgh + t * sgt
+        alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
+        beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+        lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
+        lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
+        da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
+        db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+        dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
+        pw = tl.zeros(s.shape, dtype=tl.float32)  # gated probabilities of both branches
+        ds = tl.zeros(s.shape, dtype=tl.float32)
+        if do_l:
+            ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+            p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+            pw += p_l
+            ds += p_l * (dpr - da[:, None])
+        if do_s:
+            ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+            p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+            pw += p_s
+            ds += p_s * (dpr - db[:, None])
+        dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        return dk, dv
 
     @triton.jit
     def bwd_q_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, OL, OS, LSE, DQ, DGATE, DPS, CK, PSEL, LSEZ,
@@ -32,10 +101,7 @@ if triton is not None:
         ``p = softmax(z̄)``, ``z̄ = τ <mean_h q, k~>``): ``dq_h += τ/g sum_w (c[w] - p_w sum_k p_k dp_k) k~_w``
         with ``c[sel[t, k]] = p_k dp_k``, over window tiles of ``BW`` (needs ``BM >= 16`` for the products)."""
         pid_t = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * BM
         rows = tl.arange(0, R)
         hh = rows % GP
@@ -77,31 +143,10 @@ if triton is not None:
             for j0 in range(0, t_hi + 1, BN):
                 do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first, BLK, WIN, NSINK)
                 if do_l | do_s:
-                    j = j0 + tl.arange(0, BN)
-                    kmask = (j < seqlen)[:, None] & dmask[None, :]
-                    kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
-                    vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
-                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
-                    dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
-                    ds = tl.zeros([R, BN], dtype=tl.float32)
-                    if do_l:
-                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
-                        p_l = tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
-                        ds_l = alpha[:, None] * p_l * (dpr - da[:, None])  # [R, BN]
-                        ds += ds_l
-                        if ST:
-                            if tl.max(bits, 0) > 0:
-                                u = ds_l * s
-                                jb = j // BLK
-                                for k in tl.static_range(NSEL):
-                                    sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
-                                    uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
-                                    dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
-                    if do_s:
-                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
-                        p_s = tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
-                        ds += beta[:, None] * p_s * (dpr - db[:, None])
-                    dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+                    dq, dp_row = bwd_q_tile_step(
+                        q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, row_ok, bits, jb0, do_l, do_s,
+                        selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale, BLK, NSEL, WIN, NSINK, BN,
+                        ST, PREC)
             if ST:
                 # rows -> queries: sum the straight-through gradient over the group's heads
                 dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1)  # [BM, NP]
@@ -152,10 +197,7 @@ if triton is not None:
         one of its pairs (LTIS own/selected block or STIS); the group's heads are rows of the query tile, so
         no atomics are needed. ``DGATE`` holds ``(do.o_L, do.o_S)`` from ``bwd_q_tile_kernel``."""
         pid_j = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         j0 = pid_j * BN
         j1 = j0 + BN - 1
         j = j0 + tl.arange(0, BN)
@@ -181,35 +223,9 @@ if triton is not None:
                 t_hi = tl.minimum(t0 + BM, seqlen) - 1
                 do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK, BLK, WIN, NSINK)
                 if do_l | do_s:
-                    rmask = row_ok[:, None] & dmask[None, :]
-                    q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
-                                mask=rmask, other=0.0)  # [R, DP]
-                    do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
-                                 mask=rmask, other=0.0).to(q.dtype)  # [R, DP]
-                    orow = (bb * H + h) * L + t
-                    gptr = GATE + bb * sgb + h * sgh + t * sgt
-                    alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
-                    beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
-                    lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
-                    lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
-                    da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
-                    db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
-                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
-                    dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
-                    pw = tl.zeros([R, BN], dtype=tl.float32)  # gated probabilities of both branches
-                    ds = tl.zeros([R, BN], dtype=tl.float32)
-                    if do_l:
-                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
-                        p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
-                        pw += p_l
-                        ds += p_l * (dpr - da[:, None])
-                    if do_s:
-                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
-                        p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
-                        pw += p_s
-                        ds += p_s * (dpr - db[:, None])
-                    dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
-                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+                    dk, dv = bwd_kv_tile_step(
+                        Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, do_l, do_s, dk, dv,
+                        sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale, BLK, WIN, NSINK, PREC)
         smask = (j < L)[:, None] & dmask[None, :]
         optr = ((bb * G + gam) * L + j)[:, None] * HEAD_D + d[None, :]
         tl.store(DK + optr, (dk * scale).to(DK.dtype.element_ty), mask=smask)

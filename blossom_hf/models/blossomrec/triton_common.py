@@ -44,6 +44,16 @@ def cdiv(a: int, b: int) -> int:
 if triton is not None:
 
     @triton.jit
+    def program_row(LENS, G, L):
+        """The program's batch row ``bb`` (int64), kv head ``gam`` (grid axis 1 is ``b * G + γ``) and the row's
+        real length ``seqlen`` clamped to ``0..L`` (``LENS [B]``, any integer dtype: no cast before launch)."""
+        pid_bg = tl.program_id(1)
+        bb = (pid_bg // G).to(tl.int64)
+        gam = pid_bg % G
+        seqlen = tl.minimum(tl.maximum(tl.load(LENS + bb), 0), L).to(tl.int32)
+        return bb, gam, seqlen
+
+    @triton.jit
     def softmax_update(s, mask, m, l, acc, vt, PREC: tl.constexpr):
         """One online-softmax step: scores ``s [R, C]`` restricted to ``mask [R, C]``, values ``vt [C, DP]``;
         running max ``m [R]``, sum ``l [R]``, output ``acc [R, DP]``."""

@@ -17,39 +17,43 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import ltis_tile_mask, softmax_update, stis_tile_mask, tile_flags
+    from .triton_common import ltis_tile_mask, program_row, softmax_update, stis_tile_mask, tile_flags
 
 if triton is not None:
 
     @triton.jit
-    def fwd_gather_kernel(Q, K, V, GATE, SEL, LENS, OUT, OL, OS, LSE,
-                    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
-                    L, H, G, scale,
+    def fwd_gather_kernel(Q, K, V, GATE, SEL, LENS, OUT, OL, OS, LSE, POS,
+                    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc, spb, spt,
+                    L, QN, H, G, scale,
                     GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
                     BP: tl.constexpr, NSEL: tl.constexpr, BQ: tl.constexpr, R: tl.constexpr,
                     KO: tl.constexpr, WIN: tl.constexpr, KN: tl.constexpr, P0: tl.constexpr,
                     NFP: tl.constexpr, NSINK: tl.constexpr, SP: tl.constexpr, SAVE: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, HAS_POS: tl.constexpr):
+        """Gathered forward of ``BQ`` consecutive queries x ``g`` heads (``R`` rows). With ``HAS_POS`` (the serving
+        path, ``BQ = 1``) program ``i`` computes query row ``i`` of ``Q [B, H, QN, D]`` at position
+        ``POS[b, i]``; rows of ``Q``, ``GATE``, ``SEL`` and the outputs are query rows, keys are positions."""
         pid_t = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
-        t0 = pid_t * BQ
+        bb, gam, seqlen = program_row(LENS, G, L)
         rows = tl.arange(0, R)
         qi = rows // GQ
-        t = t0 + qi
+        tq = pid_t * BQ + qi  # [R] query rows
+        if HAS_POS:
+            t0 = tl.load(POS + bb * spb + pid_t * spt).to(tl.int32)
+        else:
+            t0 = pid_t * BQ
+        t = t0 + qi  # [R] positions
         h = gam * GQ + rows % GQ
-        row_in = (rows < BQ * GQ) & (t < L)
+        row_in = (rows < BQ * GQ) & (tq < QN)
         row_ok = row_in & (t < seqlen)
         d = tl.arange(0, DP)
         dmask = d < HEAD_D
         kb = K + bb * skb + gam * skh
         vb = V + bb * svb + gam * svh
-        orow = ((bb * H + h) * L + t)  # [R] int64, row index into [B, H, L, *] buffers
+        orow = ((bb * H + h) * QN + tq)  # [R] int64, row index into [B, H, QN, *] buffers
         out = tl.zeros([R, DP], dtype=tl.float32)
         if t0 < seqlen:
-            q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+            q = tl.load(Q + bb * sqb + h[:, None] * sqh + tq[:, None] * sqt + d[None, :] * sqd,
                         mask=row_ok[:, None] & dmask[None, :], other=0.0)
             # ---------------- LTIS: own block + selected blocks, one softmax ----------------
             m_l = tl.full([R], -1.0e30, tl.float32)
@@ -67,10 +71,10 @@ if triton is not None:
             cols = tl.arange(0, BQ * BP)
             cq = cols // BP
             ci = cols % BP
-            tc = t0 + cq
-            sel_base = SEL + (bb * G + gam) * L * NSEL
+            tc = pid_t * BQ + cq  # query rows of the gathered columns
+            sel_base = SEL + (bb * G + gam) * QN * NSEL
             for k in range(NSEL):
-                sv = tl.load(sel_base + tc * NSEL + k, mask=tc < L, other=-1)
+                sv = tl.load(sel_base + tc * NSEL + k, mask=tc < QN, other=-1)
                 jc = sv * BLK + ci
                 cok = (sv >= 0) & (ci < BLK)
                 cmask = cok[:, None] & dmask[None, :]
@@ -116,7 +120,7 @@ if triton is not None:
             # ---------------- gate ----------------
             o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
             o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
-            gptr = GATE + bb * sgb + h * sgh + t * sgt
+            gptr = GATE + bb * sgb + h * sgh + tq * sgt
             alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
             beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
             out = alpha[:, None] * o_l + beta[:, None] * o_s
@@ -137,6 +141,25 @@ if triton is not None:
 
 
     @triton.jit
+    def fwd_tile_step(q, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, row_ok, bits, jb0, do_l, do_s,
+                      m_l, l_l, acc_l, m_s, l_s, acc_s, scale, BLK: tl.constexpr, WIN: tl.constexpr,
+                      NSINK: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+        """One key tile ``j0 .. j0+BN-1`` of the dense-tile forward: ``s = q k^T [R, BN]`` feeds the LTIS and
+        STIS online softmaxes (only the branches present in the tile, ``do_l`` / ``do_s``)."""
+        j = j0 + tl.arange(0, BN)
+        kmask = (j < seqlen)[:, None] & dmask[None, :]
+        kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
+        vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+        if do_l:
+            ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
+            m_l, l_l, acc_l = softmax_update(s, ml, m_l, l_l, acc_l, vt, PREC)
+        if do_s:
+            ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
+            m_s, l_s, acc_s = softmax_update(s, ms, m_s, l_s, acc_s, vt, PREC)
+        return m_l, l_l, acc_l, m_s, l_s, acc_s
+
+    @triton.jit
     def fwd_tile_kernel(Q, K, V, GATE, SEL, LENS, OUT, OL, OS, LSE,
                         sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
                         L, H, G, scale,
@@ -148,10 +171,7 @@ if triton is not None:
         score tile ``s = q k^T [R, BN]`` feeds both online softmaxes (LTIS and STIS masks built in registers);
         key tiles holding no pair of either set are skipped."""
         pid_t = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * BM
         rows = tl.arange(0, R)
         hh = rows % GP
@@ -179,20 +199,12 @@ if triton is not None:
             acc_s = tl.zeros([R, DP], dtype=tl.float32)
             t_hi = tl.minimum(t0 + BM, seqlen) - 1
             own_first = (t0 // BLK) * BLK
-            for j0 in range(0, t_hi + 1, BN):
+            for j0 in range(0, t_hi + 1, BN):  # key tiles without a pair of either set are skipped
                 do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first, BLK, WIN, NSINK)
                 if do_l | do_s:
-                    j = j0 + tl.arange(0, BN)
-                    kmask = (j < seqlen)[:, None] & dmask[None, :]
-                    kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
-                    vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
-                    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
-                    if do_l:
-                        ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
-                        m_l, l_l, acc_l = softmax_update(s, ml, m_l, l_l, acc_l, vt, PREC)
-                    if do_s:
-                        ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
-                        m_s, l_s, acc_s = softmax_update(s, ms, m_s, l_s, acc_s, vt, PREC)
+                    m_l, l_l, acc_l, m_s, l_s, acc_s = fwd_tile_step(
+                        q, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, row_ok, bits, jb0, do_l, do_s,
+                        m_l, l_l, acc_l, m_s, l_s, acc_s, scale, BLK, WIN, NSINK, BN, PREC)
             o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
             o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
             gptr = GATE + bb * sgb + h * sgh + t * sgt

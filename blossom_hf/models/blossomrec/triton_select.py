@@ -14,7 +14,7 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import group_mean_query
+    from .triton_common import group_mean_query, program_row
 
 if triton is not None:
 
@@ -69,32 +69,37 @@ if triton is not None:
         return nv, ni
 
     @triton.jit
-    def select_kernel(Q, CK, LENS, SEL_IN, SEL, PSEL, LSEZ,
-                      sqb, sqh, sqt, sqd, scb, sch, scw, scd,
-                      L, M, G, scale,
+    def select_kernel(Q, CK, LENS, SEL_IN, SEL, PSEL, LSEZ, POS,
+                      sqb, sqh, sqt, sqd, scb, sch, scw, scd, spb, spt,
+                      L, QN, M, G, scale,
                       GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
                       NSEL: tl.constexpr, NP: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr,
-                      HAS_SEL: tl.constexpr):
+                      HAS_SEL: tl.constexpr, HAS_POS: tl.constexpr):
         """Top-n selection of ``TQ`` queries of one (batch row, kv head), windows in tiles of ``BW``. The first
         tile's top-n is taken as is; later tiles are merged into it (none when ``M <= BW``). With ``HAS_SEL``
-        the given selection is kept and only its probabilities are computed."""
+        the given selection is kept and only its probabilities are computed. With ``HAS_POS`` (serving path)
+        the rows are the ``QN`` query rows of ``Q`` at positions ``POS [B, QN]``, else positions ``0..L-1``."""
         pid_t = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * TQ
-        t = t0 + tl.arange(0, TQ)
-        tin = t < L
-        tok = t < seqlen
+        tq = t0 + tl.arange(0, TQ)  # [TQ] query rows
+        tin = tq < QN
+        if HAS_POS:
+            t = tl.load(POS + bb * spb + tq * spt, mask=tin, other=0).to(tl.int32)  # [TQ] positions
+        else:
+            t = tq
+        tok = tin & (t < seqlen)
         d = tl.arange(0, DP)
         dmask = d < HEAD_D
         cols = tl.arange(0, NP)
         colok = cols < NSEL
-        row_base = ((bb * G + gam) * L + t) * NSEL  # [TQ] int64
-        qm = group_mean_query(Q, bb, gam, t, tok, d, dmask, sqb, sqh, sqt, sqd, GQ, TQ, DP)  # [TQ, DP]
+        row_base = ((bb * G + gam) * QN + tq) * NSEL  # [TQ] int64
+        qm = group_mean_query(Q, bb, gam, tq, tok, d, dmask, sqb, sqh, sqt, sqd, GQ, TQ, DP)  # [TQ, DP]
         tlim = t // BLK  # window w is eligible for t iff w < t // b (w*b + b - 1 < t)
-        tmax = tl.minimum(t0 + TQ, seqlen) - 1
+        if HAS_POS:
+            tmax = tl.max(tl.where(tok, t, 0), 0)
+        else:
+            tmax = tl.minimum(t0 + TQ, seqlen) - 1
         w_end = tl.minimum(M, tl.maximum(tmax, 0) // BLK)
         m = tl.full([TQ], -1.0e30, tl.float32)
         ssum = tl.zeros([TQ], dtype=tl.float32)
@@ -131,7 +136,7 @@ if triton is not None:
         smask = tin[:, None] & colok[None, :]
         tl.store(SEL + row_base[:, None] + cols[None, :], sel_out, mask=smask)
         tl.store(PSEL + row_base[:, None] + cols[None, :], p, mask=smask)
-        tl.store(LSEZ + (bb * G + gam) * L + t, lse, mask=tin)
+        tl.store(LSEZ + (bb * G + gam) * QN + tq, lse, mask=tin)
 
 
     @triton.jit
@@ -141,10 +146,7 @@ if triton is not None:
                              GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
                              NSEL: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr):
         pid_t = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * TQ
         if t0 < seqlen:
             t = t0 + tl.arange(0, TQ)
@@ -191,10 +193,7 @@ if triton is not None:
                              GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
                              NSEL: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr):
         pid_w = tl.program_id(0)
-        pid_bg = tl.program_id(1)
-        bb = (pid_bg // G).to(tl.int64)
-        gam = pid_bg % G
-        seqlen = tl.load(LENS + bb)
+        bb, gam, seqlen = program_row(LENS, G, L)
         w0 = pid_w * BW
         w = w0 + tl.arange(0, BW)
         wok = w < M

@@ -1,0 +1,332 @@
+"""Launchers of the fused Triton backend: the tile geometry (:class:`TritonGeometry`, :func:`plan`) and the
+keyword-argument launches of the kernels in ``triton_select.py``, ``triton_fwd.py``, ``triton_bwd_tile.py`` and
+``triton_bwd_gather.py``, used by the autograd function in ``attention_triton.py``. Kernel modules are passed
+in (``attention_triton._kernels()`` imports them on first use), so this file never imports triton itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .attention_patterns import BlossomPattern
+from .triton_common import cdiv, next_pow2
+
+#: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
+#: crossover on an H200, docs/BENCHMARKS.md)
+TILE_MAX_SEQ_LEN = 1024
+STRATEGIES = ("auto", "tile", "gather")
+
+
+@dataclass(frozen=True)
+class TritonGeometry:
+    """Strategy, tile sizes and compile-time constants of one call (:func:`plan`); see the kernel files."""
+
+    strategy: str  # "tile" or "gather"
+    g: int  # query heads per kv head
+    GP: int  # g rounded up to a power of two (rows of one query in a tile)
+    DP: int  # head dim rounded up to a power of two (>= 16)
+    NP: int  # n rounded up to a power of two (>= 2)
+    # dense-tile strategy: BM queries x GP heads = R rows against BN keys (BNQ in the query-side backward)
+    BM: int
+    BN: int
+    R: int
+    BNQ: int
+    # gathered strategy (query-major): BQ queries x g heads = RG rows; gathered tiles of BQ x (b, far) keys
+    BQ: int
+    RG: int
+    BQP: int
+    BP: int
+    KO: int
+    KN: int
+    P0: int
+    NFP: int
+    SP: int
+    # gathered strategy (key-major): CQ queries x g heads = RK rows against BK keys
+    CQ: int
+    RK: int
+    BK: int
+    DN: int
+    PF0: int
+    NFK: int
+    BP5: int
+    CH: int
+    # selection: TQ queries x BW windows
+    TQ: int
+    BW: int
+    # warps per program: forward kernels (both strategies) and the gathered backward; the selection; the
+    # selection's backward; the dense-tile backward, query side and key side (docs/triton_notes.md, sweep)
+    num_warps: int = 4
+    warps_select: int = 4
+    warps_select_bwd: int = 4
+    warps_bwd_q: int = 4
+    warps_bwd_kv: int = 4
+
+
+@lru_cache(maxsize=512)
+def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomPattern, itemsize: int = 2,
+         strategy: str = "auto", serving: bool = False) -> TritonGeometry:
+    """Choose the strategy and the tile sizes of one call (cached: called by every layer call).
+
+    ``serving=True``: the serving path's few queries at given positions (gathered strategy, one query per
+    program, forward only)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"triton backend: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if serving:
+        strategy = "gather"
+    elif strategy == "auto":
+        strategy = "tile" if seq_len <= TILE_MAX_SEQ_LEN else "gather"
+    g = heads // groups
+    gp = next_pow2(g)
+    b, w = pattern.block_size, pattern.stis_window
+    dp = max(16, next_pow2(head_dim))
+    # tile strategy: 64 rows; a key tile spans at most 17 blocks (the per-row bitmask of selected blocks)
+    bm = max(1, 64 // gp)
+    bn = max(16, min(32, 1 << (16 * b).bit_length() - 1))  # 32 beat 64 at every L (docs/triton_notes.md)
+    # gathered strategy: BQ queries x g heads (>= 16 rows for the tensor cores); a gathered key tile holds
+    # BQ x b keys, capped at 32 KiB (with g = 1 and head dim 128 an uncapped 256 x 128 tile overflowed the
+    # H200's shared memory: 274 KB needed, 232 KB available)
+    tile_cap = max(1, 32768 // (next_pow2(b) * dp * itemsize))
+    bq = 1 if serving else max(1, min(16 // gp, tile_cap))
+    p0 = next_pow2(w)  # smallest power of two >= W: the first offset outside the window
+    nf = 0
+    while (p0 << nf) < seq_len:
+        nf += 1
+    dn = max(w - 1, b - 1)
+    pf0 = 1 << dn.bit_length()  # smallest power of two > DN
+    nfk = 0
+    while (pf0 << nfk) < seq_len:
+        nfk += 1
+    cq = max(1, (64 if dp <= 64 else 32) // gp)
+    tq = 64 if dp <= 32 else 32
+    bw = max(16, min(64 if dp <= 32 else 32, next_pow2(seq_len // b)))
+    # measured at head dim 16 (H200, docs/triton_notes.md): 2 warps beat 4 for the tile backward kernels and the
+    # selection's backward, and for the selection up to 32 x 64 score tiles; 16-key tiles for the dq kernel
+    small = dp <= 32
+    return TritonGeometry(
+        strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
+        BM=bm, BN=bn, R=bm * gp, BNQ=16 if small else bn,
+        BQ=bq, RG=max(16, next_pow2(bq * g)), BQP=max(2, bq), BP=max(next_pow2(b), -(-16 // bq)),
+        KO=max(16, next_pow2(b if b % bq == 0 else b - 1 + bq)), KN=max(16, next_pow2(w - 1 + bq)), P0=p0,
+        NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
+        CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
+        TQ=tq, BW=bw, warps_select=2 if small and tq * bw <= 2048 else 4, warps_select_bwd=2 if small else 4,
+        warps_bwd_q=2 if small else 4, warps_bwd_kv=2 if small else 4,
+    )
+
+
+def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, selected_blocks, positions=None,
+                  seq_len=None):
+    """LTIS selection ``sel [B, G, Q, n]`` (int32), its probabilities and the logsumexp of the scores, for the
+    ``Q`` query rows of ``query`` (positions ``0..L-1``, or ``positions [B, Q]`` with the key length ``seq_len``
+    on the serving path)."""
+    batch, heads, num_queries, head_dim = query.shape
+    groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
+    seq_len = num_queries if seq_len is None else seq_len
+    n = pattern.num_selected_blocks
+    device = query.device
+    sel = torch.empty(batch, groups, num_queries, n, dtype=torch.int32, device=device)
+    psel = torch.empty(batch, groups, num_queries, n, dtype=torch.float32, device=device)
+    lse_z = torch.empty(batch, groups, num_queries, dtype=torch.float32, device=device)
+    if num_windows == 0:
+        if selected_blocks is not None:
+            sel.copy_(selected_blocks.to(device=device, dtype=torch.int32))
+            if bool((sel >= 0).any()):
+                raise ValueError("selected_blocks names a block, but L < block_size leaves no window to select")
+        else:
+            sel.fill_(-1)
+        psel.zero_()
+        lse_z.zero_()
+        return sel, psel, lse_z
+    has_sel = selected_blocks is not None
+    sel_in = sel
+    if has_sel:
+        if tuple(selected_blocks.shape) != (batch, groups, num_queries, n):
+            raise ValueError(f"selected_blocks must be [B, G, L, n] = {(batch, groups, num_queries, n)}, "
+                             f"got {tuple(selected_blocks.shape)}")
+        sel_in = selected_blocks.to(device=device, dtype=torch.int32).contiguous()
+        if bool((sel_in >= num_windows).any()):
+            raise ValueError(f"selected_blocks holds a block index >= L // block_size = {num_windows}")
+    grid = (cdiv(num_queries, geo.TQ), batch * groups)
+    ksel.select_kernel[grid](
+        Q=query, CK=compressed_key, LENS=lens, SEL_IN=sel_in, SEL=sel, PSEL=psel, LSEZ=lse_z,
+        **_position_args(positions, lens), **_qs(query), **_cs(compressed_key), L=seq_len, QN=num_queries,
+        M=num_windows, G=groups, scale=float(scaling), GQ=geo.g, HEAD_D=head_dim, DP=geo.DP,
+        BLK=pattern.block_size, NSEL=n, NP=geo.NP, TQ=geo.TQ, BW=geo.BW, HAS_SEL=has_sel,
+        HAS_POS=positions is not None, num_warps=geo.warps_select,
+    )
+    return sel, psel, lse_z
+
+
+def _position_args(positions, placeholder) -> dict:
+    """``POS`` and its strides (a placeholder pointer without positions: the kernels never read it then)."""
+    if positions is None:
+        return dict(POS=placeholder, spb=0, spt=0)
+    return dict(POS=positions, spb=int(positions.stride(0)), spt=int(positions.stride(1)))
+
+
+def _named_strides(prefix: str, x: torch.Tensor, names: str) -> dict[str, int]:
+    return {prefix + c: int(s) for c, s in zip(names, x.stride(), strict=True)}
+
+
+def _qs(x):
+    return _named_strides("sq", x, "bhtd")
+
+
+def _ks(x):
+    return _named_strides("sk", x, "bhtd")
+
+
+def _vs(x):
+    return _named_strides("sv", x, "bhtd")
+
+
+def _gs(x):
+    return _named_strides("sg", x, "bhtc")
+
+
+def _ds(x):
+    return _named_strides("sd", x, "bhtd")
+
+
+def _cs(x):
+    return _named_strides("sc", x, "bhwd")
+
+
+def _inverse_selection(sel: torch.Tensor, num_windows: int):
+    """For each (batch, kv head, block): the queries that selected it, as CSR ``offsets`` + ``queries``."""
+    batch, groups, seq_len, n = sel.shape
+    buckets = batch * groups * num_windows
+    bg = torch.arange(batch * groups, device=sel.device, dtype=torch.int64).view(batch, groups, 1, 1)
+    key = torch.where(sel >= 0, bg * num_windows + sel.long(), buckets).flatten()
+    order = torch.argsort(key, stable=True)
+    # the sorted keys give the CSR offsets directly (no bincount)
+    bounds = torch.arange(buckets + 1, device=sel.device, dtype=torch.int64)
+    offsets = torch.searchsorted(key[order], bounds).to(torch.int32)
+    queries = ((order // n) % seq_len).to(torch.int32)
+    return offsets, queries
+
+
+
+def _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate, sel, num_windows, strides, shape,
+                        scaling, pattern, prec):
+    """dk, dv (fp32) of the gathered strategy: own block + STIS offsets, selected blocks, sinks."""
+    batch, heads, seq_len, head_dim = query.shape
+    groups = key.shape[1]
+    dk = torch.empty(batch, groups, seq_len, head_dim, dtype=torch.float32, device=query.device)
+    dv = torch.empty_like(dk)
+    base = dict(Q=query, K=key, V=value, GATE=gate, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv, **strides,
+                L=seq_len, H=heads, G=groups, scale=scaling, PREC=prec, num_warps=geo.num_warps)
+    kbg.bwd_kv_gather_kernel[(cdiv(seq_len, geo.BK), batch * groups)](
+        **base, LENS=lens, NFK=geo.NFK, **shape, WIN=pattern.stis_window, DN=geo.DN, PF0=geo.PF0, BK=geo.BK,
+        CQ=geo.CQ, R=geo.RK,
+    )
+    if num_windows > 0:
+        offsets, queries = _inverse_selection(sel, num_windows)
+        kbg.bwd_sel_kv_gather_kernel[(batch * groups * num_windows,)](
+            **base, OFFS=offsets, TLIST=queries, M=num_windows, **shape, BP=geo.BP5, CQ=geo.CQ, R=geo.RK,
+        )
+    if pattern.stis_num_sinks > 0:
+        kbg.bwd_sink_kv_gather_kernel[(cdiv(seq_len, geo.CH), batch * groups)](
+            **base, LENS=lens, GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, WIN=pattern.stis_window,
+            NSINK=pattern.stis_num_sinks, SP=geo.SP, CH=geo.CH, CQ=geo.CQ, R=geo.RK,
+        )
+    return dk, dv
+
+
+
+
+def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, pattern, save, positions=None):
+    """Fine attention forward: ``out`` and, when ``save``, ``o_L, o_S`` and the logsumexps ``lse [B, H, L, 2]``.
+    With ``positions [B, Q]`` (serving path; gathered strategy with one query per program) the ``Q`` query rows
+    sit at those positions."""
+    batch, heads, num_queries, head_dim = query.shape
+    groups, seq_len = key.shape[1], key.shape[2]
+    device = query.device
+    out = torch.empty(batch, heads, num_queries, head_dim, dtype=query.dtype, device=device)
+    if save:
+        o_l = torch.empty_like(out)
+        o_s = torch.empty_like(out)
+        lse = torch.empty(batch, heads, num_queries, 2, dtype=torch.float32, device=device)
+    else:
+        o_l = o_s = out
+        lse = out.new_empty(0, dtype=torch.float32)  # not written without SAVE
+    common = dict(
+        Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, OUT=out, OL=o_l, OS=o_s, LSE=lse,
+        **_qs(query), **_ks(key), **_vs(value), **_gs(gate), L=seq_len, H=heads, G=groups, scale=float(scaling),
+        GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, BLK=pattern.block_size, NSEL=pattern.num_selected_blocks,
+        WIN=pattern.stis_window, NSINK=pattern.stis_num_sinks, SAVE=save, PREC=precision(query),
+    )
+    if positions is not None and (geo.strategy != "gather" or geo.BQ != 1):
+        raise ValueError("query positions need the gathered strategy with one query per program (plan(serving=True))")
+    if geo.strategy == "tile":
+        kfwd.fwd_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
+            **common, GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R, num_warps=geo.num_warps)
+    else:
+        kfwd.fwd_gather_kernel[(cdiv(num_queries, geo.BQ), batch * groups)](
+            **common, **_position_args(positions, lens), QN=num_queries, BP=geo.BP, BQ=geo.BQ, R=geo.RG, KO=geo.KO,
+            KN=geo.KN, P0=geo.P0, NFP=geo.NFP, SP=geo.SP, HAS_POS=positions is not None, num_warps=geo.num_warps)
+    return out, o_l, o_s, lse
+
+
+def precision(query: torch.Tensor) -> str:
+    """``input_precision`` of the products: exact fp32 for fp32 inputs, tensor cores for fp16/bf16."""
+    return "ieee" if query.dtype == torch.float32 else "tf32"
+
+
+def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, need_ck):
+    """Gradients ``dq, dk, dv, d compressed_key, d gate`` (None where not needed) from the saved tensors."""
+    ksel, _, kbt, kbg = kernels
+    query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse = saved
+    batch, heads, seq_len, head_dim = query.shape
+    groups, num_windows = key.shape[1], compressed_key.shape[2]
+    n = pattern.num_selected_blocks
+    device = query.device
+    prec = precision(query)
+    st = pattern.straight_through and num_windows > 0
+    do = grad_out
+    win, nsink = pattern.stis_window, pattern.stis_num_sinks
+    shape = dict(GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, BLK=pattern.block_size)
+    strides = dict(**_qs(query), **_ks(key), **_vs(value), **_gs(gate), **_ds(do))
+
+    dq = torch.empty(batch, heads, seq_len, head_dim, dtype=query.dtype, device=device)
+    dgate = torch.zeros(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
+    dps = torch.zeros(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
+    q_args = dict(Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, OL=o_l, OS=o_s, LSE=lse, DQ=dq,
+                  DGATE=dgate, DPS=dps, **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
+                  NSEL=n, NP=geo.NP, WIN=win, NSINK=nsink, ST=st, PREC=prec)
+    # the tile strategy folds the selection's share of dq into its dq kernel (needs >= 16 queries a tile)
+    fused_selq = geo.strategy == "tile" and st and need_q and geo.BM >= 16
+    if geo.strategy == "tile":
+        kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
+            **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, **_cs(compressed_key), M=num_windows,
+            GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BW, SELQ=fused_selq, num_warps=geo.warps_bwd_q)
+    else:
+        kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
+            **q_args, BP=geo.BP, BQ=geo.BQ, BQP=geo.BQP, R=geo.RG, KO=geo.KO, KN=geo.KN, P0=geo.P0, NFP=geo.NFP,
+            SP=geo.SP, num_warps=geo.num_warps)
+    dck = None
+    sel_args = dict(Q=query, CK=compressed_key, LENS=lens, SEL=sel, PSEL=psel, DPS=dps, LSEZ=lse_z,
+                    **_qs(query), **_cs(compressed_key), L=seq_len, M=num_windows, G=groups, scale=scaling,
+                    **shape, NSEL=n, TQ=geo.TQ, BW=geo.BW, num_warps=geo.warps_select_bwd)
+    if st and need_q and not fused_selq:
+        ksel.select_bwd_q_kernel[(cdiv(seq_len, geo.TQ), batch * groups)](**sel_args, DQ=dq, H=heads)
+    if st and need_ck:
+        dck = torch.empty(batch, groups, num_windows, head_dim, dtype=compressed_key.dtype, device=device)
+        ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BW), batch * groups)](**sel_args, DCK=dck)
+
+    if geo.strategy == "tile":
+        dk = torch.empty(batch, groups, seq_len, head_dim, dtype=key.dtype, device=device)
+        dv = torch.empty(batch, groups, seq_len, head_dim, dtype=value.dtype, device=device)
+        kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BN), batch * groups)](
+            Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
+            **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape, GP=geo.GP, NSEL=n, NP=geo.NP,
+            WIN=win, NSINK=nsink, BM=geo.BM, BN=geo.BN, R=geo.R, PREC=prec, num_warps=geo.warps_bwd_kv,
+        )
+    else:
+        dk, dv = _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate, sel, num_windows,
+                                     strides, shape, scaling, pattern, prec)
+        dk, dv = dk.to(key.dtype), dv.to(value.dtype)
+    return (dq if need_q else None), dk, dv, dck, dgate.to(gate.dtype)

@@ -1,0 +1,254 @@
+"""Development measurements of the Triton backend on one GPU (docs/triton_notes.md): inference rows with and
+without the serving path, a per-op CUDA profile of inference, a sweep of the dense-tile geometry
+(``TritonGeometry``) and the tile/gathered crossover. Results go to ``<out>/tuning.jsonl`` (one JSON object per
+line, written as it goes) and ``<out>/profile_*.txt``.
+
+    python scripts/dev/triton_tuning.py --out-dir OUT [--sections inference profile sweep crossover]
+
+Kernel compilation is done first in parallel worker processes (``--jobs``; triton's on-disk cache then serves
+the measuring process), so the timed part is not spent compiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("triton_tuning")
+TOKENS = 262144
+SWEEP_LENGTHS = (200, 512, 1024)
+CROSS_LENGTHS = (1024, 1536, 2048)
+VARIANTS = {
+    "base": {},
+    "launch_stages1": dict(num_stages=1),
+    "launch_stages2": dict(num_stages=2),
+    "launch_stages4": dict(num_stages=4),
+    "noskip_s1": dict(skip=False, stages=1),
+    "noskip_s2": dict(skip=False, stages=2),
+    "noskip_s3": dict(skip=False, stages=3),
+    "bn16": dict(BN=16),
+    "bn64": dict(BN=64),
+    "warps2": dict(num_warps=2),
+    "warps8": dict(num_warps=8),
+    "bm8": dict(BM=8, R=32),
+    "bm32": dict(BM=32, R=128),
+}
+
+
+def _emit(out: Path, record: dict) -> None:
+    line = json.dumps(record)
+    logger.info(line)
+    with open(out / "tuning.jsonl", "a") as fh:
+        fh.write(line + "\n")
+
+
+def _op_inputs(seq_len: int, batch: int | None = None):
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
+
+    batch = batch or TOKENS // seq_len
+    gen = torch.Generator(device="cuda").manual_seed(seq_len)
+    lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=gen, device="cuda")
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.bfloat16).requires_grad_()
+
+    q, k, v = rnd(batch, 8, seq_len, 16), rnd(batch, 2, seq_len, 16), rnd(batch, 2, seq_len, 16)
+    ck = rnd(batch, 2, seq_len // 16, 16)
+    gate = torch.rand(batch, 8, seq_len, 2, generator=gen, device="cuda").requires_grad_()
+    grad = torch.randn(batch, 8, seq_len, 16, generator=gen, device="cuda", dtype=torch.bfloat16)
+    return (q, k, v, ck, gate, lengths), grad, BlossomPattern()
+
+
+def _geometry(seq_len: int, strategy: str, variant: dict):
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
+    from blossom_hf.models.blossomrec.attention_triton import plan
+
+    return dataclasses.replace(plan(8, 2, seq_len, 16, BlossomPattern(), 2, strategy), **variant)
+
+
+def _op_step(inputs, grad, pattern, geometry):
+    from blossom_hf.models.blossomrec.attention_triton import triton_blossom_attention
+
+    q, k, v, ck, gate, lengths = inputs
+
+    def step():
+        for t in (q, k, v, ck, gate):
+            t.grad = None
+        triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=0.25, pattern=pattern,
+                                 geometry=geometry).backward(grad)
+
+    return step
+
+
+def _compile_job(job):
+    """Worker: run one (L, strategy, variant) once at a small batch so its kernels land in triton's cache."""
+    seq_len, strategy, name = job
+    try:
+        inputs, grad, pattern = _op_inputs(seq_len, batch=2)
+        _op_step(inputs, grad, pattern, _geometry(seq_len, strategy, VARIANTS[name]))()
+        torch.cuda.synchronize()
+        return job, None
+    except Exception as err:  # reported, measured as failed later
+        return job, f"{type(err).__name__}: {err}"[:300]
+
+
+def precompile(jobs, workers: int) -> dict:
+    ctx = mp.get_context("spawn")
+    t0 = time.time()
+    errors = {}
+    with ctx.Pool(workers) as pool:
+        for job, err in pool.imap_unordered(_compile_job, jobs):
+            if err:
+                errors[job] = err
+    logger.info("precompiled %d jobs in %.1f s (%d errors)", len(jobs), time.time() - t0, len(errors))
+    return errors
+
+
+def _kernel_times(step, reps: int = 5) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    times = {}
+    for e in prof.key_averages():
+        if "kernel" in e.key and ("tile" in e.key or "gather" in e.key or "select" in e.key):
+            times[e.key] = round(e.device_time_total / 1000 / reps, 4)
+    return times
+
+
+def sweep(out: Path, lengths, names, strategy="tile", tag="sweep") -> None:
+    import triton
+
+    for seq_len in lengths:
+        inputs, grad, pattern = _op_inputs(seq_len)
+        for name in names:
+            try:
+                step = _op_step(inputs, grad, pattern, _geometry(seq_len, strategy, VARIANTS[name]))
+                ms = triton.testing.do_bench(step, warmup=20, rep=150, return_mode="median")
+                _emit(out, {"section": tag, "L": seq_len, "strategy": strategy, "variant": name, "ms": round(ms, 4),
+                            "kernels": _kernel_times(step)})
+            except Exception as err:
+                _emit(out, {"section": tag, "L": seq_len, "strategy": strategy, "variant": name,
+                            "error": f"{type(err).__name__}: {err}"[:300]})
+        del inputs, grad
+        torch.cuda.empty_cache()
+
+
+def inference(out: Path, lengths) -> None:
+    from blossom_hf import BlossomRecConfig, BlossomRecModel
+    from blossom_hf.benchmarks.gpu import CATALOGUE, _model_inputs, measure
+    from blossom_hf.models.blossomrec import registry
+
+    triton_backend = registry.get_attention_backend("triton")
+    for seq_len in lengths:
+        batch = max(1, TOKENS // seq_len // 4)
+        for attention_type, backend in (("blossom", "triton"), ("full", "sdpa")):
+            config = BlossomRecConfig(vocab_size=CATALOGUE, max_history_length=seq_len, attention_type=attention_type,
+                                      attn_implementation=backend)
+            torch.manual_seed(0)
+            model = BlossomRecModel(config).to("cuda").eval()
+            ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
+            modes = [("every-position", dict(), True), ("serving", dict(output_last_hidden_state=False), True)]
+            if backend == "triton":
+                modes.append(("serving-without-query-subset", dict(output_last_hidden_state=False), False))
+            for autocast in (True, False):
+                for mode, kwargs, subset in modes:
+                    registry._BACKENDS["triton"] = dataclasses.replace(triton_backend, query_subset=subset)
+
+                    @torch.inference_mode()
+                    def step(kwargs=kwargs, autocast=autocast, model=model, ids=ids):
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                            return model(input_ids=ids, **kwargs).logits
+
+                    res = measure(step, 3, 15)
+                    _emit(out, {"section": "inference", "L": seq_len, "B": batch,
+                                "model": f"{attention_type}/{backend}", "mode": mode,
+                                "dtype": "bf16-autocast" if autocast else "fp32", **res})
+            registry._BACKENDS["triton"] = triton_backend
+            model = None
+            torch.cuda.empty_cache()
+
+
+def profile_inference(out: Path, lengths) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from blossom_hf import BlossomRecConfig, BlossomRecModel
+    from blossom_hf.benchmarks.gpu import CATALOGUE, _model_inputs
+
+    for seq_len in lengths:
+        batch = max(1, TOKENS // seq_len // 4)
+        for attention_type, backend in (("blossom", "triton"), ("full", "sdpa")):
+            config = BlossomRecConfig(vocab_size=CATALOGUE, max_history_length=seq_len, attention_type=attention_type,
+                                      attn_implementation=backend)
+            model = BlossomRecModel(config).to("cuda").eval()
+            ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
+
+            @torch.inference_mode()
+            def step(model=model, ids=ids):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return model(input_ids=ids, output_last_hidden_state=False).logits
+
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    step()
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+            with open(out / "profile_inference.txt", "a") as fh:
+                fh.write(f"\n=== inference serving path bf16-autocast {attention_type}/{backend} L={seq_len} "
+                         f"B={batch} (5 steps) ===\n{table}\n")
+            model = None
+            torch.cuda.empty_cache()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--sections", nargs="*", default=["inference", "profile", "sweep", "crossover"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--inference-lengths", type=int, nargs="*", default=[200, 1024, 4096])
+    parser.add_argument("--compile-only", action="store_true", help="only fill triton's cache (parallel workers)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the parallel compilation step")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    if "sweep" in args.sections:
+        jobs += [(L, "tile", v) for L in SWEEP_LENGTHS for v in args.variants]
+    if "crossover" in args.sections:
+        jobs += [(L, s, "base") for L in CROSS_LENGTHS for s in ("tile", "gather")]
+        jobs += [(L, "tile", "noskip_s2") for L in CROSS_LENGTHS]
+    errors = precompile(jobs, args.jobs) if jobs and not args.no_compile else {}
+    for job, err in errors.items():
+        _emit(args.out_dir, {"section": "compile", "job": list(job), "error": err})
+    if args.compile_only:
+        return 0
+    t0 = time.time()
+    if "inference" in args.sections:
+        inference(args.out_dir, args.inference_lengths)
+    if "profile" in args.sections:
+        profile_inference(args.out_dir, [200, 1024])
+    if "sweep" in args.sections:
+        sweep(args.out_dir, SWEEP_LENGTHS, args.variants)
+    if "crossover" in args.sections:
+        for strategy, names in (("tile", ["base", "noskip_s2"]), ("gather", ["base"])):
+            sweep(args.out_dir, CROSS_LENGTHS, names, strategy=strategy, tag="crossover")
+    logger.info("measured in %.1f s", time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
