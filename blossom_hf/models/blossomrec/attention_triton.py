@@ -71,12 +71,17 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+_KERNELS: list = []  # [interpreter mode, kernel modules] once imported
+
+
 def _kernels():
     """The kernel modules, imported on first use (so ``import blossom_hf`` never imports triton).
 
     Triton fixes compiled-vs-interpreted when it is imported, so ``TRITON_INTERPRET`` must be set before the
     first call of this backend (or any other ``import triton``) in the process.
     """
+    if _KERNELS and _KERNELS[0] == interpret_requested():
+        return _KERNELS[1]  # looked up once: the imports below cost ~10 us a call
     if not _triton_installed():
         raise RuntimeError("the 'triton' attention backend needs the triton package (pip install triton)")
     # The ``from .module import name`` form (never ``from . import module``): transformers' remote-code loader
@@ -92,7 +97,9 @@ def _kernels():
             "TRITON_INTERPRET changed after triton was imported in this process (it was "
             f"{'on' if triton_common.INTERPRET else 'off'}); set it before the first import of triton"
         )
-    return tuple(sys.modules[name] for name in (select_name, fwd_name, bwd_tile_name, bwd_gather_name))
+    modules = tuple(sys.modules[name] for name in (select_name, fwd_name, bwd_tile_name, bwd_gather_name))
+    _KERNELS[:] = [triton_common.INTERPRET, modules]
+    return modules
 
 
 def triton_availability() -> str | None:

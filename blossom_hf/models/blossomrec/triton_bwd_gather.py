@@ -12,7 +12,7 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import program_row
+    from .triton_common import bwd_row_state, far_stis_keys, load_gate, program_row, window_keys
 
 if triton is not None:
 
@@ -56,20 +56,10 @@ if triton is not None:
             rmask = row_ok[:, None] & dmask[None, :]
             q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
                         mask=rmask, other=0.0)
-            do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
-                         mask=rmask, other=0.0)
-            o_l = tl.load(OL + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
-            o_s = tl.load(OS + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
-            da = tl.sum(do.to(tl.float32) * o_l, 1)
-            db = tl.sum(do.to(tl.float32) * o_s, 1)
+            do, da, db, lse_l, lse_s = bwd_row_state(DO, OL, OS, LSE, DGATE, bb, h, t, orow, row_ok, row_in, d,
+                                                     dmask, sdb, sdh, sdt, sdd, HEAD_D)  # [R, DP], [R] x 4
             do = do.to(q.dtype)
-            gptr = GATE + bb * sgb + h * sgh + t * sgt
-            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
-            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
-            lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
-            lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
-            tl.store(DGATE + orow * 2, da, mask=row_in)
-            tl.store(DGATE + orow * 2 + 1, db, mask=row_in)
+            alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
             # ---------------- LTIS own block ----------------
             ks = (t0 // BLK) * BLK
             jo = ks + tl.arange(0, KO)
@@ -107,22 +97,12 @@ if triton is not None:
                 dmask2 = ((qidx < BQ) & (tq < L))[:, None] & (pcols < NSEL)[None, :]
                 tl.store(DPS + ((bb * G + gam) * L + tq[:, None]) * NSEL + pcols[None, :], dpq, mask=dmask2)
             # ---------------- STIS ----------------
-            jn = t0 - (WIN - 1) + tl.arange(0, KN)
-            nmask = ((jn >= 0) & (jn < seqlen))[:, None] & dmask[None, :]
-            kt = tl.load(kb + jn[:, None] * skt + d[None, :] * skd, mask=nmask, other=0.0)
-            vt = tl.load(vb + jn[:, None] * svt + d[None, :] * svd, mask=nmask, other=0.0)
+            jn, kt, vt = window_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, WIN, KN)
             delta = t[:, None] - jn[None, :]
             mask = row_ok[:, None] & (jn[None, :] >= 0) & (delta >= 0) & (delta < WIN)
             dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale, PREC)
             if NFP > 0:
-                fc = tl.arange(0, BQ * NFP)
-                fq = fc // NFP
-                fpow = tl.full([BQ * NFP], P0, tl.int32) << (fc % NFP)
-                jf = t0 + fq - fpow
-                fok = (jf >= 0) & (jf < seqlen)
-                fmask = fok[:, None] & dmask[None, :]
-                kc = tl.load(kb + jf[:, None] * skt + d[None, :] * skd, mask=fmask, other=0.0)
-                vc = tl.load(vb + jf[:, None] * svt + d[None, :] * svd, mask=fmask, other=0.0)
+                fq, fok, kc, vc = far_stis_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, BQ, NFP, P0)
                 mask = row_ok[:, None] & (qi[:, None] == fq[None, :]) & fok[None, :]
                 dq, ds, s = bwd_q_part(q, do, kc, vc, mask, lse_s, beta, db, dq, scale, PREC)
             if NSINK > 0:

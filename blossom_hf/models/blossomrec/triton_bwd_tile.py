@@ -12,7 +12,15 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import ltis_tile_mask, program_row, stis_tile_mask, tile_flags
+    from .triton_common import (
+        bwd_row_state,
+        load_gate,
+        ltis_tile_mask,
+        program_row,
+        stis_tile_mask,
+        tile_flags,
+        tile_rows,
+    )
 
 if triton is not None:
 
@@ -60,9 +68,7 @@ if triton is not None:
         do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
                      mask=rmask, other=0.0).to(q.dtype)  # [R, DP]
         orow = (bb * H + h) * L + t
-        gptr = GATE + bb * sgb + h * sgh + t * sgt
-        alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
-        beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+        alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
         lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
         lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
         da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
@@ -103,12 +109,7 @@ if triton is not None:
         pid_t = tl.program_id(0)
         bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * BM
-        rows = tl.arange(0, R)
-        hh = rows % GP
-        t = t0 + rows // GP  # [R]
-        h = gam * GQ + hh
-        row_in = (hh < GQ) & (t < L)
-        row_ok = row_in & (t < seqlen)
+        _, t, h, row_in, row_ok = tile_rows(t0, gam, seqlen, L, GQ, GP, R)  # [R] each
         d = tl.arange(0, DP)
         dmask = d < HEAD_D
         orow = (bb * H + h) * L + t
@@ -117,20 +118,10 @@ if triton is not None:
             rmask = row_ok[:, None] & dmask[None, :]
             q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
                         mask=rmask, other=0.0)  # [R, DP]
-            do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
-                         mask=rmask, other=0.0)  # [R, DP]
-            o_l = tl.load(OL + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
-            o_s = tl.load(OS + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
-            da = tl.sum(do.to(tl.float32) * o_l, 1)  # [R]
-            db = tl.sum(do.to(tl.float32) * o_s, 1)
+            do, da, db, lse_l, lse_s = bwd_row_state(DO, OL, OS, LSE, DGATE, bb, h, t, orow, row_ok, row_in, d,
+                                                     dmask, sdb, sdh, sdt, sdd, HEAD_D)  # [R, DP], [R] x 4
             do = do.to(q.dtype)
-            gptr = GATE + bb * sgb + h * sgh + t * sgt
-            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
-            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
-            lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
-            lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
-            tl.store(DGATE + orow * 2, da, mask=row_in)
-            tl.store(DGATE + orow * 2 + 1, db, mask=row_in)
+            alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
             cols = tl.arange(0, NP)
             sel_rows = ((bb * G + gam) * L + t) * NSEL  # [R]
             selr = tl.load(SEL + sel_rows[:, None] + cols[None, :], mask=row_ok[:, None] & (cols < NSEL)[None, :],

@@ -54,6 +54,67 @@ if triton is not None:
         return bb, gam, seqlen
 
     @triton.jit
+    def tile_rows(t0, gam, seqlen, L, GQ: tl.constexpr, GP: tl.constexpr, R: tl.constexpr):
+        """Rows of a dense query tile: row ``r`` is query ``t0 + r // GP``, head ``γ g + r % GP``. Returns the
+        in-group head ``hh [R]``, query ``t [R]``, head ``h [R]``, ``row_in`` (a real head and ``t < L``) and
+        ``row_ok`` (also ``t < seqlen``)."""
+        rows = tl.arange(0, R)
+        hh = rows % GP
+        t = t0 + rows // GP
+        h = gam * GQ + hh
+        row_in = (hh < GQ) & (t < L)
+        return hh, t, h, row_in, row_in & (t < seqlen)
+
+    @triton.jit
+    def load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, ok):
+        """The gates ``α, β [R]`` (fp32) of rows ``(h, t)`` (0 where not ``ok``)."""
+        gptr = GATE + bb * sgb + h * sgh + t * sgt
+        alpha = tl.load(gptr, mask=ok, other=0.0).to(tl.float32)
+        beta = tl.load(gptr + sgc, mask=ok, other=0.0).to(tl.float32)
+        return alpha, beta
+
+    @triton.jit
+    def bwd_row_state(DO, OL, OS, LSE, DGATE, bb, h, t, orow, row_ok, row_in, d, dmask, sdb, sdh, sdt, sdd,
+                      HEAD_D: tl.constexpr):
+        """Per-row state of a query-side backward: ``do [R, DP]`` (input dtype), ``da = do·o_L``, ``db = do·o_S``
+        (stored as ``d gate``) and the two logsumexps ``[R]`` saved by the forward."""
+        rmask = row_ok[:, None] & dmask[None, :]
+        do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd, mask=rmask, other=0.0)
+        o_l = tl.load(OL + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
+        o_s = tl.load(OS + orow[:, None] * HEAD_D + d[None, :], mask=rmask, other=0.0).to(tl.float32)
+        da = tl.sum(do.to(tl.float32) * o_l, 1)
+        db = tl.sum(do.to(tl.float32) * o_s, 1)
+        lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
+        lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
+        tl.store(DGATE + orow * 2, da, mask=row_in)
+        tl.store(DGATE + orow * 2 + 1, db, mask=row_in)
+        return do, da, db, lse_l, lse_s
+
+    @triton.jit
+    def window_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, WIN: tl.constexpr, KN: tl.constexpr):
+        """The shared STIS window tile of queries ``t0 ..``: keys ``jn = t0 - W + 1 + [0, KN)`` and their K, V."""
+        jn = t0 - (WIN - 1) + tl.arange(0, KN)
+        nmask = ((jn >= 0) & (jn < seqlen))[:, None] & dmask[None, :]
+        kt = tl.load(kb + jn[:, None] * skt + d[None, :] * skd, mask=nmask, other=0.0)  # [KN, DP]
+        vt = tl.load(vb + jn[:, None] * svt + d[None, :] * svd, mask=nmask, other=0.0)  # [KN, DP]
+        return jn, kt, vt
+
+    @triton.jit
+    def far_stis_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, BQ: tl.constexpr, NFP: tl.constexpr,
+                      P0: tl.constexpr):
+        """The gathered far STIS keys of queries ``t0 .. t0+BQ-1``: column ``c`` is query ``fq = c // NFP`` at
+        offset ``P0 << (c % NFP)``. Returns ``fq, fok [BQ*NFP]`` and the gathered K, V ``[BQ*NFP, DP]``."""
+        fc = tl.arange(0, BQ * NFP)
+        fq = fc // NFP
+        fpow = tl.full([BQ * NFP], P0, tl.int32) << (fc % NFP)
+        jf = t0 + fq - fpow
+        fok = (jf >= 0) & (jf < seqlen)
+        fmask = fok[:, None] & dmask[None, :]
+        kc = tl.load(kb + jf[:, None] * skt + d[None, :] * skd, mask=fmask, other=0.0)
+        vc = tl.load(vb + jf[:, None] * svt + d[None, :] * svd, mask=fmask, other=0.0)
+        return fq, fok, kc, vc
+
+    @triton.jit
     def softmax_update(s, mask, m, l, acc, vt, PREC: tl.constexpr):
         """One online-softmax step: scores ``s [R, C]`` restricted to ``mask [R, C]``, values ``vt [C, DP]``;
         running max ``m [R]``, sum ``l [R]``, output ``acc [R, DP]``."""

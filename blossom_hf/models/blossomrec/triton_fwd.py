@@ -17,7 +17,17 @@ from __future__ import annotations
 from .triton_common import tl, triton
 
 if triton is not None:
-    from .triton_common import ltis_tile_mask, program_row, softmax_update, stis_tile_mask, tile_flags
+    from .triton_common import (
+        far_stis_keys,
+        load_gate,
+        ltis_tile_mask,
+        program_row,
+        softmax_update,
+        stis_tile_mask,
+        tile_flags,
+        tile_rows,
+        window_keys,
+    )
 
 if triton is not None:
 
@@ -87,23 +97,13 @@ if triton is not None:
             m_s = tl.full([R], -1.0e30, tl.float32)
             l_s = tl.zeros([R], dtype=tl.float32)
             acc_s = tl.zeros([R, DP], dtype=tl.float32)
-            jn = t0 - (WIN - 1) + tl.arange(0, KN)
-            nmask = ((jn >= 0) & (jn < seqlen))[:, None] & dmask[None, :]
-            kt = tl.load(kb + jn[:, None] * skt + d[None, :] * skd, mask=nmask, other=0.0)
-            vt = tl.load(vb + jn[:, None] * svt + d[None, :] * svd, mask=nmask, other=0.0)
+            jn, kt, vt = window_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, WIN, KN)
             s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
             delta = t[:, None] - jn[None, :]
             mask = row_ok[:, None] & (jn[None, :] >= 0) & (delta >= 0) & (delta < WIN)
             m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vt, PREC)
             if NFP > 0:
-                fc = tl.arange(0, BQ * NFP)
-                fq = fc // NFP
-                fpow = tl.full([BQ * NFP], P0, tl.int32) << (fc % NFP)
-                jf = t0 + fq - fpow
-                fok = (jf >= 0) & (jf < seqlen)
-                fmask = fok[:, None] & dmask[None, :]
-                kc = tl.load(kb + jf[:, None] * skt + d[None, :] * skd, mask=fmask, other=0.0)
-                vc = tl.load(vb + jf[:, None] * svt + d[None, :] * svd, mask=fmask, other=0.0)
+                fq, fok, kc, vc = far_stis_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, BQ, NFP, P0)
                 s = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale
                 mask = row_ok[:, None] & (qi[:, None] == fq[None, :]) & fok[None, :]
                 m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vc, PREC)
@@ -120,9 +120,7 @@ if triton is not None:
             # ---------------- gate ----------------
             o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
             o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
-            gptr = GATE + bb * sgb + h * sgh + tq * sgt
-            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
-            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+            alpha, beta = load_gate(GATE, bb, h, tq, sgb, sgh, sgt, sgc, row_ok)
             out = alpha[:, None] * o_l + beta[:, None] * o_s
             out = tl.where(row_ok[:, None], out, 0.0)
             if SAVE:
@@ -173,12 +171,7 @@ if triton is not None:
         pid_t = tl.program_id(0)
         bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * BM
-        rows = tl.arange(0, R)
-        hh = rows % GP
-        t = t0 + rows // GP  # [R]
-        h = gam * GQ + hh
-        row_in = (hh < GQ) & (t < L)
-        row_ok = row_in & (t < seqlen)
+        _, t, h, row_in, row_ok = tile_rows(t0, gam, seqlen, L, GQ, GP, R)  # [R] each
         d = tl.arange(0, DP)
         dmask = d < HEAD_D
         orow = (bb * H + h) * L + t  # [R] int64, row index into [B, H, L, *] buffers
@@ -207,9 +200,7 @@ if triton is not None:
                         m_l, l_l, acc_l, m_s, l_s, acc_s, scale, BLK, WIN, NSINK, BN, PREC)
             o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
             o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
-            gptr = GATE + bb * sgb + h * sgh + t * sgt
-            alpha = tl.load(gptr, mask=row_ok, other=0.0).to(tl.float32)
-            beta = tl.load(gptr + sgc, mask=row_ok, other=0.0).to(tl.float32)
+            alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
             out = tl.where(row_ok[:, None], alpha[:, None] * o_l + beta[:, None] * o_s, 0.0)
             if SAVE:
                 smask = row_in[:, None] & dmask[None, :]
