@@ -13,8 +13,9 @@ Tables (the rows compared at one L are always measured in the same process):
 * ``ops``: the attention operator alone (fwd+bwd on the layer's q/k/v): triton vs FlashAttention vs Flex.
 * ``model``: whole-model training step (2 layers, CE over a 3707-item catalogue at every real position,
   AdamW, fp32 weights with bf16 autocast as ``blossom_hf.training`` does).
-* ``inference``: whole-model forward only (the ranking / recommend path, scores of every item at the last
-  position), B = 262144 // L // 4, in bf16 autocast and in fp32.
+* ``inference``: whole-model forward only on the serving path (``model(ids, output_last_hidden_state=False)``,
+  what ``recommend()`` runs: the last layer at the last real position only; scores of every item there),
+  B = 262144 // L // 4, in bf16 autocast and in fp32.
 
 Per row: median ms of the timed steps (CUDA events) after warm-up, and peak allocated MiB above the inputs.
 Failures (out of memory, compile errors) are recorded, not fatal. Writes ``benchmark.json``,
@@ -278,7 +279,9 @@ def model_case(seq_len: int, attention_type: str, backend: str, warmup: int, ste
 
 
 def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int):
-    """Whole-model forward only (scores of every item at the last real position), B = 262144 // L // 4."""
+    """Whole-model forward only on the serving path (``output_last_hidden_state=False``, what ``recommend()``
+    runs: the last layer computes the last real position only; scores of every item there),
+    B = 262144 // L // 4."""
     from blossom_hf import BlossomRecConfig, BlossomRecModel
 
     batch = max(1, TOKENS // seq_len // 4)
@@ -291,7 +294,7 @@ def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bo
     @torch.inference_mode()
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            return model(input_ids=ids).logits
+            return model(input_ids=ids, output_last_hidden_state=False).logits
 
     return measure(step, warmup, steps)
 

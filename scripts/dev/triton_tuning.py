@@ -23,21 +23,15 @@ import torch
 
 logger = logging.getLogger("triton_tuning")
 TOKENS = 262144
-SWEEP_LENGTHS = (200, 512, 1024)
-CROSS_LENGTHS = (1024, 1536, 2048)
 VARIANTS = {
+    # relative to plan()'s geometry; "before" is the geometry of the previous release (4 warps everywhere, 32-key
+    # tiles in the dq kernel)
     "base": {},
-    "launch_stages1": dict(num_stages=1),
-    "launch_stages2": dict(num_stages=2),
-    "launch_stages4": dict(num_stages=4),
-    "noskip_s1": dict(skip=False, stages=1),
-    "noskip_s2": dict(skip=False, stages=2),
-    "noskip_s3": dict(skip=False, stages=3),
+    "before": dict(warps_select=4, warps_select_bwd=4, warps_bwd_q=4, warps_bwd_kv=4, BNQ=32),
+    "q_bn32": dict(BNQ=32),
+    "q_w4": dict(warps_bwd_q=4),
+    "kv_w4": dict(warps_bwd_kv=4),
     "bn16": dict(BN=16),
-    "bn64": dict(BN=64),
-    "warps2": dict(num_warps=2),
-    "warps8": dict(num_warps=8),
-    "bm8": dict(BM=8, R=32),
     "bm32": dict(BM=32, R=128),
 }
 
@@ -157,7 +151,7 @@ def inference(out: Path, lengths) -> None:
             torch.manual_seed(0)
             model = BlossomRecModel(config).to("cuda").eval()
             ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
-            modes = [("every-position", dict(), True), ("serving", dict(output_last_hidden_state=False), True)]
+            modes = [("serving", dict(output_last_hidden_state=False), True)]
             if backend == "triton":
                 modes.append(("serving-without-query-subset", dict(output_last_hidden_state=False), False))
             for autocast in (True, False):
@@ -219,6 +213,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--inference-lengths", type=int, nargs="*", default=[200, 1024, 4096])
+    parser.add_argument("--sweep-lengths", type=int, nargs="*", default=[200, 512, 1024])
+    parser.add_argument("--cross-lengths", type=int, nargs="*", default=[1024, 1536, 2048])
     parser.add_argument("--compile-only", action="store_true", help="only fill triton's cache (parallel workers)")
     parser.add_argument("--no-compile", action="store_true", help="skip the parallel compilation step")
     args = parser.parse_args()
@@ -226,10 +222,9 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     if "sweep" in args.sections:
-        jobs += [(L, "tile", v) for L in SWEEP_LENGTHS for v in args.variants]
+        jobs += [(L, "tile", v) for L in args.sweep_lengths for v in args.variants]
     if "crossover" in args.sections:
-        jobs += [(L, s, "base") for L in CROSS_LENGTHS for s in ("tile", "gather")]
-        jobs += [(L, "tile", "noskip_s2") for L in CROSS_LENGTHS]
+        jobs += [(L, s, v) for L in args.cross_lengths for s in ("tile", "gather") for v in ("base", "before")]
     errors = precompile(jobs, args.jobs) if jobs and not args.no_compile else {}
     for job, err in errors.items():
         _emit(args.out_dir, {"section": "compile", "job": list(job), "error": err})
@@ -239,12 +234,12 @@ def main() -> int:
     if "inference" in args.sections:
         inference(args.out_dir, args.inference_lengths)
     if "profile" in args.sections:
-        profile_inference(args.out_dir, [200, 1024])
+        profile_inference(args.out_dir, [200])
     if "sweep" in args.sections:
-        sweep(args.out_dir, SWEEP_LENGTHS, args.variants)
+        sweep(args.out_dir, args.sweep_lengths, args.variants)
     if "crossover" in args.sections:
-        for strategy, names in (("tile", ["base", "noskip_s2"]), ("gather", ["base"])):
-            sweep(args.out_dir, CROSS_LENGTHS, names, strategy=strategy, tag="crossover")
+        for strategy in ("tile", "gather"):
+            sweep(args.out_dir, args.cross_lengths, ["base", "before"], strategy=strategy, tag="crossover")
     logger.info("measured in %.1f s", time.time() - t0)
     return 0
 
