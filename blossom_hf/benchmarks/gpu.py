@@ -169,6 +169,7 @@ def _lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
 
 def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dtype, warmup: int, steps: int):
     from blossom_hf import BlossomRecConfig
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
     from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
 
     batch = TOKENS // seq_len
@@ -189,6 +190,7 @@ def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dty
     x.requires_grad_()
     grad = torch.randn(batch, seq_len, config.hidden_size, generator=gen).to(DEVICE, dtype)
     rotary = BlossomRecRotaryEmbedding(config).to(DEVICE)(seq_len, DEVICE)
+    pattern = BlossomPattern.from_config(config)
 
     def clear():
         layer.zero_grad(set_to_none=True)
@@ -196,7 +198,7 @@ def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dty
 
     def step():
         clear()
-        layer(x, rotary, mask, lengths).backward(grad)
+        layer(x, rotary, mask, lengths, pattern).backward(grad)
 
     return measure(step, warmup, steps, clear)
 
@@ -473,6 +475,7 @@ def profile_triton(seq_len: int, path: Path) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from blossom_hf import BlossomRecConfig
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
     from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
 
     batch = TOKENS // seq_len
@@ -483,12 +486,13 @@ def profile_triton(seq_len: int, path: Path) -> None:
     mask = torch.arange(seq_len, device=DEVICE)[None, :] < lengths[:, None]
     x = torch.randn(batch, seq_len, config.hidden_size, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_()
     rotary = BlossomRecRotaryEmbedding(config).to(DEVICE)(seq_len, DEVICE)
+    pattern = BlossomPattern.from_config(config)
     for _ in range(2):
-        layer(x, rotary, mask, lengths).sum().backward()
+        layer(x, rotary, mask, lengths, pattern).sum().backward()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            layer(x, rotary, mask, lengths).sum().backward()
+            layer(x, rotary, mask, lengths, pattern).sum().backward()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
     with open(path, "a") as fh:

@@ -102,12 +102,13 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     cq = max(1, (64 if dp <= 64 else 32) // gp)
     tq = 64 if dp <= 32 else 32
     bw = max(16, min(64 if dp <= 32 else 32, next_pow2(seq_len // b)))
-    # measured at head dim 16 (H200, docs/triton_notes.md): 2 warps beat 4 for the tile backward kernels and the
-    # selection's backward, and for the selection up to 32 x 64 score tiles; 16-key tiles for the dq kernel
+    # measured at head dim 16 (H200, docs/triton_notes.md, one field at a time): 2 warps beat 4 for the two tile
+    # backward kernels and the selection's backward, and for the selection up to 64 x 32 score tiles (16-key
+    # tiles also helped the dq kernel, but less than 2 warps at L >= 512, and the pair was not measured)
     small = dp <= 32
     return TritonGeometry(
         strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
-        BM=bm, BN=bn, R=bm * gp, BNQ=16 if small else bn,
+        BM=bm, BN=bn, R=bm * gp, BNQ=bn,
         BQ=bq, RG=max(16, next_pow2(bq * g)), BQP=max(2, bq), BP=max(next_pow2(b), -(-16 // bq)),
         KO=max(16, next_pow2(b if b % bq == 0 else b - 1 + bq)), KN=max(16, next_pow2(w - 1 + bq)), P0=p0,
         NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
