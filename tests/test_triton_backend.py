@@ -385,3 +385,28 @@ def test_serving_path_matches_eager(generator, seq_len, monkeypatch):
     same = (top_got.indices == top_want.indices).all(-1)
     gaps = (top_want.values[:, :-1] - top_want.values[:, 1:]).min(-1).values
     assert bool((same | (gaps < 1e-4)).all()), (top_got.indices, top_want.indices)
+
+
+@needs_interpreter
+def test_serving_path_under_autograd_uses_the_differentiable_gathered_path(generator, caplog):
+    """``query_positions`` with autograd on (not the serving path's use, but allowed): the queried positions go
+    through ``sdpa_blossom_attention(positions=)`` (logged once), scores equal eager's, gradients flow."""
+    import logging
+
+    from blossom_hf.models.blossomrec import attention_triton
+
+    config = tiny_config(hidden_size=64, max_history_length=24, attn_implementation="eager")
+    eager = BlossomRecModel(config)
+    fused = copy.deepcopy(eager)
+    fused.set_attn_implementation("triton")
+    ids = random_histories(3, 24, config.vocab_size, generator, min_len=6)
+    attention_triton._SERVING_NOTED.clear()
+    with caplog.at_level(logging.INFO, logger=attention_triton.__name__):
+        got = fused(ids, output_last_hidden_state=False).logits
+        fused(ids, output_last_hidden_state=False)
+    want = eager(ids, output_last_hidden_state=False).logits
+    torch.testing.assert_close(got[:, 1:], want[:, 1:], rtol=1e-4, atol=1e-4)
+    got[:, 1:].sum().backward()
+    assert fused.layers[-1].self_attn.q_proj.weight.grad is not None
+    notes = [r for r in caplog.records if "differentiable gathered key sets" in r.getMessage()]
+    assert len(notes) == 1, "logged once"
