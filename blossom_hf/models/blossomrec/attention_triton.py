@@ -29,7 +29,8 @@ forward kernel for those queries only (one query x g heads per program). That pa
 autograd the queried positions go through the differentiable gathered key sets of
 :func:`attention_sdpa.sdpa_blossom_attention` (``positions=``, the same function; logged once at INFO).
 
-Limits (each raises a clear error, nothing falls back to another backend): CUDA tensors, or CPU tensors
+Limits (each raises a clear error; apart from the documented autograd case of the serving path above, nothing
+falls back to another implementation): CUDA tensors, or CPU tensors
 under ``TRITON_INTERPRET=1``; head dim 16..128; query/key/value in fp16, bf16 or fp32 (one dtype);
 ``attention_type="full"`` is not implemented here (use "sdpa", FlashAttention, for the dense baseline).
 """
