@@ -19,7 +19,8 @@
 # Environment: CALL_SECONDS (the time this script may take, from its start; default 570), FINISH_SECONDS (kept for
 # the final ranking, the record and the archive; default 75), BLOSSOM_DATA_DIR (the datasets), WHEEL_DIR (wheels to
 # install first, e.g. `datasets` where it is missing), BLOSSOM_HF_REVISION (the git commit of a copy without .git),
-# EXTRA (more options for every run), MAX_PARALLEL (default: all runs at once), DEVICE_ARGS (e.g. "--cpu").
+# EXTRA (more options for every run), MAX_PARALLEL (default: all runs at once), DEVICE_ARGS (e.g. "--cpu"),
+# NAME_FILTER (an extended regex: only the runs whose names match), MIN_RUN_SECONDS (no run starts with less left).
 #
 # Before launching: the CUDA MPS daemon is started when nvidia-cuda-mps-control exists and a CUDA client then works
 # (logged either way; without it the processes time-slice the GPU), every dataset is read once (the parsed-table
@@ -56,6 +57,8 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 export TOKENIZERS_PARALLELISM=false HF_DATASETS_DISABLE_PROGRESS_BARS=1
+# many processes on one GPU: return freed blocks instead of keeping large fragmented reservations
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 export BLOSSOM_HF_REVISION=${BLOSSOM_HF_REVISION:-$(cat REVISION 2>/dev/null || true)}
 stamp "revision ${BLOSSOM_HF_REVISION:-unknown}; groups: $RUN_GROUPS; call budget ${CALL_SECONDS}s; $(nproc) cores"
 { nvidia-smi || true; python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'cuda',
@@ -82,7 +85,10 @@ fi
 
 # ---- the run list ----------------------------------------------------------------------------------------------
 declare -a NAMES=() ARGS=()
-add() { NAMES+=("$1"); shift; ARGS+=("$*"); }
+add() {  # name, then train options; NAME_FILTER (an extended regex) keeps only the matching runs
+    [[ -n "${NAME_FILTER:-}" && ! $1 =~ $NAME_FILTER ]] && return 0
+    NAMES+=("$1"); shift; ARGS+=("$*")
+}
 backend() { [[ $1 == blossom ]] && echo triton || echo sdpa; }
 eval_batch() { (($1 >= 1024)) && echo 256 || echo 1024; }
 datasets_needed=""
