@@ -68,3 +68,33 @@ def test_helpers():
     assert elapsed_at_step(history, None) is None
     with pytest.raises(ValueError, match="minutes or at"):
         TimeLimitCallback()
+
+
+def test_collect_results_tables_the_new_fields(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("collect_results", REPO / "scripts" / "dev" / "collect_results.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+
+    def record(seed: int, ndcg: float, capped: bool) -> dict:
+        epochs = [{"step": 10 * e, "epoch": float(e), "eval_full_ndcg@10": ndcg * e / 3, "eval_uni100_ndcg@10": 0.5,
+                   "elapsed_seconds": 2.0 * e, "epoch_train_seconds": 1.5} for e in (1, 2, 3)]  # fmt: skip
+        return {"seed": seed, "test": {"full": {"ndcg@10": ndcg, "hit@10": 0.2}}, "epochs": epochs,
+                "model_config": {"attention_type": "blossom", "max_history_length": 50}, "backend": "triton",
+                "training": {"example_style": "sasrec"}, "best": {"epoch": 3.0}, "epochs_run": 3.0, "capped": capped,
+                "train_seconds_per_epoch": {"median": 1.5}, "eval_seconds": {"median": 0.25},
+                "time_to_best_seconds": 6.0, "peak_gpu_memory_bytes": {"allocated": 2 * 1024**3}, "command": [
+                    "blossom-hf", "train", "--seed", str(seed), "--output-dir", f"/tmp/x-s{seed}"]}  # fmt: skip
+
+    for seed, ndcg, capped in ((1, 0.10, True), (2, 0.12, False)):
+        (tmp_path / f"data-L50-blossom-s{seed}.json").write_text(json.dumps(record(seed, ndcg, capped)))
+    (tmp_path / "data-L50-blossom-s3.failed.txt").write_text("out of memory")
+    row = collect.summarize(tmp_path, "test")["data-L50-blossom"]
+    assert row["seeds"] == [1, 2] and row["no_record"] == ["3"] and row["capped"] == [True, False]
+    assert row["full_ndcg@10"][0] == pytest.approx(0.11) and row["peak_gpu_memory_gib"] == (2.0, 0.0)
+    table = collect.markdown_table(collect.summarize(tmp_path, "test"))
+    assert "| 1,2 (no record: 3) |" in table and "| 1/2 |" in table  # capped: one of two
+    assert "blossom-hf train --seed S --output-dir OUT/NAME" in table
