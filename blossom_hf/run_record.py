@@ -77,6 +77,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+#: Fields added after the first records were written; absent from older files (and left out while unset).
+LATER_FIELDS = ("epochs_run", "capped", "stop_reason", "train_seconds_per_epoch", "eval_seconds",
+                "time_to_best_seconds", "peak_gpu_memory_bytes", "backend", "source_revision")  # fmt: skip
+
+
 @dataclass
 class RunRecord(MutableMapping):
     """What a training run measured and how it ran (the keys of ``metrics.json``).
@@ -152,8 +157,14 @@ class RunRecord(MutableMapping):
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``metrics.json`` layout: every field at the top level, then the extra entries."""
-        return {**{name: getattr(self, name) for name in self._field_names()}, **self.extra}
+        """The ``metrics.json`` layout: every field at the top level, then the extra entries. The fields added after
+        the first records (:data:`LATER_FIELDS`) are left out while unset (``None`` or empty), so a record read
+        from an older file is written back unchanged."""
+        values = {name: getattr(self, name) for name in self._field_names()}
+        for name in LATER_FIELDS:
+            if values[name] is None or values[name] == {}:
+                del values[name]
+        return {**values, **self.extra}
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (a non-finite number is ``null``)."""

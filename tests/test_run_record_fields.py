@@ -10,7 +10,7 @@ import pytest
 from hub_testing import write_interactions
 
 from blossom_hf.commands import train as train_command
-from blossom_hf.run_record import RunRecord, elapsed_at_step, source_revision, summarize_seconds
+from blossom_hf.run_record import LATER_FIELDS, RunRecord, elapsed_at_step, source_revision, summarize_seconds
 from blossom_hf.trainer import TimeLimitCallback
 
 
@@ -57,6 +57,8 @@ def test_old_records_load_without_the_new_fields(tmp_path):
     record = RunRecord.load(tmp_path)
     assert record.seed == 3 and record.capped is None and record.peak_gpu_memory_bytes is None
     assert record.train_seconds_per_epoch == {} and record.extra == {}
+    assert not set(LATER_FIELDS) & set(record.to_dict()), "unset later fields stay out, so old files round-trip"
+    assert "capped" not in record.to_dict() and "capped" in RunRecord(capped=False).to_dict()
 
 
 def test_helpers():
