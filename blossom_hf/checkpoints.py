@@ -254,7 +254,7 @@ def data_fingerprint(offsets: np.ndarray, items: np.ndarray, item_ids: list[str]
 SOUND_CHANGES = {
     "model": {"transformers_version", "_attn_implementation_autoset", "attn_implementation", "_attn_implementation",
               "architectures", "dtype", "torch_dtype", "auto_map"},
-    "rec": {"patience", "eval_batch_size", "time_limit_minutes", "nonfinite_loss"},
+    "rec": {"patience", "eval_batch_size", "time_limit_minutes", "time_limit_at", "nonfinite_loss"},
     "training": {"num_train_epochs", "logging_steps", "disable_tqdm", "dataloader_num_workers", "report_to",
                  "save_total_limit", "per_device_eval_batch_size", "dataloader_pin_memory",
                  "dataloader_persistent_workers", "output_dir", "logging_dir", "run_name", "use_cpu"},

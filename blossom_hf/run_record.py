@@ -77,6 +77,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+#: Fields added after the first records were written; absent from older files (and left out while unset).
+LATER_FIELDS = ("epochs_run", "capped", "stop_reason", "train_seconds_per_epoch", "eval_seconds",
+                "time_to_best_seconds", "peak_gpu_memory_bytes", "backend", "source_revision")  # fmt: skip
+
+
 @dataclass
 class RunRecord(MutableMapping):
     """What a training run measured and how it ran (the keys of ``metrics.json``).
@@ -94,6 +99,21 @@ class RunRecord(MutableMapping):
         versions: library versions.
         device: the hardware, in words.
         timings: wall-clock seconds, global steps, whether the time limit ended the run.
+        epochs_run: epochs trained (fractional when a time limit stopped the run inside an epoch).
+        capped: ``True`` when something other than early stopping ended training (a time limit, the epoch or
+            step budget), so the model may still have been improving; ``False`` after early stopping.
+        stop_reason: why training ended, in words.
+        train_seconds_per_epoch: ``{"median", "mean", "min", "max", "first", "n"}`` of the training seconds of
+            each whole epoch (the first includes kernel compilation, hence the median; an epoch cut short by a
+            time limit is left out).
+        eval_seconds: the same for each validation (ranking every validation user under every protocol).
+        time_to_best_seconds: wall-clock seconds from the start of training to the end of the best epoch's
+            validation.
+        peak_gpu_memory_bytes: ``{"allocated", "reserved"}``: ``torch.cuda.max_memory_allocated`` /
+            ``max_memory_reserved`` of this process over the run (counters reset at its start); ``None`` off GPU.
+        backend: the attention backend the model ran with (``attn_implementation``).
+        source_revision: the git commit of the code that ran (``git rev-parse HEAD``, or
+            ``$BLOSSOM_HF_REVISION`` for a copy without ``.git``).
         extra: any other entry (``finetuning``, ``evaluation`` ...), kept as read.
     """
 
@@ -110,6 +130,15 @@ class RunRecord(MutableMapping):
     versions: dict[str, str] = field(default_factory=dict)
     device: str | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    epochs_run: float | None = None
+    capped: bool | None = None
+    stop_reason: str | None = None
+    train_seconds_per_epoch: dict[str, Any] = field(default_factory=dict)
+    eval_seconds: dict[str, Any] = field(default_factory=dict)
+    time_to_best_seconds: float | None = None
+    peak_gpu_memory_bytes: dict[str, int] | None = None
+    backend: str | None = None
+    source_revision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ---- construction and files -----------------------------------------------------------------
@@ -128,8 +157,14 @@ class RunRecord(MutableMapping):
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``metrics.json`` layout: every field at the top level, then the extra entries."""
-        return {**{name: getattr(self, name) for name in self._field_names()}, **self.extra}
+        """The ``metrics.json`` layout: every field at the top level, then the extra entries. The fields added after
+        the first records (:data:`LATER_FIELDS`) are left out while unset (``None`` or empty), so a record read
+        from an older file is written back unchanged."""
+        values = {name: getattr(self, name) for name in self._field_names()}
+        for name in LATER_FIELDS:
+            if values[name] is None or values[name] == {}:
+                del values[name]
+        return {**values, **self.extra}
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (a non-finite number is ``null``)."""
@@ -204,15 +239,60 @@ def best_epoch(history: list[dict[str, Any]], best_step: int | None) -> float | 
 
 
 def epoch_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch training time and validation metrics, merged by step."""
+    """Per-epoch training time, validation metrics and elapsed wall-clock seconds, merged by step."""
     merged: dict[int, dict[str, Any]] = {}
     for entry in history:
         step = entry.get("step")
         if step is None:
             continue
-        if "epoch_train_seconds" in entry or any(key.startswith("eval_") for key in entry):
+        if ("epoch_train_seconds" in entry or "elapsed_seconds" in entry
+                or any(key.startswith("eval_") for key in entry)):
             merged.setdefault(step, {"step": step}).update(entry)
     return [merged[step] for step in sorted(merged)]
+
+
+def summarize_seconds(values: list[float]) -> dict[str, Any]:
+    """``{"median", "mean", "min", "max", "first", "n"}`` of a list of durations (``{"n": 0}`` when empty)."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return {"median": median, "mean": sum(values) / len(values), "min": ordered[0], "max": ordered[-1],
+            "first": values[0], "n": len(values)}  # fmt: skip
+
+
+def elapsed_at_step(history: list[dict[str, Any]], step: int | None) -> float | None:
+    """The ``elapsed_seconds`` recorded at ``step`` (after its validation), or ``None``."""
+    if not step:
+        return None
+    for entry in history:
+        if entry.get("step") == step and isinstance(entry.get("elapsed_seconds"), int | float):
+            return float(entry["elapsed_seconds"])
+    return None
+
+
+REVISION_ENV = "BLOSSOM_HF_REVISION"
+
+
+def source_revision() -> str | None:
+    """The git commit of the running code: ``git rev-parse HEAD`` of the checkout that tracks this file
+    (``-dirty`` appended when tracked files differ from it), else ``$BLOSSOM_HF_REVISION`` (for copies without
+    ``.git``), else ``None``."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", Path(__file__).name], cwd=here,
+                                 capture_output=True, text=True, timeout=10)  # fmt: skip
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if tracked.returncode == 0 and head.returncode == 0 and head.stdout.strip():
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=10)  # fmt: skip
+            return head.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get(REVISION_ENV) or None
 
 
 def training_arguments_record(args: Any) -> dict[str, Any]:

@@ -31,10 +31,23 @@ logger = logging.getLogger(__name__)
 
 
 class EpochTimerCallback(TrainerCallback):
-    """Adds ``{"epoch", "step", "epoch_train_seconds"}`` to the trainer's log history at each epoch end."""
+    """Adds ``{"epoch", "step", "epoch_train_seconds"}`` to the trainer's log history at each epoch end, and
+    ``{"epoch", "step", "elapsed_seconds"}`` after each evaluation: wall-clock seconds since training began
+    (a resumed run continues from the last recorded value), so a validation curve can be drawn against time."""
 
     def __init__(self) -> None:
         self._started: float | None = None
+        self._train_started = time.perf_counter()
+        self._offset = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._train_started = time.perf_counter()
+        earlier = [e["elapsed_seconds"] for e in state.log_history if "elapsed_seconds" in e]
+        self._offset = float(earlier[-1]) if earlier else 0.0
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of training so far (earlier sessions of a resumed run included)."""
+        return self._offset + time.perf_counter() - self._train_started
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
@@ -50,6 +63,11 @@ class EpochTimerCallback(TrainerCallback):
                 }
             )
             logger.info("epoch %.0f trained in %.1f s", state.epoch or 0.0, seconds)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        state.log_history.append(
+            {"epoch": round(state.epoch or 0.0, 4), "step": state.global_step, "elapsed_seconds": self.elapsed()}
+        )
 
 
 @contextmanager
@@ -73,21 +91,40 @@ def full_precision_forward(model: nn.Module):
 
 
 class TimeLimitCallback(TrainerCallback):
-    """Stops training once ``minutes`` of wall-clock time have passed since training began."""
+    """Stops training once ``minutes`` of wall-clock time have passed since training began, or once the clock
+    reaches the Unix time ``at`` (seconds), whichever comes first; the step that crosses it is evaluated and
+    saved, so the best checkpoint so far is kept.
 
-    def __init__(self, minutes: float) -> None:
-        self.seconds = minutes * 60.0
+    :attr:`triggered` says whether it stopped the run, :attr:`reason` why (in words)."""
+
+    def __init__(self, minutes: float | None = None, at: float | None = None) -> None:
+        if minutes is None and at is None:
+            raise ValueError("TimeLimitCallback needs minutes or at")
+        self.seconds = minutes * 60.0 if minutes is not None else None
+        self.at = at
         self.started = time.perf_counter()
         self.triggered = False
+        self.reason: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
 
+    def _crossed(self) -> str | None:
+        if self.seconds is not None and time.perf_counter() - self.started > self.seconds:
+            return f"time limit of {self.seconds / 60:.2f} min (--time-limit-minutes)"
+        if self.at is not None and time.time() >= self.at:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.at))
+            return f"wall-clock deadline {when} UTC (--time-limit-at)"
+        return None
+
     def on_step_end(self, args, state, control, **kwargs):
-        if not self.triggered and time.perf_counter() - self.started > self.seconds:
+        if self.triggered:
+            return control
+        reason = self._crossed()
+        if reason is not None:
             self.triggered = True
-            logger.warning("time limit of %.1f min reached at step %d: stopping training", self.seconds / 60,
-                           state.global_step)
+            self.reason = reason
+            logger.warning("%s reached at step %d: stopping training", reason, state.global_step)
             control.should_training_stop = True
             control.should_evaluate = True
             control.should_save = True

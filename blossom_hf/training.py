@@ -62,9 +62,12 @@ from .run_record import (
     RunRecord,
     best_epoch,
     device_description,
+    elapsed_at_step,
     epoch_history,
     library_versions,
     log_summary,
+    source_revision,
+    summarize_seconds,
     training_arguments_record,
 )
 from .trainer import (
@@ -207,6 +210,7 @@ def _run_training_locked(
     overwrite_output_dir: bool = False,
 ) -> RunRecord:
     started = time.perf_counter()
+    measure_memory = reset_peak_gpu_memory(args)
     fingerprint = data_fingerprint(data.offsets, data.items, data.item_ids)
     arguments = run_arguments(model, rec, args, fingerprint)
     resume = _resolve_resume(output_dir, resume_from_checkpoint, args)
@@ -229,9 +233,10 @@ def _run_training_locked(
     )  # fmt: skip
     model.vocabulary = data.item_vocabulary()
     evaluation_sets = build_evaluation_sets(split, rec.eval_protocols, rec.negatives_seed)
-    callbacks: list[TrainerCallback] = [EarlyStoppingCallback(early_stopping_patience=rec.patience),
-                                        EpochTimerCallback()]
-    time_limit = TimeLimitCallback(rec.time_limit_minutes) if rec.time_limit_minutes else None
+    timer = EpochTimerCallback()
+    callbacks: list[TrainerCallback] = [EarlyStoppingCallback(early_stopping_patience=rec.patience), timer]
+    limited = rec.time_limit_minutes or rec.time_limit_at
+    time_limit = TimeLimitCallback(rec.time_limit_minutes, rec.time_limit_at) if limited else None
     if time_limit is not None:
         callbacks.append(time_limit)
     trainer = SequentialRecTrainer(
@@ -249,6 +254,12 @@ def _run_training_locked(
     train_seconds = time.perf_counter() - started
 
     final = results_to_record({name: trainer.rank(name) for name in ("valid", "test")})
+    history = epoch_history(trainer.state.log_history)
+    stop = stop_summary(trainer, args, time_limit)
+    eval_seconds = [e["eval_seconds"] for e in history if isinstance(e.get("eval_seconds"), int | float)]
+    # whole epochs only: a time limit ends the last one early
+    train_epoch_seconds = [e["epoch_train_seconds"] for e in history
+                           if "epoch_train_seconds" in e and float(e.get("epoch", 0.5)).is_integer()]  # fmt: skip
     record = RunRecord(
         valid=final["valid"],
         test=final["test"],
@@ -258,7 +269,7 @@ def _run_training_locked(
             "checkpoint": trainer.state.best_model_checkpoint,
             "epoch": best_epoch(trainer.state.log_history, trainer.state.best_global_step),
         },
-        epochs=epoch_history(trainer.state.log_history),
+        epochs=history,
         protocol={
             "split": split.summary,
             "ranking": "full ranking excludes padding; history items "
@@ -283,7 +294,17 @@ def _run_training_locked(
             "train_runtime_reported_by_trainer": train_output.metrics.get("train_runtime"),
             "global_steps": trainer.state.global_step,
             "stopped_by_time_limit": bool(time_limit is not None and time_limit.triggered),
+            "elapsed_training_seconds": timer.elapsed(),
         },
+        epochs_run=trainer.state.epoch,
+        capped=stop["capped"],
+        stop_reason=stop["reason"],
+        train_seconds_per_epoch=summarize_seconds(train_epoch_seconds),
+        eval_seconds=summarize_seconds(eval_seconds),
+        time_to_best_seconds=elapsed_at_step(history, trainer.state.best_global_step),
+        peak_gpu_memory_bytes=peak_gpu_memory(args) if measure_memory else None,
+        backend=getattr(model.config, "_attn_implementation", None),
+        source_revision=source_revision(),
     )
     if extra_record:
         record.update(extra_record)
@@ -300,6 +321,39 @@ def _run_training_locked(
         logger.info("Wrote %s and %s", output_dir / METRICS_FILE, best_dir)
     log_summary(record)
     return record
+
+
+def reset_peak_gpu_memory(args: TrainingArguments) -> bool:
+    """Reset the CUDA peak-memory counter of the training device; ``False`` when training is not on a GPU."""
+    import torch
+
+    if args.use_cpu or not torch.cuda.is_available() or args.device.type != "cuda":
+        return False
+    torch.cuda.reset_peak_memory_stats(args.device)
+    return True
+
+
+def peak_gpu_memory(args: TrainingArguments) -> dict[str, int]:
+    """``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` of this process since the reset, in bytes."""
+    import torch
+
+    return {"allocated": int(torch.cuda.max_memory_allocated(args.device)),
+            "reserved": int(torch.cuda.max_memory_reserved(args.device))}  # fmt: skip
+
+
+def stop_summary(trainer: SequentialRecTrainer, args: TrainingArguments, time_limit: TimeLimitCallback | None
+                 ) -> dict[str, Any]:
+    """Why training ended: ``{"capped": bool, "reason": words}``; capped means something other than early stopping
+    ended it (the time limit, or the epoch/step budget) while the model may still have been improving."""
+    if time_limit is not None and time_limit.triggered:
+        return {"capped": True, "reason": time_limit.reason}
+    early = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)), None)
+    if early is not None and early.early_stopping_patience_counter >= early.early_stopping_patience:
+        return {"capped": False, "reason": f"early stopping ({early.early_stopping_patience} validations without "
+                                           "improvement)"}
+    if args.max_steps and args.max_steps > 0:
+        return {"capped": True, "reason": f"step budget reached (--max-steps {args.max_steps})"}
+    return {"capped": True, "reason": f"epoch budget reached (--epochs {args.num_train_epochs:g})"}
 
 
 __all__ = [

@@ -45,6 +45,8 @@ class RecTrainingConfig:
         cutoffs: the K of the metrics.
         time_limit_minutes: stop training (then evaluate the best checkpoint as usual) once this much
             wall-clock time has passed; ``metrics.json`` records whether the limit ended the run.
+        time_limit_at: the same, at a Unix time (seconds since 1970, UTC): for jobs that must end by a
+            deadline whatever their start-up took (``date -d '+9 min' +%s``).
         nonfinite_loss: a NaN/inf training loss stops training with an error (``"error"``, default) or its
             batch is skipped (no gradient) and counted in ``metrics.json`` (``"skip"``).
 
@@ -72,6 +74,8 @@ class RecTrainingConfig:
         "metrics"})
     time_limit_minutes: float | None = field(default=None, metadata={"help": "stop training after this many minutes "
         "and evaluate the best checkpoint (recorded in metrics.json)"})
+    time_limit_at: float | None = field(default=None, metadata={"help": "stop training at this Unix time (seconds "
+        "since 1970; e.g. $(date -d '+9 min' +%%s)) and evaluate the best checkpoint, as --time-limit-minutes does"})
     nonfinite_loss: NonFinitePolicy = field(default="error", metadata={"help": "a NaN/inf training loss stops "
         "training with an error (error) or its batch is skipped and counted (skip)"})
 
@@ -94,6 +98,8 @@ class RecTrainingConfig:
         check(self.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
         check(self.time_limit_minutes is None or self.time_limit_minutes > 0,
               f"--time-limit-minutes must be positive, got {self.time_limit_minutes}")
+        check(self.time_limit_at is None or self.time_limit_at > 0,
+              f"--time-limit-at is a Unix time in seconds (e.g. $(date -d '+9 min' +%s)), got {self.time_limit_at}")
         self.cutoffs = tuple(int(k) for k in self.cutoffs)
         check(len(self.cutoffs) > 0 and min(self.cutoffs) >= 1, f"--cutoffs must be >= 1, got {list(self.cutoffs)}")
         try:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the project's result tables on ONE GPU: several trainings run in parallel on it.
+# (For a device that is not kept between calls, use scripts/dev/results_call.sh: every run ends, with its record,
+# before the call's deadline; it made the 2026-12-01 tables of docs/RESULTS.md.)
 #
 #   scripts/dev/run_results.sh OUTPUT_DIR [PARALLEL]
 #
