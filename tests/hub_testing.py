@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 from types import ModuleType
 
+from conftest import thread_env
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CARDS = REPO / "model_cards"
 USER_PREFIX = "visitor-zq"  # distinctive, so a test can assert that no user id leaks into an export
@@ -126,6 +128,7 @@ def run_loader(modes: str, source: str, samples_path: Path, hf_home: Path, **env
     """
     environment = {"HF_HOME": str(hf_home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}  # fmt: skip
+    environment.update(thread_env())
     proc = subprocess.run([sys.executable, "-c", LOADER, modes, source, str(samples_path)], capture_output=True,
                           text=True, env=environment, timeout=300)  # fmt: skip
     assert proc.returncode == 0, f"loader failed ({modes}, {source}):\n{proc.stderr[-4000:]}"
