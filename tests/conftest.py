@@ -73,3 +73,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run first: pytest-xdist hands tests out in this order, and a long test picked up
+    last would keep one worker busy while the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

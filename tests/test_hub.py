@@ -250,6 +250,7 @@ def test_future_format_and_mismatched_vocabulary_give_clear_errors(exported, tmp
         AutoModel.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_export_command(tiny_run, tmp_path):
     """`blossom-hf export RUN_DIR TARGET`: the evaluation-record merge, refusals, --onnx without the serving module."""
     import importlib.util
@@ -387,6 +388,7 @@ def test_push_uploads_the_package_code_and_our_card(exported, tmp_path, monkeypa
     assert (tmp_path / "local" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(olah_missing_reason() is not None, reason=str(olah_missing_reason()))
 def test_resolves_through_a_hub_server_then_offline_from_the_cache(exported, tmp_path):
     hub = LocalHub(tmp_path / "hub")

@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 from hub_testing import write_interactions
 
@@ -21,6 +22,7 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 300)
     return result
 
 
+@pytest.mark.slow
 def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
     source = tmp_path / "source"  # a clean copy, so the build leaves nothing in the worktree
     source.mkdir()
