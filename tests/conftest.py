@@ -75,6 +75,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def pytest_configure(config):
+    """A pytest that a test starts (test_triton_backend's interpreter suite) runs in one process: this run's own
+    ``-n auto`` is resolved by now, so the setting reaches only the processes started from here on."""
+    os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"] = "0"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` run first: pytest-xdist hands tests out in this order, and a long test picked up
     last would keep one worker busy while the others are done."""
