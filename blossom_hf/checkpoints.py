@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputDirLockedError, ResumeMismatchError
+from .models.blossomrec.saving_blossomrec import pid_alive
 from .run_record import dumps_strict, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -63,16 +64,6 @@ def fault_point(name: str, step: int | None = None) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # the lock
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutputDirLock:
@@ -109,7 +100,7 @@ class OutputDirLock:
                         time.sleep(0.2)
                         holder = self._holder()
                 if holder is not None and (holder.get("host") != socket.gethostname()
-                                           or _pid_alive(int(holder.get("pid", -1)))):
+                                           or pid_alive(int(holder.get("pid", -1)))):
                     raise OutputDirLockedError(
                         f"{self.output_dir} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
                         f"started {holder.get('started')}: {holder.get('command') or '?'}); wait for it to finish, "

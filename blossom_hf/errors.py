@@ -21,3 +21,7 @@ class OutputDirLockedError(BlossomUserError):
 
 class ResumeMismatchError(BlossomUserError):
     """``--resume`` with arguments or data that differ from the run being resumed."""
+
+
+class HubExportError(ValueError):
+    """The model, the metrics or the target folder cannot make a valid Hub repository."""

@@ -4,8 +4,23 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Under pytest-xdist (README's `python -m pytest -q` runs one worker per core, see pyproject's addopts) every worker
+# and every interpreter a test starts uses one thread: two workers with a full OpenMP pool each would fight over the
+# cores (a test four to ten times slower). Set before torch is imported; subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def thread_env() -> dict[str, str]:
+    """The thread settings above, for a subprocess started with an environment of its own."""
+    return {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,3 +73,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    """A pytest that a test starts (test_triton_backend's interpreter suite) runs in one process: this run's own
+    ``-n auto`` is resolved by now, so the setting reaches only the processes started from here on."""
+    os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"] = "0"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run first: pytest-xdist hands tests out in this order, and a long test picked up
+    last would keep one worker busy while the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 from types import ModuleType
 
+from conftest import thread_env
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CARDS = REPO / "model_cards"
 USER_PREFIX = "visitor-zq"  # distinctive, so a test can assert that no user id leaks into an export
@@ -88,15 +90,14 @@ def tiny_training_run(output_dir: Path, csv_path: Path, epochs: int = 1, **confi
 LOADER = textwrap.dedent(
     """
     import importlib.abc, json, sys
-    modes, source, samples_path = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+    modes, jobs = sys.argv[1].split(","), json.loads(sys.argv[2])
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name == "blossom_hf" or name.startswith("blossom_hf."):
                 raise ImportError("blossom_hf must not be importable in this test")
 
-    samples = json.load(open(samples_path))
-    results = {}
+    results = [{} for _ in jobs]
     for mode in modes:
         if mode == "remote":
             assert "blossom_hf" not in sys.modules, "remote must come before library"
@@ -105,14 +106,16 @@ LOADER = textwrap.dedent(
             sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, Block)]
             import blossom_hf
         from transformers import AutoModel
-        model = AutoModel.from_pretrained(source, trust_remote_code=(mode == "remote"))
-        recs = model.recommend([s["history"] for s in samples["samples"]], k=samples["k"])
-        results[mode] = {
-            "module": type(model).__module__,
-            "items": [r.items for r in recs],
-            "scores": [r.scores for r in recs],
-            "blossom_hf_imported": any(m == "blossom_hf" or m.startswith("blossom_hf.") for m in sys.modules),
-        }
+        for (source, samples_path), result in zip(jobs, results):
+            samples = json.load(open(samples_path))
+            model = AutoModel.from_pretrained(source, trust_remote_code=(mode == "remote"))
+            recs = model.recommend([s["history"] for s in samples["samples"]], k=samples["k"])
+            result[mode] = {
+                "module": type(model).__module__,
+                "items": [r.items for r in recs],
+                "scores": [r.scores for r in recs],
+                "blossom_hf_imported": any(m == "blossom_hf" or m.startswith("blossom_hf.") for m in sys.modules),
+            }
     print("RESULT" + json.dumps(results))
     """
 )
@@ -124,9 +127,16 @@ def run_loader(modes: str, source: str, samples_path: Path, hf_home: Path, **env
     ``modes``: comma-separated, in order: "remote" (trust_remote_code, blossom_hf not importable) and/or
     "library" (``import blossom_hf``, no remote code).
     """
-    environment = {"HF_HOME": str(hf_home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    return run_loaders(modes, [(source, samples_path)], hf_home, **env)[0]
+
+
+def run_loaders(modes: str, jobs: list[tuple[str, Path]], hf_home: Path, **env: str) -> list[dict]:
+    """:func:`run_loader` for several ``(source, samples_path)`` in one fresh interpreter (one start-up, the
+    costly part): every source is loaded in each mode, all of them "remote" first."""
+    environment = {"HF_HOME": str(hf_home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **thread_env(),
                    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", LOADER, modes, source, str(samples_path)], capture_output=True,
-                          text=True, env=environment, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, f"loader failed ({modes}, {source}):\n{proc.stderr[-4000:]}"
+    argv = [modes, json.dumps([[str(source), str(samples)] for source, samples in jobs])]
+    proc = subprocess.run([sys.executable, "-c", LOADER, *argv], capture_output=True, text=True, env=environment,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, f"loader failed ({modes}, {[source for source, _ in jobs]}):\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.split("RESULT", 1)[1])

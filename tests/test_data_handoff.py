@@ -43,6 +43,7 @@ def test_polars_sequences(flat_log, tmp_path):
     same_histories(flat_log, tmp_path / "sequences.parquet", tmp_path)
 
 
+@pytest.mark.slow
 def test_pyspark_sequences(flat_log, tmp_path):
     pytest.importorskip("pyspark")
     import shutil

@@ -18,6 +18,7 @@ from hub_testing import (
     bundled_checkpoints,
     hub_folder,
     run_loader,
+    run_loaders,
     tiny_training_run,
     write_interactions,
 )
@@ -60,6 +61,20 @@ def tiny_run(tmp_path_factory):
 def exported(tiny_run):
     root, model, _ = tiny_run
     return export_hub_folder(model, root / "export" / "blossomrec-tiny", root / "run" / "metrics.json", repo_id=REPO_ID)
+
+
+# The remote-code route of the export and of every bundled checkpoint, loaded in one fresh interpreter (its
+# start-up is most of the cost); the tests below that use it run on one pytest-xdist worker.
+REMOTE_LOADS = pytest.mark.xdist_group("test_hub-remote-loads")
+
+
+@pytest.fixture(scope="module")
+def remote_loads(exported, tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote_loads")
+    folders = {"export": exported} | {folder.name: hub_folder(folder, root) for folder in bundled_checkpoints()}
+    results = run_loaders("remote", [(str(f), f / "sample_scores.json") for f in folders.values()], root / "hf",
+                          HF_HUB_OFFLINE="1")  # fmt: skip
+    return {name: result["remote"] for name, result in zip(folders, results, strict=True)}
 
 
 def _samples(folder):
@@ -159,9 +174,9 @@ def test_library_route_reproduces_sample_scores(exported):
     assert check_sample_scores(model, _samples(exported)) == []
 
 
-def test_remote_code_route_reproduces_sample_scores(exported, tmp_path):
-    result = run_loader("remote", str(exported), exported / "sample_scores.json", tmp_path / "hf",
-                        HF_HUB_OFFLINE="1")["remote"]  # fmt: skip
+@REMOTE_LOADS
+def test_remote_code_route_reproduces_sample_scores(exported, remote_loads):
+    result = remote_loads["export"]
     assert result["module"].startswith("transformers_modules") and not result["blossom_hf_imported"]
     assert compare_sample_scores(_samples(exported), result["items"], result["scores"]) == []
 
@@ -235,6 +250,7 @@ def test_future_format_and_mismatched_vocabulary_give_clear_errors(exported, tmp
         AutoModel.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_export_command(tiny_run, tmp_path):
     """`blossom-hf export RUN_DIR TARGET`: the evaluation-record merge, refusals, --onnx without the serving module."""
     import importlib.util
@@ -372,6 +388,7 @@ def test_push_uploads_the_package_code_and_our_card(exported, tmp_path, monkeypa
     assert (tmp_path / "local" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(olah_missing_reason() is not None, reason=str(olah_missing_reason()))
 def test_resolves_through_a_hub_server_then_offline_from_the_cache(exported, tmp_path):
     hub = LocalHub(tmp_path / "hub")
@@ -407,8 +424,9 @@ def test_the_bundled_folders_exist_with_one_repo_id_each():
         assert f'"{BUNDLED_REPO_IDS[folder.name]}"' in (folder / "README.md").read_text()
 
 
+@REMOTE_LOADS
 @pytest.mark.parametrize("folder", BUNDLED, ids=[p.name for p in BUNDLED])
-def test_bundled_checkpoint(folder, tmp_path):
+def test_bundled_checkpoint(folder, tmp_path, remote_loads):
     names = check_folder_contents(folder, require_code=False)
     tracked = subprocess.run(["git", "ls-files", "--", "."], cwd=folder, capture_output=True, text=True)
     if tracked.returncode == 0:
@@ -421,9 +439,8 @@ def test_bundled_checkpoint(folder, tmp_path):
     repo = hub_folder(folder, tmp_path)
     assert {p.name for p in repo.glob("*.py")} == PACKAGE_CODE
     check_folder_contents(repo)
-    result = run_loader("remote", str(repo), repo / "sample_scores.json", tmp_path / "hf",
-                        HF_HUB_OFFLINE="1")["remote"]  # fmt: skip
-    assert not result["blossom_hf_imported"]
+    result = remote_loads[folder.name]  # this folder as hub_folder makes it, loaded with trust_remote_code
+    assert result["module"].startswith("transformers_modules") and not result["blossom_hf_imported"]
     assert compare_sample_scores(samples, result["items"], result["scores"]) == []
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_histories, tiny_config
+from conftest import random_histories, thread_env, tiny_config
 from transformers import AutoConfig, AutoModel
 
 import blossom_hf
@@ -98,7 +98,7 @@ def test_remote_code_round_trip_without_the_package(tmp_path, trained_like, gene
     assert (folder / "README.md").read_text().startswith("---\nlibrary_name: transformers\npipeline_tag: other")
     ids = random_histories(3, 30, trained_like.config.vocab_size, generator)
     (tmp_path / "ids.json").write_text(json.dumps(ids.tolist()))
-    env = {"HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    env = {"HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", **thread_env()}
     resaved = tmp_path / "resaved"
     proc = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(resaved), str(tmp_path / "ids.json")],
                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip

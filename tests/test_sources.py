@@ -141,6 +141,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(olah_missing_reason() is not None, reason=str(olah_missing_reason()))
 def test_hub_dataset_id_and_hf_path_through_a_local_hub_then_offline_from_the_caches(tmp_path):
     expected = _from_file(tmp_path)

@@ -67,6 +67,7 @@ from blossom_hf.models.blossomrec.triton_common import interpret_requested  # no
 STRATEGIES = ("tile", "gather")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(IN_PROCESS or os.environ.get("BLOSSOM_TRITON_SUBPROCESS") == "1",
                     reason="the interpreter is active in this process: the tests below run directly")
 def test_interpreter_suite_in_subprocess():

@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 from hub_testing import write_interactions
 
@@ -21,6 +22,7 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: int = 300)
     return result
 
 
+@pytest.mark.slow
 def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
     source = tmp_path / "source"  # a clean copy, so the build leaves nothing in the worktree
     source.mkdir()
@@ -44,7 +46,9 @@ def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
     work = tmp_path / "elsewhere"  # not the repository: the checkout is not importable from here
     work.mkdir()
     env["PYTHONPATH"] = str(site)
-    where = _run([sys.executable, "-c", "import blossom_hf; print(blossom_hf.__file__)"], work, env).stdout
+    # where `import blossom_hf` finds the package (found, not run: the commands below import it)
+    find = "import importlib.util; print(importlib.util.find_spec('blossom_hf').origin)"
+    where = _run([sys.executable, "-c", find], work, env).stdout
     assert Path(where.strip()).is_relative_to(site), f"blossom_hf imported from {where} instead of the wheel"
     command = str(site / "bin" / "blossom-hf")
     usage = _run([command, "--help"], work, env).stdout

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 HELP = "check an exported model folder and upload it (with the model code) to the Hugging Face Hub"
-LOGGER = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:

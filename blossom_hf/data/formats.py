@@ -62,7 +62,8 @@ import xxhash
 
 from .errors import InteractionDataError
 from .presets import DATA_DIR_ENV, PRESETS, DatasetPreset, default_data_root, preset_path  # noqa: F401 (moved)
-from .readers import part_files, read_file, refuse_empty
+from .readers import read_file, refuse_empty
+from .table_readers import part_files
 from .values import ITEM, LINE, ORDER, RATING, TIME, USER
 
 __all__ = [

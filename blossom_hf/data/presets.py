@@ -23,7 +23,6 @@ be read where ``datasets`` is not installed.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -32,8 +31,6 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import InteractionDataError
-
-logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "BLOSSOM_DATA_DIR"
 HOME_ENV = "BLOSSOM_HF_HOME"

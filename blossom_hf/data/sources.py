@@ -32,7 +32,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from . import formats, readers
+from . import formats, table_readers
 from .errors import InteractionDataError, UnknownColumnError
 from .formats import Interactions
 from .presets import PRESETS, find_preset, resolve_preset
@@ -75,12 +75,12 @@ def from_arrow(
     """
     available = [str(c) for c in table.column_names]
     label = Path(name)
-    wanted = readers._wanted_columns(
+    wanted = table_readers._wanted_columns(
         label, available, user_col, item_col, time_col, order_col, rating_col, assume_file_order
     )
     numbers = np.arange(1, table.num_rows + 1, dtype=np.int64)
     raw = {canonical: table.column(column) for canonical, column in wanted.items()}
-    canonical, described, first_line, removed = readers._canonical_columns(
+    canonical, described, first_line, removed = table_readers._canonical_columns(
         label, raw, numbers, assume_file_order, order_col, wanted, 1
     )
     record = {
@@ -224,7 +224,7 @@ def load_interactions(
         interactions.source.update({"path": text, "local_copy": str(local)})
         return interactions
     path = Path(text).expanduser()
-    if path.is_file() or (path.is_dir() and format in ("auto", "parquet") and readers.part_files(path)):
+    if path.is_file() or (path.is_dir() and format in ("auto", "parquet") and table_readers.part_files(path)):
         # a folder of Parquet part files (as Spark/polars/Ray write a table or per-user sequences) is one file to
         # the readers; any other folder is a `datasets` folder
         return formats.load_interactions(path, format, **file_options)

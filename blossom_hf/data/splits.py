@@ -80,20 +80,16 @@ class LeaveOneOutSplit:
 
     def validation(self) -> RankingExamples:
         """Input = training history, target = second-to-last item."""
-        users = self.evaluated_users
-        ends = self.train_ends[users]
-        return RankingExamples(
-            items=self.data.items,
-            starts=self.data.offsets[users],
-            ends=ends,
-            targets=self.data.items[ends].astype(np.int64),
-            users=users,
-        )
+        return self._held_out(0)
 
     def test(self) -> RankingExamples:
         """Input = training history + validation item, target = last item."""
+        return self._held_out(1)
+
+    def _held_out(self, after_train: int) -> RankingExamples:
+        """Each evaluated user's history up to ``after_train`` items past its training part; target = the next."""
         users = self.evaluated_users
-        ends = self.train_ends[users] + 1
+        ends = self.train_ends[users] + after_train
         return RankingExamples(
             items=self.data.items,
             starts=self.data.offsets[users],

@@ -131,6 +131,11 @@ def _process_alive(name: str) -> bool:
         pid = int(name.rsplit(_STAGING_TAG, 1)[1].split("-", 1)[0])
     except (IndexError, ValueError):
         return True
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -262,6 +267,7 @@ __all__ = [
     "check_writable",
     "copy_model_code",
     "exchange",
+    "pid_alive",
     "real_target",
     "recover_folder",
     "replace_folder",
