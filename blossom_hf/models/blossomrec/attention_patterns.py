@@ -33,6 +33,7 @@ __all__ = [
     "ltis_window_keys",
     "ltis_eligibility",
     "ltis_scores",
+    "every_window_selected",
     "ltis_select",
     "ltis_top_windows",
     "ltis_block_index",
@@ -98,10 +99,11 @@ def _stis_table(
 
 
 @lru_cache(maxsize=64)
-def _stis_key_index_cpu(seq_len: int, window: int, num_sinks: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stis_key_index_cached(seq_len: int, window: int, num_sinks: int,
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Built outside inference mode: a cached inference tensor could not be saved for a later backward.
     with torch.inference_mode(False):
-        return _stis_table(torch.arange(seq_len), window, num_sinks, seq_len)
+        return _stis_table(torch.arange(seq_len, device=device), window, num_sinks, seq_len)
 
 
 def stis_key_index(
@@ -120,8 +122,7 @@ def stis_key_index(
         return _stis_table(positions, int(window), int(num_sinks), int(seq_len))
     if torch.compiler.is_compiling():  # no Python-side cache inside a traced graph
         return _stis_table(torch.arange(seq_len, device=device), int(window), int(num_sinks), int(seq_len))
-    index, valid = _stis_key_index_cpu(int(seq_len), int(window), int(num_sinks))
-    return index.to(device), valid.to(device)
+    return _stis_key_index_cached(int(seq_len), int(window), int(num_sinks), torch.device(device))
 
 
 def stis_dense_mask(
@@ -200,23 +201,43 @@ def ltis_scores(query: torch.Tensor, compressed_key: torch.Tensor, scaling: floa
 
 def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the ``n`` largest entries of ``ranked [..., M]`` (``-inf`` = ineligible), by decreasing value,
-    ties to the larger index; ``-1`` where fewer than ``n`` entries are finite."""
+    ties to the larger index; ``-1`` where fewer than ``n`` entries are finite.
+
+    On the CPU ``torch.topk``, which is exact unless two finite scores tie within the top n or across the n-th
+    place (top-k promises no order among equal values): only then a stable sort decides. Elsewhere a stable sort
+    (no host synchronisation for the tie check); in traced graphs top-k over ``w`` reversed.
+    """
     num_windows = ranked.shape[-1]
+    k = min(n, num_windows)
     if torch.compiler.is_compiling():
         # Traced graphs (torch.compile/export, ONNX) use top-k over w reversed: ONNX's TopK puts the lower index
         # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
-        order = ranked.flip(-1).topk(min(n, num_windows), dim=-1).indices
+        order = (num_windows - 1) - ranked.flip(-1).topk(k, dim=-1).indices
+    elif ranked.device.type == "cpu" and k > 0:
+        top = ranked.topk(k, dim=-1)
+        order = top.indices
+        values, kth = top.values, top.values[..., -1]
+        tie_inside = ((values[..., 1:] == values[..., :-1]) & torch.isfinite(values[..., 1:])).any(dim=-1)
+        tie_across = ((ranked >= kth[..., None]).sum(dim=-1) > k) & torch.isfinite(kth)
+        if bool((tie_inside | tie_across).any()):  # equal scores: the stable sort below decides
+            order = None
     else:
-        # Stable descending sort over w reversed: among equal scores the larger w comes first.
-        order = torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :n]
-    order = (num_windows - 1) - order
-    top = torch.gather(ranked, -1, order)
-    selected = torch.where(torch.isfinite(top), order, torch.full_like(order, -1))
+        order = None
+    if order is None:  # stable descending sort over w reversed: among equal scores the larger w comes first
+        order = (num_windows - 1) - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :k]
+    top_values = torch.gather(ranked, -1, order)
+    selected = torch.where(torch.isfinite(top_values), order, torch.full_like(order, -1))
     if selected.shape[-1] < n:
         pad = torch.full((*selected.shape[:-1], n - selected.shape[-1]), -1, dtype=torch.long,
                          device=selected.device)
         selected = torch.cat([selected, pad], dim=-1)
     return selected
+
+
+def every_window_selected(seq_len: int, pattern: BlossomPattern) -> bool:
+    """True when no query of a ``seq_len``-key history has more than ``n`` eligible windows, so the top-n keeps
+    every eligible one whatever the scores: query ``t`` has at most ``t // b`` (windows ending before ``t``)."""
+    return (max(int(seq_len), 1) - 1) // pattern.block_size <= pattern.num_selected_blocks
 
 
 def ltis_select(

@@ -22,6 +22,7 @@ too. Computation runs in fp32 (inputs are upcast), as in every backend. Every re
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Unpack
 
 import torch
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 
 from .attention_patterns import (
     BlossomPattern,
+    every_window_selected,
     ltis_block_index,
-    ltis_dense_mask,
     ltis_select,
     query_is_real,
     stis_dense_mask,
@@ -41,8 +42,8 @@ from .registry import BlossomAttentionKwargs, register_attention_backend
 
 __all__ = ["DENSE_MAX_LENGTH", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
 
-#: Longest history for which inference uses the dense-masked layout (CPU and GPU).
-DENSE_MAX_LENGTH = 512
+#: Longest history for which inference uses the dense-masked layout, per device type (other types: "cuda").
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 1024}
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -107,39 +108,160 @@ def sdpa_blossom_attention(
     if needs_grad:
         return _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
                          positions)
-    if positions is None and query.shape[2] <= DENSE_MAX_LENGTH:
-        return _dense_masked(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks)
-    return _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
+    seq_len = key.shape[2]
+    if seq_len <= dense_max_length(query.device):
+        out = _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
                                positions)
+    else:
+        out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+                                  selected_blocks, positions)
+    real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
+    return torch.where(real_query, out, 0.0).to(query.dtype)
 
 
-#: elements of the gathered ``[B, G, Q, K, D]`` key tile per chunk of queries in the no-gradient gathered layout
-#: (bounds its memory at long histories: 64 histories of 4096 items would otherwise gather ~6 GB per layer)
-INFERENCE_TILE_ELEMENTS = 1 << 24
+# ------------------------------------------------------------------------------------------------
+# inference layouts (no gradient)
+# ------------------------------------------------------------------------------------------------
+def dense_max_length(device: torch.device) -> int:
+    """Longest history for which inference on ``device`` uses the dense-masked layout (:data:`DENSE_MAX_LENGTH`)."""
+    return DENSE_MAX_LENGTH.get(device.type, DENSE_MAX_LENGTH["cuda"])
+
+
+def _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks, positions):
+    """``selected [B, G, Q, n]``, or ``None`` when the top-n keeps every eligible window of every query
+    (:func:`attention_patterns.every_window_selected`): then the LTIS key set is every key ``<= t`` (causal)."""
+    if selected_blocks is None and every_window_selected(seq_len, pattern):
+        return None
+    selected, _ = ltis_select(query, compressed_key, lengths, scaling, pattern, selected_blocks, positions,
+                              with_probs=False)
+    return selected
+
+
+def _own_block_mask(seq_len: int, block_size: int, device: torch.device) -> torch.Tensor:
+    """``[L, L]`` bool: key ``j`` lies in the block of query ``t`` and ``j <= t``."""
+    t = torch.arange(seq_len, device=device)
+    return (t[None, :] // block_size == t[:, None] // block_size) & (t[None, :] <= t[:, None])
+
+
+@lru_cache(maxsize=64)
+def _cached_table(builder, *args) -> torch.Tensor:
+    with torch.inference_mode(False):  # an inference tensor could not be used later outside inference mode
+        return builder(*args)
+
+
+def _table(builder, *args) -> torch.Tensor:
+    """A constant mask of ``(L, device)``: built once per key in eager mode, inside a traced graph every time."""
+    return builder(*args) if torch.compiler.is_compiling() else _cached_table(builder, *args)
+
+
+def _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
+                     positions):
+    """Whole-history SDPA per branch, for every query or the ones at ``positions``. LTIS: causal (no mask over
+    every position) when every eligible window is selected, else one boolean mask per kv head from the block
+    selection; STIS: the cached ``[L, L]`` mask (its rows at ``positions``)."""
+    batch, heads, num_queries, head_dim = query.shape
+    groups, seq_len, block = key.shape[1], key.shape[2], pattern.block_size
+    g = heads // groups
+    q, k, v = query.float(), key.float(), value.float()
+    stis = _table(stis_dense_mask, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
+    if positions is not None:
+        stis = stis[positions][:, None]  # [B, 1, Q, L]
+    out_stis = F.scaled_dot_product_attention(q, k, v, attn_mask=stis, scale=scaling, enable_gqa=True)
+    selected = _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks,
+                                    positions)
+    if selected is None and positions is None:
+        out_ltis = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+    elif selected is None:
+        causal = torch.arange(seq_len, device=query.device) <= positions[..., None]  # [B, Q, L]
+        out_ltis = F.scaled_dot_product_attention(q, k, v, attn_mask=causal[:, None], scale=scaling,
+                                                  enable_gqa=True)
+    else:
+        num_blocks = -(-seq_len // block)
+        chosen = torch.zeros(batch, groups, num_queries, num_blocks + 1, dtype=torch.bool, device=query.device)
+        chosen.scatter_(-1, torch.where(selected >= 0, selected, num_blocks), True)
+        mask = chosen[..., :num_blocks, None].expand(-1, -1, -1, -1, block).reshape(batch, groups, num_queries, -1)
+        own = _table(_own_block_mask, seq_len, block, query.device)
+        mask = mask[..., :seq_len] | (own if positions is None else own[positions][:, None])
+        out_ltis = F.scaled_dot_product_attention(
+            q.reshape(batch * groups, g, num_queries, head_dim), k.reshape(batch * groups, 1, seq_len, head_dim),
+            v.reshape(batch * groups, 1, seq_len, head_dim),
+            attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len), scale=scaling, enable_gqa=True,
+        ).reshape(batch, heads, num_queries, head_dim)
+    gate = gate.float()
+    return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2])
+
+
+#: elements of the gathered ``[B, G, Q, K, 2D]`` key/value tile per chunk of queries in the no-gradient gathered
+#: layout (bounds its memory at long histories: 64 histories of 4096 items would otherwise gather ~6 GB per layer)
+INFERENCE_TILE_ELEMENTS = 1 << 21
 
 
 def _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
                         positions):
-    """No-gradient gathered layout, in chunks of queries of at most ``INFERENCE_TILE_ELEMENTS`` gathered keys."""
+    """One key set per query: LTIS (own block + selected blocks, whole blocks of ``b`` keys) and STIS (single
+    keys), gathered for K and V together from one ``[B*G, L', 2D]`` table (viewed as blocks for LTIS, as rows for
+    STIS); one SDPA call per branch over ``B*G*Q`` small problems of ``g`` queries. In chunks of queries."""
     batch, heads, num_queries, head_dim = query.shape
     groups, seq_len = key.shape[1], key.shape[2]
-    keys_per_query = (pattern.num_selected_blocks + 1) * pattern.block_size + len(
-        stis_offsets(pattern.stis_window, seq_len)) + min(pattern.stis_num_sinks, seq_len)
-    chunk = max(1, INFERENCE_TILE_ELEMENTS // max(1, batch * groups * keys_per_query * head_dim))
-    if torch.compiler.is_compiling() or chunk >= num_queries:
-        return _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
-                         positions)
+    b, n = pattern.block_size, pattern.num_selected_blocks
     if positions is None:
         positions = torch.arange(num_queries, device=query.device)[None, :]
+    num_blocks = -(-seq_len // b)
+    pad = (0, 0, 0, num_blocks * b - seq_len)
+    tables = tuple(F.pad(x.float(), pad).reshape(batch * groups, num_blocks * b, head_dim).contiguous()
+                   for x in (key, value))
+    keys_per_query = (n + 1) * b + len(stis_offsets(pattern.stis_window, seq_len)) + min(pattern.stis_num_sinks,
+                                                                                          seq_len)
+    chunk = max(1, INFERENCE_TILE_ELEMENTS // max(1, batch * groups * keys_per_query * 2 * head_dim))
+    if torch.compiler.is_compiling():
+        chunk = num_queries
     outs = []
     for start in range(0, num_queries, chunk):
         end = min(start + chunk, num_queries)
         sel = None if selected_blocks is None else selected_blocks[:, :, start:end]
-        outs.append(_gathered(query[:, :, start:end], key, value, compressed_key, gate[:, :, start:end], lengths,
-                              scaling, pattern, sel, positions[:, start:end]))
-    return torch.cat(outs, dim=2)
+        pos = positions[:, start:end]
+        selected = _inference_selection(query[:, :, start:end], compressed_key, lengths, seq_len, scaling, pattern,
+                                        sel, pos.expand(batch, -1))
+        outs.append(_gathered_chunk(query[:, :, start:end], tables, gate[:, :, start:end], pos, selected, seq_len,
+                                    scaling, pattern))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
+def _gathered_chunk(query, tables, gate, positions, selected, seq_len, scaling, pattern):
+    batch, heads, num_queries, head_dim = query.shape
+    groups, padded_len = tables[0].shape[0] // batch, tables[0].shape[1]
+    g, b = heads // groups, pattern.block_size
+    rows = batch * groups * num_queries
+    device = query.device
+    t = positions[:, None, :, None]  # [B|1, 1, Q, 1]
+    own = t // b
+    if selected is None:  # the own block and the n blocks before it: every key <= t
+        blocks = (own - torch.arange(pattern.num_selected_blocks + 1, device=device)).expand(batch, groups, -1, -1)
+    else:
+        blocks = torch.cat([own.expand(*selected.shape[:3], 1), selected], dim=-1)  # [B, G, Q, n+1]
+    first = torch.arange(batch * groups, device=device).view(batch, groups, 1, 1)
+    block_index = blocks.clamp_min(0) + first * (padded_len // b)
+    key_pos = (blocks[..., None] * b + torch.arange(b, device=device)).flatten(-2)
+    ltis_valid = (key_pos >= 0) & (key_pos <= t)  # selected blocks end before t; the own block stops at t
+    stis, stis_valid = stis_key_index(seq_len, pattern.stis_window, pattern.stis_num_sinks, device,
+                                      positions)  # [B|1, Q, Ks]
+    stis_index = stis[:, None] + first * padded_len
+    q = _grouped_queries(query.float(), groups).reshape(rows, g, head_dim)
+    gate = _grouped_queries(gate.float(), groups).reshape(rows, g, 2)
+    outs = []
+    for index, valid, width in ((block_index, ltis_valid, b * head_dim), (stis_index, stis_valid[:, None], head_dim)):
+        k, v = (F.embedding(index, table.view(-1, width)).view(rows, -1, head_dim) for table in tables)
+        bias = torch.where(valid, 0.0, float("-inf")).expand(batch, groups, num_queries, -1).reshape(rows, 1, -1)
+        logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scaling)  # [rows, g, K]: scaled, masked
+        outs.append(torch.bmm(torch.softmax(logits, dim=-1), v))  # [rows, g, D]
+    out = torch.addcmul(outs[0] * gate[..., 0:1], outs[1], gate[..., 1:2])
+    return out.reshape(batch, groups, num_queries, g, head_dim).transpose(2, 3).reshape(batch, heads, num_queries,
+                                                                                       head_dim)
+
+
+# ------------------------------------------------------------------------------------------------
+# training layout (differentiable)
+# ------------------------------------------------------------------------------------------------
 def _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks, positions):
     """Per-query gathered key sets (any layout, differentiable)."""
     batch, heads, num_queries, head_dim = query.shape
@@ -172,26 +294,6 @@ def _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern
     out = gate[..., 0:1] * out_ltis + gate[..., 1:2] * out_stis  # [B, G, Q, g, D]
     out = out.transpose(2, 3).reshape(batch, heads, num_queries, head_dim)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    return torch.where(real_query, out, 0.0).to(query.dtype)
-
-
-def _dense_masked(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks):
-    """Inference layout: whole-history SDPA per branch with a boolean mask per kv head."""
-    batch, heads, seq_len, head_dim = query.shape
-    groups = key.shape[1]
-    g = heads // groups
-    q = query.float().reshape(batch * groups, g, seq_len, head_dim)
-    k = key.float().reshape(batch * groups, 1, seq_len, head_dim).expand(-1, g, -1, -1)
-    v = value.float().reshape(batch * groups, 1, seq_len, head_dim).expand(-1, g, -1, -1)
-    selected, _ = ltis_select(query, compressed_key, lengths, scaling, pattern, selected_blocks, with_probs=False)
-    ltis_mask = ltis_dense_mask(selected, seq_len, pattern.block_size).reshape(batch * groups, 1, seq_len, seq_len)
-    stis_mask = stis_dense_mask(seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
-    out_ltis = F.scaled_dot_product_attention(q, k, v, attn_mask=ltis_mask, scale=scaling)
-    out_stis = F.scaled_dot_product_attention(q, k, v, attn_mask=stis_mask, scale=scaling)
-    gate = gate.float()
-    out = gate[..., 0:1] * out_ltis.reshape(batch, heads, seq_len, head_dim) + gate[..., 1:2] * out_stis.reshape(
-        batch, heads, seq_len, head_dim)
-    real_query = query_is_real(lengths, seq_len)[:, None, :, None]
     return torch.where(real_query, out, 0.0).to(query.dtype)
 
 
