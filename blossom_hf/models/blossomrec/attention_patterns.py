@@ -39,6 +39,7 @@ __all__ = [
     "ltis_block_index",
     "ltis_key_index",
     "ltis_dense_mask",
+    "ltis_every_eligible",
     "masked_softmax",
     "query_is_real",
 ]
@@ -318,9 +319,27 @@ def ltis_key_index(
 def ltis_dense_mask(
     selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend)."""
-    index, valid = ltis_key_index(selected, seq_len, block_size, positions)
-    return _scatter_mask(index, valid, seq_len)
+    """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend): the keys of the selected
+    blocks (one flag per block, expanded to its ``b`` keys) or the own block's keys ``c*b .. t``."""
+    num_blocks = -(-seq_len // block_size)
+    chosen = torch.zeros(*selected.shape[:-1], num_blocks + 1, dtype=torch.bool, device=selected.device)
+    chosen.scatter_(-1, torch.where(selected >= 0, selected, num_blocks), True)  # -1 -> a spare column
+    keys = chosen[..., :num_blocks, None].expand(*chosen.shape[:-1], num_blocks, block_size)
+    keys = keys.reshape(*chosen.shape[:-1], num_blocks * block_size)[..., :seq_len]
+    t = _positions(seq_len, selected.device, positions)[:, None, :, None]  # [B|1, 1, Q, 1]
+    j = torch.arange(seq_len, device=selected.device)
+    return keys | ((j // block_size == t // block_size) & (j <= t))
+
+
+def ltis_every_eligible(
+    seq_len: int, pattern: BlossomPattern, device: torch.device | str = "cpu", positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The selection ``[B|1, 1, Q, n]`` when every eligible window is selected (:func:`every_window_selected`):
+    the ``n`` blocks before the own block, ``-1`` below block 0. Equals :func:`ltis_select` then, for any scores
+    (up to the order of the slots)."""
+    t = _positions(seq_len, device, positions)[:, None, :, None]
+    blocks = t // pattern.block_size - 1 - torch.arange(pattern.num_selected_blocks, device=device)
+    return blocks.clamp_min(-1)
 
 
 def _scatter_mask(index: torch.Tensor, valid: torch.Tensor, seq_len: int) -> torch.Tensor:
