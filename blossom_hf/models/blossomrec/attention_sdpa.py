@@ -51,7 +51,7 @@ from .attention_patterns import (
     stis_key_index,
     stis_offsets,
 )
-from .registry import BlossomAttentionKwargs, register_attention_backend
+from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
 
 __all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_max_length", "sdpa_blossom_attention",
            "sdpa_full_attention", "sdpa_attention_forward"]
@@ -374,20 +374,14 @@ def sdpa_attention_forward(
     dropout: float = 0.0,
     **kwargs: Unpack[BlossomAttentionKwargs],
 ) -> tuple[torch.Tensor, None]:
-    """Gathered or dense-masked key sets through ``scaled_dot_product_attention`` (module docstring)."""
-    positions = kwargs.get("query_positions")
-    if module.config.attention_type == "full":
-        out = sdpa_full_attention(query, key, value, kwargs["lengths"], scaling=scaling, positions=positions)
-    else:
-        out = sdpa_blossom_attention(
-            query, key, value, kwargs["compressed_key"], kwargs["gate"], kwargs["lengths"],
-            scaling=scaling, pattern=kwargs["pattern"], positions=positions,
-        )
-    return out.transpose(1, 2).contiguous(), None
+    """Dense, gathered or training key sets (module docstring)."""
+    return dispatch_attention_type(module, query, key, value, scaling, kwargs,
+                                   blossom=sdpa_blossom_attention, full=sdpa_full_attention)
 
 
 register_attention_backend(
     "sdpa", sdpa_attention_forward,
-    description="per-query gathered key sets through scaled_dot_product_attention (linear memory)",
+    description="scaled_dot_product_attention: dense masks at short histories, gathered key sets beyond "
+                "(linear memory); per-query gathered key sets when training",
     query_subset=True,
 )
