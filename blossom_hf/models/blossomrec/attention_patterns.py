@@ -182,10 +182,10 @@ def ltis_eligibility(
     device = lengths.device
     t = _positions(seq_len, device, positions)  # [B|1, Q]
     w = torch.arange(num_windows, device=device)
-    ends_before = (w * block_size + block_size - 1) < t[..., None]  # [B|1, Q, M]
-    block_real = (w[None, :] * block_size) < lengths[:, None]  # [B, M]
-    real_query = t < lengths[:, None]  # [B, Q]
-    return ends_before & block_real[:, None, :] & real_query[:, :, None]
+    # w*b + b - 1 < t  <=>  w < t // b (integers); a real query t < length then also has block w real
+    # (w*b < (t // b) * b <= t < length), so one comparison and the real-query test suffice.
+    limit = torch.where(t < lengths[:, None], t // block_size, 0)  # [B, Q]
+    return w < limit[..., None]
 
 
 def ltis_scores(query: torch.Tensor, compressed_key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -215,12 +215,11 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
         # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
         order = (num_windows - 1) - ranked.flip(-1).topk(k, dim=-1).indices
     elif ranked.device.type == "cpu" and k > 0:
-        top = ranked.topk(k, dim=-1)
-        order = top.indices
-        values, kth = top.values, top.values[..., -1]
-        tie_inside = ((values[..., 1:] == values[..., :-1]) & torch.isfinite(values[..., 1:])).any(dim=-1)
-        tie_across = ((ranked >= kth[..., None]).sum(dim=-1) > k) & torch.isfinite(kth)
-        if bool((tie_inside | tie_across).any()):  # equal scores: the stable sort below decides
+        # one more than needed: a tie across the n-th place shows as the (k+1)-th value equal to the k-th
+        top = ranked.topk(min(k + 1, num_windows), dim=-1)
+        values, order = top.values, top.indices[..., :k]
+        ties = (values[..., 1:] == values[..., :-1]) & torch.isfinite(values[..., 1:])
+        if bool(ties.any()):  # equal finite scores inside or across the top n: the stable sort below decides
             order = None
     else:
         order = None
