@@ -77,6 +77,19 @@ def test_inference_layouts_match_eager(generator, layout, groups, seq_len, sinks
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS), indirect=True)
+def test_inference_layouts_stay_fp32_under_autocast(generator, layout):
+    """Under bf16 autocast the inference layouts compute in fp32 (the same numbers as without autocast)."""
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
+    inputs = _inputs(generator, 2, 4, 2, 30, 8, 4)
+    with torch.no_grad():
+        want = sdpa_module.sdpa_blossom_attention(*inputs, scaling=0.3, pattern=pattern)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = sdpa_module.sdpa_blossom_attention(*inputs, scaling=0.3, pattern=pattern)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), indirect=True)
 def test_given_selection_is_used(generator, layout):
     """``selected_blocks`` overrides the top-n in both inference layouts, also where every window would be."""
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)

@@ -33,6 +33,7 @@ reshape of an SDPA output is a ``reshape`` (CUDA kernels may return non-contiguo
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Unpack
 
@@ -123,12 +124,15 @@ def sdpa_blossom_attention(
         return _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
                          positions)
     seq_len = key.shape[2]
-    if seq_len <= dense_max_length(query.device):
-        out = _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
-                               positions)
-    else:
-        out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
-                                  selected_blocks, positions)
+    device_type = query.device.type
+    # fp32 as in every backend: under autocast the batched matmuls would otherwise run in half precision
+    with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext():
+        if seq_len <= dense_max_length(query.device):
+            out = _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+                                   selected_blocks, positions)
+        else:
+            out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+                                      selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
     return torch.where(real_query, out, 0.0).to(query.dtype)
 
