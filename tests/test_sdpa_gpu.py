@@ -110,6 +110,25 @@ def test_backends_agree_training(seq_len, batch, dtype):
             assert float((grad_a - grad_b).abs().max()) <= 1e-2 * scale, f"{a} vs {b}: W_q gradients differ"
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["dense", "gathered"])
+@pytest.mark.parametrize("seq_len,batch", [(7, 4), (50, 8), (200, 8), (512, 4), (1024, 2)])
+def test_sdpa_inference_layouts_on_cuda(monkeypatch, seq_len, batch, layout, dtype):
+    """Both sdpa inference layouts (forced through DENSE_MAX_LENGTH["cuda"]) against eager, forward and serving."""
+    import blossom_hf.models.blossomrec.attention_sdpa as sdpa_module
+
+    monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cuda", 10**9 if layout == "dense" else 0)
+    model = _model(seq_len, "blossom").eval()
+    ids = _batch(batch, seq_len, model.config.vocab_size, seed=seq_len + 2)
+    with torch.no_grad(), torch.autocast("cuda", dtype=DTYPES[dtype] or torch.float32, enabled=dtype != "fp32"):
+        model.set_attn_implementation("eager")
+        want = model(ids).logits
+        model.set_attn_implementation("sdpa")
+        got, serving = model(ids).logits, model(ids, output_last_hidden_state=False).logits
+    _compare(f"sdpa {layout} vs eager", got, want, dtype, False)
+    _compare(f"sdpa {layout} serving vs eager", serving, want, dtype, False)
+
+
 @pytest.mark.skipif(not (ML1M / "model.safetensors").is_file(), reason="bundled ML-1M checkpoint not present")
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "triton"])
 def test_recommend_on_gpu_with_each_backend(backend):

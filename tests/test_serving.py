@@ -56,7 +56,7 @@ def test_last_layer_attends_for_one_query_per_row(generator):
 
 
 def test_backend_without_query_subset_runs_the_whole_last_layer_and_says_so(generator, caplog):
-    from blossom_hf.models.blossomrec import modeling_blossomrec
+    from blossom_hf.models.blossomrec import layers_blossomrec
     from blossom_hf.models.blossomrec.attention_sdpa import sdpa_attention_forward
 
     calls = []
@@ -67,13 +67,13 @@ def test_backend_without_query_subset_runs_the_whole_last_layer_and_says_so(gene
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
     blossom_hf.register_attention_backend("plain_test", plain)
-    modeling_blossomrec._FULL_LAYER_NOTED.discard("plain_test")
+    layers_blossomrec._FULL_LAYER_NOTED.discard("plain_test")
     try:
         model = BlossomRecModel(tiny_config()).eval()
         ids = random_histories(2, 16, model.config.vocab_size, generator, min_len=16)
         reference = model(ids).logits
         model.set_attn_implementation("plain_test")
-        with caplog.at_level(logging.WARNING, logger=modeling_blossomrec.__name__):
+        with caplog.at_level(logging.WARNING, logger=layers_blossomrec.__name__):
             got = model(ids, output_last_hidden_state=False).logits
             model(ids, output_last_hidden_state=False)
         torch.testing.assert_close(got, reference)

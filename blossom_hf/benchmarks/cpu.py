@@ -11,7 +11,9 @@ same width and random weights (ML-1M catalogue by default), and times, in one pr
 for the backends ``sdpa`` and ``eager`` of each model. The eager backend materialises ``[B, H, L, L]`` scores:
 cells whose scores would exceed ``--eager-max-elements`` are skipped and marked so. Medians of ``--repeats``
 timed calls after one warm-up call; threads as set with ``--threads`` (default: torch's current setting).
-Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``). No number here is asserted by a test.
+The 1-minute load average before and after each (mode, L, B) cell is recorded beside it (a shared machine's other
+work shows there). Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``, written after every cell,
+so a long run that is stopped keeps its finished cells). No number here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def _build(attention_type: str, length: int, vocab_size: int, seed: int):
     return BlossomRecModel(config).eval()
 
 
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _time(fn: Callable[[], object]) -> tuple[float, float]:
     """Wall-clock and process CPU milliseconds of one call."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -82,8 +91,10 @@ def run(
     eager_max_elements: int = 1 << 28,
     seed: int = 0,
     progress: bool = True,
+    on_cell: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Time every (mode, L, B, model, backend) cell; returns one record per cell (``median_ms`` None = skipped)."""
+    """Time every (mode, L, B, model, backend) cell; returns one record per cell (``median_ms`` None = skipped).
+    ``on_cell(records so far)`` is called after each (L, B) cell."""
     records: list[dict] = []
     cells = [(length, batch) for length in lengths for batch in batch_sizes]
     generator = torch.Generator().manual_seed(seed)
@@ -93,6 +104,7 @@ def run(
         ids = torch.randint(1, vocab_size, (batch, length), generator=generator)
         histories = ids.tolist()
         for mode in modes:
+            load_before = _load()
             calls: dict[tuple[str, str], Callable[[], object]] = {}
             skipped: dict[tuple[str, str], str] = {}
             for kind, backend in VARIANTS:
@@ -119,9 +131,11 @@ def run(
             for _ in range(reps):
                 for key, call in calls.items():
                     times[key].append(_time(call))
+            load_after = _load()
             for kind, backend in VARIANTS:
                 key = (kind, backend)
-                record = {"mode": mode, "length": length, "batch": batch, "model": kind, "backend": backend}
+                record = {"mode": mode, "length": length, "batch": batch, "model": kind, "backend": backend,
+                          "load_before": load_before, "load_after": load_after}
                 if key in times:
                     wall = [t[0] for t in times[key]]
                     median = statistics.median(wall)
@@ -132,6 +146,8 @@ def run(
                     record.update(median_ms=None, skipped=skipped[key])
                 records.append(record)
                 logger.info("%s", record)
+        if on_cell is not None:
+            on_cell(records)
     return records
 
 
@@ -142,8 +158,8 @@ def markdown_table(records: list[dict]) -> str:
         rows.setdefault((r["mode"], r["length"], r["batch"]), {})[(r["model"], r["backend"])] = r
     header = ("| mode | L | B | blossom sdpa ms (min) | full sdpa ms (min) | blossom/full sdpa, median (min) | "
               "blossom eager ms (min) | full eager ms (min) | blossom/full eager, median (min) | "
-              "blossom sdpa histories/s |")
-    lines = [header, "|" + "---|" * 10]
+              "blossom sdpa histories/s | load avg (1 min) before/after |")
+    lines = [header, "|" + "---|" * 11]
 
     def fmt(r):
         return "skipped" if r is None or r.get("median_ms") is None else f"{r['median_ms']:.2f} ({r['min_ms']:.2f})"
@@ -157,8 +173,10 @@ def markdown_table(records: list[dict]) -> str:
         bs, fs = cell.get(("blossom", "sdpa")), cell.get(("full", "sdpa"))
         be, fe = cell.get(("blossom", "eager")), cell.get(("full", "eager"))
         throughput = "-" if bs is None or bs.get("median_ms") is None else f"{bs['histories_per_s']:.1f}"
+        any_record = next(iter(cell.values()))
+        load = f"{any_record.get('load_before')} / {any_record.get('load_after')}"
         lines.append(f"| {mode} | {length} | {batch} | {fmt(bs)} | {fmt(fs)} | {ratio(bs, fs)} | {fmt(be)} | "
-                     f"{fmt(fe)} | {ratio(be, fe)} | {throughput} |")
+                     f"{fmt(fe)} | {ratio(be, fe)} | {throughput} | {load} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,21 +205,32 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     machine = _machine()
+    try:
+        import transformers
+
+        machine["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
     started = time.time()
-    records = run(args.lengths, args.batch_sizes, args.modes, repeats=args.repeats, vocab_size=args.vocab_size,
-                  eager_max_elements=args.eager_max_elements, seed=args.seed, progress=not args.no_progress)
-    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    table = markdown_table(records)
-    sys.stdout.write(table)
     command = "python -m blossom_hf.benchmarks.cpu " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.markdown is not None:
-        args.markdown.write_text(table, encoding="utf-8")
-    if args.json is not None:
-        payload = {"command": command.strip(), "machine": machine, "seconds": round(time.time() - started, 1),
-                   "records": records}
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        tmp.replace(args.json)
+
+    def write(records: list[dict]) -> str:
+        table = markdown_table(records)
+        if args.markdown is not None:
+            args.markdown.write_text(table, encoding="utf-8")
+        if args.json is not None:
+            payload = {"command": command.strip(), "machine": machine, "seconds": round(time.time() - started, 1),
+                       "records": records}
+            tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+            tmp.replace(args.json)
+        return table
+
+    records = run(args.lengths, args.batch_sizes, args.modes, repeats=args.repeats, vocab_size=args.vocab_size,
+                  eager_max_elements=args.eager_max_elements, seed=args.seed, progress=not args.no_progress,
+                  on_cell=write)
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    sys.stdout.write(write(records))
     return 0
 
 

@@ -19,7 +19,7 @@ from .attention_patterns import (
     query_is_real,
     stis_dense_mask,
 )
-from .registry import BlossomAttentionKwargs, register_attention_backend
+from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
 
 __all__ = ["eager_blossom_attention", "eager_full_attention", "eager_attention_forward"]
 
@@ -126,15 +126,8 @@ def eager_attention_forward(
     **kwargs: Unpack[BlossomAttentionKwargs],
 ) -> tuple[torch.Tensor, None]:
     """Reference backend: dense masks, fp32."""
-    positions = kwargs.get("query_positions")
-    if module.config.attention_type == "full":
-        out = eager_full_attention(query, key, value, kwargs["lengths"], scaling=scaling, positions=positions)
-    else:
-        out = eager_blossom_attention(
-            query, key, value, kwargs["compressed_key"], kwargs["gate"], kwargs["lengths"],
-            scaling=scaling, pattern=kwargs["pattern"], positions=positions,
-        )
-    return out.transpose(1, 2).contiguous(), None
+    return dispatch_attention_type(module, query, key, value, scaling, kwargs,
+                                   blossom=eager_blossom_attention, full=eager_full_attention)
 
 
 register_attention_backend(

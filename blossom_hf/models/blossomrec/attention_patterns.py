@@ -33,11 +33,13 @@ __all__ = [
     "ltis_window_keys",
     "ltis_eligibility",
     "ltis_scores",
+    "every_window_selected",
     "ltis_select",
     "ltis_top_windows",
     "ltis_block_index",
     "ltis_key_index",
     "ltis_dense_mask",
+    "ltis_every_eligible",
     "masked_softmax",
     "query_is_real",
 ]
@@ -98,10 +100,11 @@ def _stis_table(
 
 
 @lru_cache(maxsize=64)
-def _stis_key_index_cpu(seq_len: int, window: int, num_sinks: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _stis_key_index_cached(seq_len: int, window: int, num_sinks: int,
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Built outside inference mode: a cached inference tensor could not be saved for a later backward.
     with torch.inference_mode(False):
-        return _stis_table(torch.arange(seq_len), window, num_sinks, seq_len)
+        return _stis_table(torch.arange(seq_len, device=device), window, num_sinks, seq_len)
 
 
 def stis_key_index(
@@ -120,8 +123,7 @@ def stis_key_index(
         return _stis_table(positions, int(window), int(num_sinks), int(seq_len))
     if torch.compiler.is_compiling():  # no Python-side cache inside a traced graph
         return _stis_table(torch.arange(seq_len, device=device), int(window), int(num_sinks), int(seq_len))
-    index, valid = _stis_key_index_cpu(int(seq_len), int(window), int(num_sinks))
-    return index.to(device), valid.to(device)
+    return _stis_key_index_cached(int(seq_len), int(window), int(num_sinks), torch.device(device))
 
 
 def stis_dense_mask(
@@ -180,10 +182,10 @@ def ltis_eligibility(
     device = lengths.device
     t = _positions(seq_len, device, positions)  # [B|1, Q]
     w = torch.arange(num_windows, device=device)
-    ends_before = (w * block_size + block_size - 1) < t[..., None]  # [B|1, Q, M]
-    block_real = (w[None, :] * block_size) < lengths[:, None]  # [B, M]
-    real_query = t < lengths[:, None]  # [B, Q]
-    return ends_before & block_real[:, None, :] & real_query[:, :, None]
+    # w*b + b - 1 < t  <=>  w < t // b (integers); a real query t < length then also has block w real
+    # (w*b < (t // b) * b <= t < length), so one comparison and the real-query test suffice.
+    limit = torch.where(t < lengths[:, None], t // block_size, 0)  # [B, Q]
+    return w < limit[..., None]
 
 
 def ltis_scores(query: torch.Tensor, compressed_key: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -200,23 +202,42 @@ def ltis_scores(query: torch.Tensor, compressed_key: torch.Tensor, scaling: floa
 
 def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the ``n`` largest entries of ``ranked [..., M]`` (``-inf`` = ineligible), by decreasing value,
-    ties to the larger index; ``-1`` where fewer than ``n`` entries are finite."""
+    ties to the larger index; ``-1`` where fewer than ``n`` entries are finite.
+
+    On the CPU ``torch.topk``, which is exact unless two finite scores tie within the top n or across the n-th
+    place (top-k promises no order among equal values): only then a stable sort decides. Elsewhere a stable sort
+    (no host synchronisation for the tie check); in traced graphs top-k over ``w`` reversed.
+    """
     num_windows = ranked.shape[-1]
+    k = min(n, num_windows)
     if torch.compiler.is_compiling():
         # Traced graphs (torch.compile/export, ONNX) use top-k over w reversed: ONNX's TopK puts the lower index
         # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
-        order = ranked.flip(-1).topk(min(n, num_windows), dim=-1).indices
+        order = (num_windows - 1) - ranked.flip(-1).topk(k, dim=-1).indices
+    elif ranked.device.type == "cpu" and k > 0:
+        # one more than needed: a tie across the n-th place shows as the (k+1)-th value equal to the k-th
+        top = ranked.topk(min(k + 1, num_windows), dim=-1)
+        values, order = top.values, top.indices[..., :k]
+        ties = (values[..., 1:] == values[..., :-1]) & torch.isfinite(values[..., 1:])
+        if bool(ties.any()):  # equal finite scores inside or across the top n: the stable sort below decides
+            order = None
     else:
-        # Stable descending sort over w reversed: among equal scores the larger w comes first.
-        order = torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :n]
-    order = (num_windows - 1) - order
-    top = torch.gather(ranked, -1, order)
-    selected = torch.where(torch.isfinite(top), order, torch.full_like(order, -1))
+        order = None
+    if order is None:  # stable descending sort over w reversed: among equal scores the larger w comes first
+        order = (num_windows - 1) - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :k]
+    top_values = torch.gather(ranked, -1, order)
+    selected = torch.where(torch.isfinite(top_values), order, torch.full_like(order, -1))
     if selected.shape[-1] < n:
         pad = torch.full((*selected.shape[:-1], n - selected.shape[-1]), -1, dtype=torch.long,
                          device=selected.device)
         selected = torch.cat([selected, pad], dim=-1)
     return selected
+
+
+def every_window_selected(seq_len: int, pattern: BlossomPattern) -> bool:
+    """True when no query of a ``seq_len``-key history has more than ``n`` eligible windows, so the top-n keeps
+    every eligible one whatever the scores: query ``t`` has at most ``t // b`` (windows ending before ``t``)."""
+    return (max(int(seq_len), 1) - 1) // pattern.block_size <= pattern.num_selected_blocks
 
 
 def ltis_select(
@@ -297,9 +318,27 @@ def ltis_key_index(
 def ltis_dense_mask(
     selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend)."""
-    index, valid = ltis_key_index(selected, seq_len, block_size, positions)
-    return _scatter_mask(index, valid, seq_len)
+    """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend): the keys of the selected
+    blocks (one flag per block, expanded to its ``b`` keys) or the own block's keys ``c*b .. t``."""
+    num_blocks = -(-seq_len // block_size)
+    chosen = torch.zeros(*selected.shape[:-1], num_blocks + 1, dtype=torch.bool, device=selected.device)
+    chosen.scatter_(-1, torch.where(selected >= 0, selected, num_blocks), True)  # -1 -> a spare column
+    keys = chosen[..., :num_blocks, None].expand(*chosen.shape[:-1], num_blocks, block_size)
+    keys = keys.reshape(*chosen.shape[:-1], num_blocks * block_size)[..., :seq_len]
+    t = _positions(seq_len, selected.device, positions)[:, None, :, None]  # [B|1, 1, Q, 1]
+    j = torch.arange(seq_len, device=selected.device)
+    return keys | ((j // block_size == t // block_size) & (j <= t))
+
+
+def ltis_every_eligible(
+    seq_len: int, pattern: BlossomPattern, device: torch.device | str = "cpu", positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The selection ``[B|1, 1, Q, n]`` when every eligible window is selected (:func:`every_window_selected`):
+    the ``n`` blocks before the own block, ``-1`` below block 0. Equals :func:`ltis_select` then, for any scores
+    (up to the order of the slots)."""
+    t = _positions(seq_len, device, positions)[:, None, :, None]
+    blocks = t // pattern.block_size - 1 - torch.arange(pattern.num_selected_blocks, device=device)
+    return blocks.clamp_min(-1)
 
 
 def _scatter_mask(index: torch.Tensor, valid: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -79,6 +79,22 @@ class AttentionBackend:
 _BACKENDS: dict[str, AttentionBackend] = {}
 
 
+def dispatch_attention_type(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+    kwargs: BlossomAttentionKwargs, *, blossom: Callable[..., torch.Tensor], full: Callable[..., torch.Tensor],
+) -> tuple[torch.Tensor, None]:
+    """The adapter body of a backend written as two functional forms: ``full(query, key, value, lengths, *,
+    scaling, positions)`` for ``attention_type="full"``, else ``blossom(query, key, value, compressed_key, gate,
+    lengths, *, scaling, pattern, positions)``, both ``[B, H, Q, D]``; returns ``([B, Q, H, D] contiguous, None)``."""
+    positions = kwargs.get("query_positions")
+    if module.config.attention_type == "full":
+        out = full(query, key, value, kwargs["lengths"], scaling=scaling, positions=positions)
+    else:
+        out = blossom(query, key, value, kwargs["compressed_key"], kwargs["gate"], kwargs["lengths"],
+                      scaling=scaling, pattern=kwargs["pattern"], positions=positions)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def register_attention_backend(
     name: str,
     function: AttentionFunction,

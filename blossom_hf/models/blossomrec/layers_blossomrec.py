@@ -1,0 +1,209 @@
+"""The building blocks of a BlossomRec layer (docs/MODEL.md, "Backbone" and "Attention layer"): RoPE, the LTIS
+block compressor, the attention module (Q/K/V projections, the (alpha, beta) gate, the backend call), the FFN and
+the post-LN layer.
+
+The attention module looks its backend up by name in ``registry.py``; importing this file registers the built-in
+backends ("eager", "sdpa", "triton"), each from its own ``attention_<name>.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+# importing the backend files registers "eager", "sdpa" and "triton" (each file holds its own registration)
+from .attention_eager import eager_attention_forward  # noqa: F401
+from .attention_patterns import BlossomPattern, every_window_selected, ltis_window_keys
+from .attention_sdpa import sdpa_attention_forward  # noqa: F401
+from .attention_triton import triton_attention_forward  # noqa: F401
+from .configuration_blossomrec import BlossomRecConfig
+from .registry import get_attention_backend
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BlossomRecRotaryEmbedding", "BlossomRecBlockCompressor", "BlossomRecAttention", "BlossomRecFeedForward",
+           "BlossomRecLayer", "apply_rotary", "rotate_half", "take_positions"]
+
+
+class BlossomRecRotaryEmbedding(nn.Module):
+    """RoPE tables ``cos, sin [L, head_dim]`` for positions ``0..L-1`` (half-split rotation).
+
+    The frequencies are recomputed at each call (a few dozen numbers) rather than kept in a buffer, so
+    no state can be missed when weights are loaded onto a model built on the meta device.
+    """
+
+    def __init__(self, config: BlossomRecConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = float(config.rope_theta)
+
+    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, heads, L, D]`` (computed in fp32, returned in x's dtype)."""
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+class BlossomRecBlockCompressor(nn.Module):
+    """LTIS compressor φ: window keys + learned intra-window positions -> one key per window.
+
+    ``k~[γ, w] = W2 ReLU(W1 flatten(K_win[γ, w] + P[γ]))``; φ is shared by the kv heads, P is per kv head.
+    """
+
+    def __init__(self, config: BlossomRecConfig):
+        super().__init__()
+        window, head_dim = config.ltis_compression_window, config.head_dim
+        self.intra_window_position = nn.Parameter(torch.zeros(config.num_key_value_heads, window, head_dim))
+        self.fc1 = nn.Linear(window * head_dim, window * head_dim)
+        self.fc2 = nn.Linear(window * head_dim, head_dim)
+
+    def forward(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
+        windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
+        windows = windows + self.intra_window_position[None, :, None].to(windows.dtype)
+        flat = windows.flatten(-2)
+        return self.fc2(F.relu(self.fc1(flat)))  # [B, G, M, D]
+
+
+class BlossomRecAttention(nn.Module):
+    """Q/K/V projections, RoPE, the backend (LTIS + STIS + gate, or dense causal), one output projection."""
+
+    def __init__(self, config: BlossomRecConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = config.num_key_value_groups
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=True)
+        if config.attention_type == "blossom":
+            self.gate_proj = nn.Linear(d, 2 * self.num_heads, bias=True)
+            self.gate_proj._is_blossom_gate = True
+            self.compressor = BlossomRecBlockCompressor(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor,
+        pattern: BlossomPattern,
+        query_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, L, d]`` in, ``[B, Q, d]`` out: every position, or the queries at ``query_positions [B, Q]``
+        (keys, values and compressed keys always cover all ``L`` positions)."""
+        batch, seq_len, _ = hidden_states.shape
+        cos, sin = rotary
+        key = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        key = apply_rotary(key, cos, sin)
+        if query_positions is None:
+            query_states, q_cos, q_sin = hidden_states, cos, sin
+        else:
+            query_states = take_positions(hidden_states, query_positions)
+            q_cos, q_sin = cos[query_positions][:, None], sin[query_positions][:, None]  # [B, 1, Q, D]
+        num_queries = query_states.shape[1]
+        query = self.q_proj(query_states).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        query = apply_rotary(query, q_cos, q_sin)
+
+        extra = {"lengths": lengths, "pattern": pattern, "compressed_key": None, "gate": None}
+        if query_positions is not None:
+            extra["query_positions"] = query_positions
+        if self.config.attention_type == "blossom":
+            if torch.is_grad_enabled() or not every_window_selected(seq_len, pattern):
+                extra["compressed_key"] = self.compressor(key, lengths, pattern)
+            else:  # inference where the top-n keeps every eligible window whatever the scores: nothing reads them
+                extra["compressed_key"] = key.new_zeros(batch, self.num_key_value_heads, seq_len // pattern.block_size,
+                                                        self.head_dim)
+            gate = torch.sigmoid(self.gate_proj(query_states).float())  # [B, Q, 2H]
+            extra["gate"] = gate.view(batch, num_queries, self.num_heads, 2).transpose(1, 2)
+
+        attention_interface = get_attention_backend(self.config._attn_implementation).function
+        attn_output, _ = attention_interface(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0, **extra
+        )
+        attn_output = attn_output.reshape(batch, num_queries, -1).to(hidden_states.dtype)
+        return self.o_proj(attn_output)
+
+
+def take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x [B, L, d]`` at ``positions [B, Q]`` -> ``[B, Q, d]``."""
+    return torch.gather(x, 1, positions[..., None].expand(-1, -1, x.shape[-1]))
+
+
+_FULL_LAYER_NOTED: set[str] = set()
+
+
+class BlossomRecFeedForward(nn.Module):
+    def __init__(self, config: BlossomRecConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.act(self.fc_in(hidden_states)))
+
+
+class BlossomRecLayer(nn.Module):
+    """Post-LN block: ``h = LN(h + Drop(Attn(h)))``, ``h = LN(h + Drop(FFN(h)))``."""
+
+    def __init__(self, config: BlossomRecConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = BlossomRecAttention(config, layer_idx)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = BlossomRecFeedForward(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor,
+        pattern: BlossomPattern,
+        query_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, L, d]`` -> ``[B, L, d]``, or ``[B, Q, d]`` for the queries at ``query_positions`` (serving path)."""
+        if query_positions is None:
+            attn = self.self_attn(hidden_states, rotary, attention_mask, lengths, pattern)
+            residual = hidden_states
+        else:
+            residual = take_positions(hidden_states, query_positions)
+            name = self.self_attn.config._attn_implementation
+            if get_attention_backend(name).query_subset:
+                attn = self.self_attn(hidden_states, rotary, attention_mask, lengths, pattern, query_positions)
+            else:  # the backend computes every position: keep the queried ones (documented, logged once)
+                if name not in _FULL_LAYER_NOTED and not torch.compiler.is_compiling():
+                    _FULL_LAYER_NOTED.add(name)
+                    logger.warning(
+                        "attention backend %r has no query_subset support: the serving path runs its last layer's "
+                        "attention at every position (FFN and scores still only at the last one)", name)
+                attn = take_positions(self.self_attn(hidden_states, rotary, attention_mask, lengths, pattern),
+                                       query_positions)
+        hidden_states = self.attn_norm(residual + self.dropout(attn))
+        return self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
