@@ -71,6 +71,8 @@ INFERENCE_ROWS = [
     ("full/sdpa bf16-autocast (flash)", "full", "sdpa", True),
     ("blossom/triton fp32", "blossom", "triton", False),
     ("full/sdpa fp32 (math kernel, GQA)", "full", "sdpa", False),
+    ("blossom/sdpa bf16-autocast", "blossom", "sdpa", True),
+    ("blossom/sdpa fp32", "blossom", "sdpa", False),
 ]
 DENSE_LAYER = ("full/sdpa bf16 (flash)", "full/flex bf16")
 DENSE_MODEL = ("full/sdpa (flash)", "full/flex")
