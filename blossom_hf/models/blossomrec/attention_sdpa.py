@@ -23,11 +23,12 @@ tests/test_sdpa_layouts.py):
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
 (docs/BENCHMARKS_CPU.md); the CPU flash kernel computes every ``(query, key)`` pair of a masked call, so its
-``L^2`` work overtakes the gathered layout's per-query overheads from a few hundred items. CUDA: from the memory
-traffic, which bounds both layouts there: per query and kv head the dense layout moves about ``21 L`` bytes
-(the boolean LTIS mask, its fp32 bias and the bias read by each of the g = 4 heads), the gathered one about
-``98 keys x 2 (K, V) x 64 B x 2 (write, read) ~ 25 KB``, so they cross near ``L ~ 1200``; below it the dense
-layout also launches fewer kernels. Computation runs in fp32 (inputs are upcast), as in every backend. Every
+``L^2`` work overtakes the gathered layout's per-query overheads from a few hundred items. CUDA: measured on an
+H200 (docs/BENCHMARKS.md, "Merged tree"): at 65k tokens per forward the dense layout takes 7.7 / 12.4 / 21.2 ms
+at L = 200 / 512 / 1024 and grows with L, the gathered one 13.3 ms at L = 4096 (its work is per query, so about
+flat in L; not measured below 4096), so the dense layout stops at 512. A memory-traffic estimate (about ``21 L``
+bytes per query and kv head dense, about 25 KB gathered) had put the crossover near 1200.
+Computation runs in fp32 (inputs are upcast), as in every backend. Every
 reshape of an SDPA output is a ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """
 
@@ -58,7 +59,7 @@ __all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_max_length", "s
            "sdpa_full_attention", "sdpa_attention_forward"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 1024}
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 512}
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
