@@ -41,10 +41,12 @@ from pathlib import Path
 
 import torch
 
+from .flex_baseline import causal_block_mask, flex_dense_forward, flex_function, register_flex_baseline  # noqa: F401
+from .gpu_report import DENSE_LAYER, DENSE_MODEL, TOKENS, markdown, plot, targets  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 HELP = "GPU speed of the attention backends (layer, operator, whole model, inference) against dense attention"
-TOKENS = 262144
 LENGTHS = (50, 200, 512, 1024, 2048, 4096, 8192)
 MODEL_LENGTHS = (200, 1024, 2048, 4096, 8192)
 INFERENCE_LENGTHS = (200, 1024, 4096)
@@ -74,65 +76,8 @@ INFERENCE_ROWS = [
     ("blossom/sdpa bf16-autocast", "blossom", "sdpa", True),
     ("blossom/sdpa fp32", "blossom", "sdpa", False),
 ]
-DENSE_LAYER = ("full/sdpa bf16 (flash)", "full/flex bf16")
-DENSE_MODEL = ("full/sdpa (flash)", "full/flex")
 
 
-# --------------------------------------------------------------------------------------------------
-# dense causal FlexAttention as a registered backend (attention_type="full" only)
-# --------------------------------------------------------------------------------------------------
-_FLEX: dict = {}
-
-
-def _flex_fn():
-    if "fn" not in _FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
-
-
-def causal_block_mask(seq_len: int, device):
-    """FlexAttention's block mask of dense causal attention at ``seq_len`` (cached)."""
-    key = ("mask", seq_len, str(device))
-    if key not in _FLEX:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def causal(b, h, q_idx, kv_idx):
-            return q_idx >= kv_idx
-
-        _FLEX[key] = create_block_mask(causal, None, None, seq_len, seq_len, device=device)
-    return _FLEX[key]
-
-
-def flex_dense_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Dense causal FlexAttention with GQA (compacted histories: causal == causal over real keys)."""
-    from blossom_hf.models.blossomrec.attention_patterns import query_is_real
-
-    if module.config.attention_type != "full":
-        raise NotImplementedError("flex_dense is a dense causal baseline (attention_type='full')")
-    seq_len = query.shape[2]
-    out = _flex_fn()(query, key, value, block_mask=causal_block_mask(seq_len, query.device), scale=scaling,
-                     enable_gqa=True)
-    real = query_is_real(kwargs["lengths"], seq_len)[:, None, :, None]
-    return torch.where(real, out, 0.0).transpose(1, 2).contiguous(), None
-
-
-def register_flex_baseline() -> None:
-    """Register ``flex_dense`` (benchmark baseline) and let torch.compile keep one graph per shape."""
-    from blossom_hf import register_attention_backend
-
-    # every (L, batch) pair is a new shape for torch.compile: keep dynamo from falling back to the unfused
-    # (L x L) FlexAttention after its default 8 recompiles
-    torch._dynamo.config.recompile_limit = 256
-    torch._dynamo.config.accumulated_recompile_limit = 4096
-    register_attention_backend("flex_dense", flex_dense_forward, overwrite=True,
-                               description="dense causal FlexAttention with GQA (benchmark baseline)")
-
-
-# --------------------------------------------------------------------------------------------------
-# measurement
-# --------------------------------------------------------------------------------------------------
 def _cleanup() -> None:
     gc.collect()
     torch.cuda.empty_cache()
@@ -235,7 +180,7 @@ def op_case(seq_len: int, which: str, warmup: int, steps: int):
         block_mask = causal_block_mask(seq_len, DEVICE)
 
         def fn():
-            return _flex_fn()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+            return flex_function()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
     def clear():
         for t in (q, k, v, ck, gate):
@@ -354,124 +299,6 @@ def environment(argv: list[str]) -> dict:
 # --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
-def _cell(r: dict | None) -> str:
-    if r is None:
-        return "-"
-    if r["status"] != "ok":
-        return r["status"]
-    return f"{r['ms']:.2f} / {r['peak_mib']:,.0f}"
-
-
-def _table(section: dict, title: str, batch_of: Callable[[int], int]) -> list[str]:
-    if not section:
-        return []
-    lengths = sorted({int(L) for per in section.values() for L in per})
-    keys = list(section)
-    lines = [f"### {title}", "", "| L (B) | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for L in lengths:
-        lines.append(f"| {L} ({batch_of(L)}) | " + " | ".join(_cell(section[k].get(str(L))) for k in keys) + " |")
-    return [*lines, ""]
-
-
-def _fastest(section: dict, keys, L: int) -> float | None:
-    ok = [section.get(k, {}).get(str(L)) for k in keys]
-    ok = [r["ms"] for r in ok if r and r["status"] == "ok"]
-    return min(ok) if ok else None
-
-
-def _verdict(value: float, bound: float) -> str:
-    ratio = value / bound
-    return f"met ({ratio:.2f} of the bound)" if value <= bound else f"missed by {100 * (ratio - 1):.0f}%"
-
-
-def targets(results: dict) -> list[str]:
-    """The issue-8 targets table: met / missed by how much."""
-    lines = ["### Targets", "", "| target | L | blossom/triton | fastest dense | ratio | bound | result |",
-             "|---|---|---|---|---|---|---|"]
-    layer, model, inf = results["layer"], results["model"], results["inference"]
-    tri = layer.get("blossom/triton bf16", {})
-    for L in sorted(int(x) for x in tri):
-        r, fastest = tri[str(L)], _fastest(layer, DENSE_LAYER, L)
-        if r["status"] != "ok" or fastest is None:
-            continue
-        bound = 1.25 if L <= 512 else 1.0 if L <= 2048 else 0.75 if L <= 4096 else 0.5
-        ratio = r["ms"] / fastest
-        lines.append(f"| layer fwd+bwd bf16 | {L} | {r['ms']:.2f} | {fastest:.2f} | {ratio:.2f}x | {bound}x | "
-                     f"{_verdict(ratio, bound)} |")
-        mem = [layer.get(k, {}).get(str(L)) for k in DENSE_LAYER]
-        mem = [m["peak_mib"] for m in mem if m and m["status"] == "ok"]
-        if mem:
-            mratio = r["peak_mib"] / min(mem)
-            lines.append(f"| layer peak memory | {L} | {r['peak_mib']:,.0f} MiB | {min(mem):,.0f} MiB | "
-                         f"{mratio:.2f}x | 1.5x | {_verdict(mratio, 1.5)} |")
-    for L in sorted(int(x) for x in model.get("blossom/triton", {})):
-        r, fastest = model["blossom/triton"][str(L)], _fastest(model, DENSE_MODEL, L)
-        if r["status"] != "ok" or fastest is None:
-            continue
-        bound = 1.1 if L <= 512 else 1.0
-        ratio = r["ms"] / fastest
-        lines.append(f"| model training step | {L} | {r['ms']:.2f} | {fastest:.2f} | {ratio:.2f}x | {bound}x | "
-                     f"{_verdict(ratio, bound)} |")
-    for mode, full_key in (("bf16-autocast", "full/sdpa bf16-autocast (flash)"),
-                           ("fp32", "full/sdpa fp32 (math kernel, GQA)")):
-        for L, r in sorted(inf.get(f"blossom/triton {mode}", {}).items(), key=lambda kv: int(kv[0])):
-            full = inf.get(full_key, {}).get(L)
-            if r["status"] != "ok" or not full or full["status"] != "ok":
-                continue
-            bound = 1.25 if int(L) <= 512 else 1.0
-            ratio = r["ms"] / full["ms"]
-            lines.append(f"| inference fwd {mode} | {L} | {r['ms']:.2f} | {full['ms']:.2f} | {ratio:.2f}x | "
-                         f"{bound}x | {_verdict(ratio, bound)} |")
-    return [*lines, ""]
-
-
-def markdown(results: dict) -> str:
-    env = results["env"]
-    head = [f"Measured {env['date_utc']} UTC on {env['gpu']} ({env['sms']} SMs), torch {env['torch']} "
-            f"(CUDA {env['cuda']}), triton {env['triton']}, transformers {env['transformers']}, "
-            f"Python {env['python']}. Command: `{env['command']}`. Entries are median ms / peak MiB above inputs.",
-            ""]
-    body = (_table(results["layer"], "One layer, fwd + bwd", lambda L: TOKENS // L)
-            + _table(results["ops"], "Attention operator only, fwd + bwd, bf16", lambda L: TOKENS // L)
-            + _table(results["model"], "Whole-model training step", lambda L: TOKENS // L)
-            + _table(results["inference"], "GPU inference, whole-model forward only",
-                     lambda L: max(1, TOKENS // L // 4))
-            + targets(results))
-    if results.get("skipped"):
-        body += ["Not run (time budget): " + ", ".join(results["skipped"]), ""]
-    return "\n".join(head + body)
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for key, per_len in results["layer"].items():
-        xs = [int(L) for L, r in per_len.items() if r["status"] == "ok"]
-        style = "o-" if key.startswith("blossom/triton") else ("s--" if key.startswith("full") else "^:")
-        axes[0].plot(xs, [per_len[str(L)]["ms"] for L in xs], style, label=key)
-        axes[1].plot(xs, [per_len[str(L)]["peak_mib"] for L in xs], style, label=key)
-    for key, per_len in results.get("model", {}).items():
-        xs = [int(L) for L, r in per_len.items() if r["status"] == "ok"]
-        axes[2].plot(xs, [per_len[str(L)]["ms"] for L in xs], "o-" if "triton" in key else "s--", label=key)
-    titles = ("one layer fwd+bwd: median ms", "one layer fwd+bwd: peak MiB above inputs",
-              "whole model training step: median ms")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("history length L (B = 262144 // L)")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    env = results["env"]
-    fig.suptitle(f"BlossomRec attention, {env['gpu']}, torch {env['torch']}, triton {env['triton']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def profile_triton(seq_len: int, path: Path) -> None:
     """Per-kernel CUDA time of three layer steps with the triton backend (torch.profiler), appended to ``path``."""
     from torch.profiler import ProfilerActivity, profile
