@@ -17,7 +17,6 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .checkpoints import STAGING_DIR, fault_point, replace_dir
 from .data.examples import PrefixExamples, WindowExamples
 from .data.splits import LeaveOneOutSplit
 from .errors import NonFiniteError
@@ -25,6 +24,7 @@ from .evaluation.metrics import metrics_from_ranks
 from .evaluation.ranking import RankingResult
 from .evaluation.suite import EvaluationSet, build_evaluation_sets, evaluate_model
 from .losses import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
+from .run_folders import STAGING_DIR, fault_point, replace_dir
 from .training_args import RecTrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class SequentialRecTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         assert_finite_parameters(self.accelerator.unwrap_model(model), f"checkpoint {run_dir / name}")
         staging_root = run_dir / STAGING_DIR
-        # (a stale staging folder of an interrupted run was removed at start: checkpoints.clean_output_dir)
+        # (a stale staging folder of an interrupted run was removed at start: run_folders.clean_output_dir)
         self._staging_root = staging_root
         try:
             super()._save_checkpoint(model, trial)

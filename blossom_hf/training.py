@@ -23,7 +23,7 @@ variants computed from ``last_hidden_state`` and the tied item embedding:
 NDCG@10, final validation + test metrics, ``metrics.json``); ``blossom-hf train`` is its command line. The losses
 live in :mod:`blossom_hf.losses`, the options in :mod:`blossom_hf.training_args`, the record in
 :mod:`blossom_hf.run_record`, the run folder's safety (lock, atomic folders, resume checks) in
-:mod:`blossom_hf.checkpoints`, the Trainer subclass in :mod:`blossom_hf.trainer`; their public names are
+:mod:`blossom_hf.run_folders`, the Trainer subclass in :mod:`blossom_hf.trainer`; their public names are
 importable from here too.
 """
 
@@ -40,7 +40,14 @@ from typing import Any
 from torch import nn
 from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
-from .checkpoints import (
+from .data.collator import SequenceCollator
+from .data.examples import RankingDataset, training_examples
+from .data.preprocessing import SequenceData
+from .data.splits import leave_one_out
+from .errors import BlossomUserError
+from .evaluation.suite import build_evaluation_sets, results_to_record
+from .losses import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
+from .run_folders import (
     OutputDirLock,
     check_resume,
     clean_output_dir,
@@ -50,13 +57,6 @@ from .checkpoints import (
     save_run_arguments,
     staging_path,
 )
-from .data.collator import SequenceCollator
-from .data.examples import RankingDataset, training_examples
-from .data.preprocessing import SequenceData
-from .data.splits import leave_one_out
-from .errors import BlossomUserError
-from .evaluation.suite import build_evaluation_sets, results_to_record
-from .losses import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
 from .run_record import (
     METRICS_FILE,
     RunRecord,

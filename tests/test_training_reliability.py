@@ -18,7 +18,11 @@ from conftest import REPO, tiny_config
 from hub_testing import write_interactions
 
 from blossom_hf import BlossomRecModel, cli
-from blossom_hf.checkpoints import (
+from blossom_hf.commands import train as train_command
+from blossom_hf.data import DataSpec, leave_one_out
+from blossom_hf.errors import NonFiniteError, OutputDirLockedError
+from blossom_hf.evaluation import build_evaluation_sets, evaluate_model
+from blossom_hf.run_folders import (
     LOCK_FILE,
     STAGING_DIR,
     OutputDirLock,
@@ -27,10 +31,6 @@ from blossom_hf.checkpoints import (
     recover_dir,
     replace_dir,
 )
-from blossom_hf.commands import train as train_command
-from blossom_hf.data import DataSpec, leave_one_out
-from blossom_hf.errors import NonFiniteError, OutputDirLockedError
-from blossom_hf.evaluation import build_evaluation_sets, evaluate_model
 from blossom_hf.run_record import RunRecord, dumps_strict
 from blossom_hf.training import RecTrainingConfig, assert_finite_parameters, default_training_arguments, run_training
 
