@@ -100,3 +100,13 @@ def test_collect_results_tables_the_new_fields(tmp_path):
     table = collect.markdown_table(collect.summarize(tmp_path, "test"))
     assert "| 1,2 (no record: 3) |" in table and "| 1/2 |" in table  # capped: one of two
     assert "blossom-hf train --seed S --output-dir OUT/NAME" in table
+
+
+@pytest.mark.parametrize("option,value", [("time_limit_at", 0), ("time_limit_at", -5.0), ("time_limit_minutes", 0)])
+def test_time_limit_options_refuse_non_positive_values(option, value):
+    from blossom_hf.errors import BlossomUserError
+    from blossom_hf.training_args import RecTrainingConfig
+
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(BlossomUserError, match=flag):
+        RecTrainingConfig(**{option: value})
