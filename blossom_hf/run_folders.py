@@ -2,9 +2,11 @@
 
 * :class:`OutputDirLock` -- one run per ``--output-dir``: a lock file names the holder (pid, host, start,
   command); a lock left by a dead process on this host is taken over with a warning.
-* :func:`replace_dir` -- a folder written under a staging name replaces the target by renames, so a kill
-  leaves the old folder or the new one (the old one is kept under a ``.old`` name until the new one is in
-  place; :func:`recover_dir` puts it back after a kill between the two renames).
+* :func:`replace_dir` -- a folder written under a staging name replaces the target in one atomic exchange
+  (``saving_blossomrec.exchange``, Linux ``renameat2``, the same swap ``save_pretrained`` and the Hub export
+  use), so a kill leaves the old folder or the new one; where the system cannot exchange, by two renames
+  (the old folder is kept under a ``.old`` name until the new one is in place; :func:`recover_dir` puts it
+  back after a kill between them).
 * :func:`complete_checkpoints` -- the ``checkpoint-N`` folders that hold everything a resume needs;
   ``--resume`` takes the latest of these and never a half-written one.
 * :func:`check_resume` -- the arguments and data of a resumed run against those the run was started with
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputDirLockedError, ResumeMismatchError
-from .models.blossomrec.saving_blossomrec import pid_alive
+from .models.blossomrec.saving_blossomrec import exchange, pid_alive
 from .run_record import dumps_strict, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -158,12 +160,15 @@ def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
     aside until the new one is in place, then deleted."""
     staging, target = Path(staging), Path(target)
     recover_dir(target)
-    old = _old_name(target)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    if target.exists() and exchange(staging, target):  # one atomic swap where the system has it
+        shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+    else:
+        old = _old_name(target)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
     if staging.parent.name == STAGING_DIR:
         try:
             staging.parent.rmdir()  # only when empty

@@ -185,6 +185,20 @@ def test_replace_dir_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path
     assert (target / "w").read_text() == "kept"
 
 
+def test_replace_dir_without_an_atomic_exchange_renames_twice(tmp_path, monkeypatch):
+    import blossom_hf.run_folders as run_folders
+
+    monkeypatch.setattr(run_folders, "exchange", lambda a, b: False)  # e.g. a file system without renameat2
+    target, staging = tmp_path / "best_model", tmp_path / ".staging" / "best_model"
+    target.mkdir()
+    (target / "w").write_text("old")
+    staging.mkdir(parents=True)
+    (staging / "w").write_text("new")
+    replace_dir(staging, target)
+    assert (target / "w").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"], "no .old folder nor staging left"
+
+
 @pytest.mark.parametrize("point", ["checkpoint-save", "checkpoint-rename"])
 def test_sigkill_during_a_checkpoint_save_loses_nothing_and_resume_works(tmp_path, csv_log, point, caplog):
     output = tmp_path / "run"

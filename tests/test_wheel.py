@@ -51,8 +51,7 @@ def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
     where = _run([sys.executable, "-c", find], work, env).stdout
     assert Path(where.strip()).is_relative_to(site), f"blossom_hf imported from {where} instead of the wheel"
     command = str(site / "bin" / "blossom-hf")
-    usage = _run([command, "--help"], work, env).stdout
-    assert "train " in usage and "evaluate " in usage
+    assert os.access(command, os.X_OK)  # the console script (its --help text: tests/test_cli.py, in-process)
 
     log = write_interactions(work / "log.csv", n_users=30, items=list(range(1, 31)))
     _run([command, "train", "--dataset", str(log), "--user-col", "user", "--item-col", "item", "--time-col", "ts",
