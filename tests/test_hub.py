@@ -42,6 +42,8 @@ from blossom_hf.hub import (
     reported_test_metrics,
 )
 
+pytestmark = pytest.mark.xdist_group("test_hub")
+
 REPO_ID = "org/blossomrec-tiny"
 PACKAGE_CODE = {p.name for p in (Path(blossom_hf.__file__).parent / "models" / "blossomrec").glob("*.py")} - {
     "__init__.py"
@@ -49,7 +51,7 @@ PACKAGE_CODE = {p.name for p in (Path(blossom_hf.__file__).parent / "models" / "
 EXPECTED_FILES = set(HUB_DATA_FILES) | PACKAGE_CODE
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: the slow tests run first (conftest), which splits the module
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_run")
     log = write_interactions(root / "log.csv")
@@ -57,18 +59,19 @@ def tiny_run(tmp_path_factory):
     return root, model, record
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(tiny_run):
     root, model, _ = tiny_run
     return export_hub_folder(model, root / "export" / "blossomrec-tiny", root / "run" / "metrics.json", repo_id=REPO_ID)
 
 
 # The remote-code route of the export and of every bundled checkpoint, loaded in one fresh interpreter (its
-# start-up is most of the cost); the tests below that use it run on one pytest-xdist worker.
-REMOTE_LOADS = pytest.mark.xdist_group("test_hub-remote-loads")
+# start-up is most of the cost). Every test of this module runs on one pytest-xdist worker, in one block, so
+# the module fixtures above (a training run, its export) and this one are built once per suite run.
+REMOTE_LOADS = pytest.mark.xdist_group("test_hub")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def remote_loads(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("remote_loads")
     folders = {"export": exported} | {folder.name: hub_folder(folder, root) for folder in bundled_checkpoints()}
