@@ -23,6 +23,7 @@ from .errors import NonFiniteError
 from .evaluation.metrics import metrics_from_ranks
 from .evaluation.ranking import RankingResult
 from .evaluation.suite import EvaluationSet, build_evaluation_sets, evaluate_model
+from .fused_losses import FUSED_LOSSES, check_fused_loss, fused_linear_cross_entropy
 from .losses import chunked_cross_entropy, positions_with_targets, sampled_softmax_loss
 from .run_folders import STAGING_DIR, fault_point, replace_dir
 from .training_args import RecTrainingConfig
@@ -171,6 +172,8 @@ class SequentialRecTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.split = split
         self.rec_config = rec_config
+        if rec_config.loss in FUSED_LOSSES:  # before the first step: the library and a CUDA device
+            check_fused_loss(rec_config.loss, self.args.device)
         self.evaluation_sets = evaluation_sets or build_evaluation_sets(
             split, rec_config.eval_protocols, rec_config.negatives_seed
         )
@@ -191,6 +194,8 @@ class SequentialRecTrainer(Trainer):
             weight = self.accelerator.unwrap_model(model).item_embeddings.weight
             if rec.loss == "chunked":
                 loss = chunked_cross_entropy(hidden, weight, targets, rec.ce_chunk_size)
+            elif rec.loss in FUSED_LOSSES:
+                loss = fused_linear_cross_entropy(hidden, weight, targets, rec.loss)
             else:
                 loss = sampled_softmax_loss(hidden, weight, targets, rec.sampled_negatives)
         if model.training and not bool(torch.isfinite(loss.detach()).all()):

@@ -43,7 +43,7 @@ def test_dispatch_help_and_unknown_commands(capsys):
 
 def test_benchmark_names_a_missing_benchmark(capsys):
     assert cli.main(["benchmark", "nosuch"]) == 2
-    assert "unknown benchmark 'nosuch'; choose one of gpu, cpu, data" in capsys.readouterr().err
+    assert "unknown benchmark 'nosuch'; choose one of gpu, cpu, data, fused_ce" in capsys.readouterr().err
     import importlib.util
 
     for what in ("gpu", "cpu", "data"):

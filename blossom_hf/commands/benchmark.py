@@ -1,4 +1,4 @@
-"""``blossom-hf benchmark <gpu|cpu|data> ...``: the project's benchmarks (``blossom_hf.benchmarks.<what>``)."""
+"""``blossom-hf benchmark <gpu|cpu|data|fused_ce> ...``: the project's benchmarks (``blossom_hf.benchmarks.<what>``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import sys
 
 from ..errors import BlossomUserError
 
-HELP = "run a benchmark: gpu (attention/model speed), cpu (serving), data (preprocessing scale)"
+HELP = "run a benchmark: gpu (attention/model speed), cpu (serving), data (preprocessing scale), fused_ce (losses)"
 BENCHMARKS = {
     "gpu": "layer, model and inference speed of the attention backends on a CUDA GPU",
     "cpu": "CPU serving speed (recommend() latency and throughput)",
     "data": "preprocessing speed and memory at scale",
+    "fused_ce": "the catalogue cross-entropy: chunked vs Liger-Kernel vs cut-cross-entropy on a CUDA GPU",
 }
 
 
