@@ -411,3 +411,63 @@ def test_serving_path_under_autograd_uses_the_differentiable_gathered_path(gener
     assert fused.layers[-1].self_attn.q_proj.weight.grad is not None
     notes = [r for r in caplog.records if "differentiable gathered key sets" in r.getMessage()]
     assert len(notes) == 1, "logged once"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("per_row_table", [False, True])
+@needs_interpreter
+def test_fused_rope_matches_the_pytorch_ops(generator, dtype, per_row_table):
+    """triton_rope's kernel (forward and its transposed-rotation backward) against apply_rotary_reference, on the
+    projections' non-contiguous view layout; per_row_table: the serving path's [B, 1, Q, D] tables."""
+    from blossom_hf.models.blossomrec.layers_blossomrec import BlossomRecRotaryEmbedding, apply_rotary_reference
+    from blossom_hf.models.blossomrec.triton_rope import FusedRotary
+
+    batch, seq_len, heads, head_dim = 2, 7, 3, 24
+    cos, sin = BlossomRecRotaryEmbedding(_RopeConfig(head_dim))(seq_len + 5, torch.device("cpu"))
+    x = torch.randn(batch, seq_len, heads, head_dim, generator=generator).to(dtype).transpose(1, 2)  # [B, h, Q, D]
+    if per_row_table:
+        positions = torch.randint(0, seq_len + 5, (batch, seq_len), generator=generator)
+        cos, sin = cos[positions][:, None], sin[positions][:, None]
+    else:
+        cos, sin = cos[:seq_len], sin[:seq_len]
+    xa, xb = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    got, want = FusedRotary.apply(xa, cos, sin), apply_rotary_reference(xb, cos, sin)
+    assert got.dtype == dtype and got.stride() == x.stride()
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    grad = torch.randn(got.shape, generator=generator).to(dtype)
+    (ga,), (gb,) = torch.autograd.grad(got, [xa], grad), torch.autograd.grad(want, [xb], grad)
+    torch.testing.assert_close(ga.float(), gb.float(), **tol)
+
+
+class _RopeConfig:
+    def __init__(self, head_dim: int):
+        self.head_dim, self.rope_theta = head_dim, 10000.0
+
+
+@pytest.mark.parametrize("block_size,window,seq_len", [(4, 8, 23), (3, 9, 20), (4, 4, 9), (16, 32, 40), (4, 8, 3)])
+def test_blockwise_compressor_matches_the_windowed_definition(generator, block_size, window, seq_len):
+    """BlossomRecBlockCompressor.forward (per-block fc1 slices, shifted sum, P folded into a bias) against
+    forward_windows (materialised windows, docs/MODEL.md LTIS step 2): values and every gradient, fp32, padding."""
+    from blossom_hf.models.blossomrec.layers_blossomrec import BlossomRecBlockCompressor
+
+    config = tiny_config(ltis_block_size=block_size, ltis_compression_window=window)
+    pattern = BlossomPattern.from_config(config)
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    comp = BlossomRecBlockCompressor(config)
+    with torch.no_grad():
+        comp.intra_window_position.normal_()
+    ref = copy.deepcopy(comp)
+    groups, head_dim = config.num_key_value_heads, config.head_dim
+    key = torch.randn(3, groups, seq_len, head_dim, generator=generator)
+    lengths = torch.tensor([seq_len, max(1, seq_len // 2), 1])
+    ka, kb = key.clone().requires_grad_(), key.clone().requires_grad_()
+    got, want = comp(ka, lengths, pattern), ref.forward_windows(kb, lengths, pattern)
+    assert got.shape == (3, groups, seq_len // block_size, head_dim)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    grad = torch.randn(got.shape, generator=generator)
+    got.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(ka.grad, kb.grad, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(comp.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

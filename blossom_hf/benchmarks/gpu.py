@@ -115,6 +115,12 @@ def _lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dtype, warmup: int, steps: int):
+    step, clear = layer_step(seq_len, attention_type, backend, dtype)
+    return measure(step, warmup, steps, clear)
+
+
+def layer_step(seq_len: int, attention_type: str, backend: str, dtype: torch.dtype):
+    """One layer's fwd+bwd step on the benchmark's inputs: ``(step, clear)`` (``clear`` drops the gradients)."""
     from blossom_hf import BlossomRecConfig
     from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
     from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
@@ -147,7 +153,7 @@ def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dty
         clear()
         layer(x, rotary, mask, lengths, pattern).backward(grad)
 
-    return measure(step, warmup, steps, clear)
+    return step, clear
 
 
 def op_case(seq_len: int, which: str, warmup: int, steps: int):

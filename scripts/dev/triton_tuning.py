@@ -160,6 +160,7 @@ def sweep(out: Path, lengths, names, strategy="tile", tag="sweep") -> None:
 def inference(out: Path, lengths) -> None:
     from blossom_hf import BlossomRecConfig, BlossomRecModel
     from blossom_hf.benchmarks.gpu import CATALOGUE, _model_inputs, measure
+    from blossom_hf.models.blossomrec import layers_blossomrec as layers
     from blossom_hf.models.blossomrec import registry
 
     triton_backend = registry.get_attention_backend("triton")
@@ -171,12 +172,12 @@ def inference(out: Path, lengths) -> None:
             torch.manual_seed(0)
             model = BlossomRecModel(config).to("cuda").eval()
             ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
-            modes = [("serving", dict(output_last_hidden_state=False), True)]
-            if backend == "triton":
-                modes.append(("serving-without-query-subset", dict(output_last_hidden_state=False), False))
+            modes = [("serving", dict(output_last_hidden_state=False), True),
+                     ("serving-pytorch-rope", dict(output_last_hidden_state=False), True)]
             for autocast in (True, False):
                 for mode, kwargs, subset in modes:
                     registry._BACKENDS["triton"] = dataclasses.replace(triton_backend, query_subset=subset)
+                    layers.FUSED_ROPE = mode != "serving-pytorch-rope"
 
                     @torch.inference_mode()
                     def step(kwargs=kwargs, autocast=autocast, model=model, ids=ids):
@@ -188,6 +189,7 @@ def inference(out: Path, lengths) -> None:
                                 "model": f"{attention_type}/{backend}", "mode": mode,
                                 "dtype": "bf16-autocast" if autocast else "fp32", **res})
             registry._BACKENDS["triton"] = triton_backend
+            layers.FUSED_ROPE = True
             model = None
             torch.cuda.empty_cache()
 
@@ -226,10 +228,77 @@ def profile_inference(out: Path, lengths) -> None:
             torch.cuda.empty_cache()
 
 
+def profile_layer(out: Path, lengths, rows=(("blossom", "triton"), ("full", "sdpa"))) -> None:
+    """torch.profiler of one layer's fwd+bwd (the benchmark's layer rows): per-op CUDA time and launch count per
+    step (``profile_layer.txt``) and a summary record per row (wall ms, GPU kernel ms, kernels per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from blossom_hf.benchmarks.gpu import layer_step, measure
+
+    reps = 5
+    for seq_len in lengths:
+        for attention_type, backend in rows:
+            step, clear = layer_step(seq_len, attention_type, backend, torch.bfloat16)
+            wall = measure(step, 3, 10, clear)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    step()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000 / reps
+            launches = sum(e.count for e in kernels) / reps
+            top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]
+            _emit(out, {"section": "profile-layer", "L": seq_len, "row": f"{attention_type}/{backend}",
+                        "wall_ms": round(wall["ms"], 3), "gpu_kernel_ms": round(gpu_ms, 3),
+                        "kernels_per_step": launches,
+                        "top": [[e.key[:90], round(e.self_device_time_total / 1000 / reps, 4), e.count / reps]
+                                for e in top]})
+            table = events.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=80)
+            with open(out / "profile_layer.txt", "a") as fh:
+                fh.write(f"\n=== layer fwd+bwd bf16 {attention_type}/{backend} L={seq_len} ({reps} steps) ===\n"
+                         f"{table}\n")
+            del step, clear, prof
+            torch.cuda.empty_cache()
+
+
+def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
+    """A/B of the layer-side changes (fused RoPE, blockwise compressor) on the benchmark's layer rows, interleaved
+    in one process: per L, ``rounds`` rounds over every variant, median of the per-round medians."""
+    import statistics
+
+    from blossom_hf.benchmarks.gpu import layer_step, measure
+    from blossom_hf.models.blossomrec import layers_blossomrec as layers
+
+    variants = [("blossom", "triton", True, True), ("blossom", "triton", False, True), ("blossom", "triton", True,
+                False), ("blossom", "triton", False, False), ("full", "sdpa", True, True),
+                ("full", "sdpa", False, True)]
+    for seq_len in lengths:
+        steps = {v: layer_step(seq_len, v[0], v[1], torch.bfloat16) for v in variants}
+        times: dict = {v: [] for v in variants}
+        peaks: dict = {}
+        for _ in range(rounds):
+            for v in variants:
+                layers.FUSED_ROPE, layers.BlossomRecBlockCompressor.BLOCKWISE = v[2], v[3]
+                res = measure(steps[v][0], 2, 8, steps[v][1])
+                times[v].append(res["ms"])
+                peaks[v] = res["peak_mib"]
+        layers.FUSED_ROPE, layers.BlossomRecBlockCompressor.BLOCKWISE = True, True
+        for v in variants:
+            _emit(out, {"section": "layer-ab", "L": seq_len, "row": f"{v[0]}/{v[1]}", "fused_rope": v[2],
+                        "blockwise_compressor": v[3], "ms": round(statistics.median(times[v]), 3),
+                        "rounds": [round(t, 3) for t in times[v]], "peak_mib": round(peaks[v], 1)})
+        del steps
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--sections", nargs="*", default=["inference", "profile", "sweep", "crossover"])
+    parser.add_argument("--sections", nargs="*", default=["inference", "profile", "sweep", "crossover"],
+                        help="also: profile-layer (per-op profile of one layer's fwd+bwd at --profile-lengths), "
+                        "layer-ab (fused RoPE / blockwise compressor on and off at --profile-lengths)")
+    parser.add_argument("--profile-lengths", type=int, nargs="*", default=[200, 1024])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--inference-lengths", type=int, nargs="*", default=[200, 1024, 4096])
@@ -262,6 +331,10 @@ def main() -> int:
         inference(args.out_dir, args.inference_lengths)
     if "profile" in args.sections:
         profile_inference(args.out_dir, [200])
+    if "layer-ab" in args.sections:
+        layer_ab(args.out_dir, args.profile_lengths)
+    if "profile-layer" in args.sections:
+        profile_layer(args.out_dir, args.profile_lengths)
     if "sweep" in args.sections:
         sweep(args.out_dir, args.sweep_lengths, args.variants)
     if "crossover" in args.sections:

@@ -17,7 +17,7 @@ from transformers.activations import ACT2FN
 
 # importing the backend files registers "eager", "sdpa" and "triton" (each file holds its own registration)
 from .attention_eager import eager_attention_forward  # noqa: F401
-from .attention_patterns import BlossomPattern, every_window_selected, ltis_window_keys
+from .attention_patterns import BlossomPattern, every_window_selected, ltis_window_keys, query_is_real
 from .attention_sdpa import sdpa_attention_forward  # noqa: F401
 from .attention_triton import triton_attention_forward  # noqa: F401
 from .configuration_blossomrec import BlossomRecConfig
@@ -26,7 +26,7 @@ from .registry import get_attention_backend
 logger = logging.getLogger(__name__)
 
 __all__ = ["BlossomRecRotaryEmbedding", "BlossomRecBlockCompressor", "BlossomRecAttention", "BlossomRecFeedForward",
-           "BlossomRecLayer", "apply_rotary", "rotate_half", "take_positions"]
+           "BlossomRecLayer", "apply_rotary", "apply_rotary_reference", "rotate_half", "take_positions"]
 
 
 class BlossomRecRotaryEmbedding(nn.Module):
@@ -55,10 +55,45 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``x [B, heads, L, D]`` (computed in fp32, returned in x's dtype)."""
+def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, heads, L, D]`` in PyTorch ops (computed in fp32, returned in x's dtype)."""
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+#: CUDA tensors go through the fused RoPE kernel (``triton_rope.py``: one read, fp32 math in registers, one write,
+#: and the same for the gradient) instead of the ~7 element-wise PyTorch kernels of :func:`apply_rotary_reference`
+#: forward and ~10 backward. Same function (fp32 math, result rounded once to x's dtype); set to False to compare.
+FUSED_ROPE = True
+_ROPE: list = []  # [(FusedRotary, launch_rope)] once imported, or [None] where triton is missing
+
+
+def _fused_rotary():
+    if not _ROPE:
+        from .triton_common import interpret_requested, triton
+
+        if triton is None or interpret_requested():
+            _ROPE.append(None)
+        else:
+            from .triton_rope import FusedRotary, launch_rope
+
+            _ROPE.append((FusedRotary, launch_rope))
+    return _ROPE[0]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, heads, L, D]`` with ``cos, sin [L, D]`` or ``[B, 1, L, D]`` (fp32 tables): computed in fp32,
+    returned in x's dtype. On CUDA one fused Triton kernel each way (:data:`FUSED_ROPE`); on the CPU, under
+    ``torch.compile``/export/tracing (which fuse the ops themselves) and for odd head dims, the PyTorch ops."""
+    if (FUSED_ROPE and x.is_cuda and x.shape[-1] % 2 == 0 and cos.dtype == torch.float32 and sin.dtype == cos.dtype
+            and cos.dim() in (2, 4) and cos.stride() == sin.stride() and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()):
+        fused = _fused_rotary()
+        if fused is not None:
+            if torch.is_grad_enabled() and x.requires_grad:
+                return fused[0].apply(x, cos, sin)
+            return fused[1](x, cos, sin)  # no autograd node needed (inference)
+    return apply_rotary_reference(x, cos, sin)
 
 
 class BlossomRecBlockCompressor(nn.Module):
@@ -74,7 +109,39 @@ class BlossomRecBlockCompressor(nn.Module):
         self.fc1 = nn.Linear(window * head_dim, window * head_dim)
         self.fc2 = nn.Linear(window * head_dim, head_dim)
 
+    #: compute ``fc1`` per block instead of per materialised window (:meth:`forward`); False: :meth:`forward_windows`
+    BLOCKWISE = True
+
     def forward(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
+        """``key [B, G, L, D]`` -> ``k~ [B, G, M, D]``.
+
+        Window ``w`` is the ``r = l / b`` blocks ``w - r + 1 .. w``, so ``W1 flatten(K_win + P) = sum_j W1_j
+        flatten(block(w - r + 1 + j)) + W1 flatten(P)`` with ``W1_j`` the ``j``-th ``b*D`` column slice of ``W1``:
+        one product of every block with all ``r`` slices at once (``[B, G, M, b*D] x [b*D, r*l*D]``, the same
+        FLOPs as the windowed product), a shifted sum, and ``W1 flatten(P[γ]) + b1`` as a per-kv-head bias. The
+        ``l``-key windows are never materialised (nor their gradient scattered back). Same function as
+        :meth:`forward_windows` (the naive reference) up to the rounding of the per-slice products."""
+        batch, groups, seq_len, head_dim = key.shape
+        b, r = pattern.block_size, pattern.compression_window // pattern.block_size
+        num_windows = seq_len // b
+        if not self.BLOCKWISE or num_windows == 0 or r * b != pattern.compression_window:
+            return self.forward_windows(key, lengths, pattern)
+        real = query_is_real(lengths, seq_len)[:, None, : num_windows * b, None]
+        blocks = key[:, :, : num_windows * b].masked_fill(~real, 0.0).reshape(batch, groups, num_windows, b * head_dim)
+        weight = self.fc1.weight  # [l*D, l*D] (out, in); input column slice j = block slot j of the window
+        width = weight.shape[0]
+        per_slot = weight.view(width, r, b * head_dim).transpose(0, 1).reshape(r * width, b * head_dim)
+        products = F.linear(blocks, per_slot).view(batch, groups, num_windows, r, width)
+        bias = F.linear(self.intra_window_position.flatten(1), weight, self.fc1.bias)  # [G, l*D]
+        hidden = products[:, :, :, r - 1] + bias[None, :, None].to(products.dtype)
+        for j in range(r - 1):  # slot j of window w holds block w - (r - 1 - j) (zero vectors before block 0)
+            shift = r - 1 - j
+            if shift < num_windows:
+                hidden[:, :, shift:] += products[:, :, : num_windows - shift, j]
+        return self.fc2(F.relu(hidden))  # [B, G, M, D]
+
+    def forward_windows(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
+        """The definition as written (docs/MODEL.md, LTIS step 2): materialised windows, then the MLP."""
         windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
         windows = windows + self.intra_window_position[None, :, None].to(windows.dtype)
         flat = windows.flatten(-2)
