@@ -17,7 +17,7 @@ from transformers.activations import ACT2FN
 
 # importing the backend files registers "eager", "sdpa" and "triton" (each file holds its own registration)
 from .attention_eager import eager_attention_forward  # noqa: F401
-from .attention_patterns import BlossomPattern, every_window_selected, ltis_window_keys, query_is_real
+from .attention_patterns import BlossomPattern, every_window_selected, ltis_window_keys
 from .attention_sdpa import sdpa_attention_forward  # noqa: F401
 from .attention_triton import triton_attention_forward  # noqa: F401
 from .configuration_blossomrec import BlossomRecConfig
@@ -109,39 +109,11 @@ class BlossomRecBlockCompressor(nn.Module):
         self.fc1 = nn.Linear(window * head_dim, window * head_dim)
         self.fc2 = nn.Linear(window * head_dim, head_dim)
 
-    #: compute ``fc1`` per block instead of per materialised window (:meth:`forward`); False: :meth:`forward_windows`
-    BLOCKWISE = True
-
     def forward(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
-        """``key [B, G, L, D]`` -> ``k~ [B, G, M, D]``.
-
-        Window ``w`` is the ``r = l / b`` blocks ``w - r + 1 .. w``, so ``W1 flatten(K_win + P) = sum_j W1_j
-        flatten(block(w - r + 1 + j)) + W1 flatten(P)`` with ``W1_j`` the ``j``-th ``b*D`` column slice of ``W1``:
-        one product of every block with all ``r`` slices at once (``[B, G, M, b*D] x [b*D, r*l*D]``, the same
-        FLOPs as the windowed product), a shifted sum, and ``W1 flatten(P[γ]) + b1`` as a per-kv-head bias. The
-        ``l``-key windows are never materialised (nor their gradient scattered back). Same function as
-        :meth:`forward_windows` (the naive reference) up to the rounding of the per-slice products."""
-        batch, groups, seq_len, head_dim = key.shape
-        b, r = pattern.block_size, pattern.compression_window // pattern.block_size
-        num_windows = seq_len // b
-        if not self.BLOCKWISE or num_windows == 0 or r * b != pattern.compression_window:
-            return self.forward_windows(key, lengths, pattern)
-        real = query_is_real(lengths, seq_len)[:, None, : num_windows * b, None]
-        blocks = key[:, :, : num_windows * b].masked_fill(~real, 0.0).reshape(batch, groups, num_windows, b * head_dim)
-        weight = self.fc1.weight  # [l*D, l*D] (out, in); input column slice j = block slot j of the window
-        width = weight.shape[0]
-        per_slot = weight.view(width, r, b * head_dim).transpose(0, 1).reshape(r * width, b * head_dim)
-        products = F.linear(blocks, per_slot).view(batch, groups, num_windows, r, width)
-        bias = F.linear(self.intra_window_position.flatten(1), weight, self.fc1.bias)  # [G, l*D]
-        hidden = products[:, :, :, r - 1] + bias[None, :, None].to(products.dtype)
-        for j in range(r - 1):  # slot j of window w holds block w - (r - 1 - j) (zero vectors before block 0)
-            shift = r - 1 - j
-            if shift < num_windows:
-                hidden[:, :, shift:] += products[:, :, : num_windows - shift, j]
-        return self.fc2(F.relu(hidden))  # [B, G, M, D]
-
-    def forward_windows(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
-        """The definition as written (docs/MODEL.md, LTIS step 2): materialised windows, then the MLP."""
+        """``key [B, G, L, D]`` -> ``k~ [B, G, M, D]``: the definition as written (docs/MODEL.md, LTIS step 2),
+        materialised windows then the MLP. (A per-block form without the windows, ``fc1`` as ``l / b`` column
+        slices and a shifted sum, was measured 0.4-0.65 ms slower per layer step on an H200: its strided slice
+        adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
         windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
         windows = windows + self.intra_window_position[None, :, None].to(windows.dtype)
         flat = windows.flatten(-2)
