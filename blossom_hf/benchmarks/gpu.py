@@ -68,13 +68,17 @@ MODEL_ROWS = [
     ("full/flex", "full", "flex_dense"),
 ]
 INFERENCE_ROWS = [
-    # key, attention_type, backend, autocast bf16
-    ("blossom/triton bf16-autocast", "blossom", "triton", True),
-    ("full/sdpa bf16-autocast (flash)", "full", "sdpa", True),
-    ("blossom/triton fp32", "blossom", "triton", False),
-    ("full/sdpa fp32 (math kernel, GQA)", "full", "sdpa", False),
-    ("blossom/sdpa bf16-autocast", "blossom", "sdpa", True),
-    ("blossom/sdpa fp32", "blossom", "sdpa", False),
+    # key, attention_type, backend, autocast bf16, replayed as a CUDA graph (blossom_hf.cuda_graphs)
+    ("blossom/triton bf16-autocast", "blossom", "triton", True, False),
+    ("full/sdpa bf16-autocast (flash)", "full", "sdpa", True, False),
+    ("blossom/triton fp32", "blossom", "triton", False, False),
+    ("full/sdpa fp32 (math kernel, GQA)", "full", "sdpa", False, False),
+    ("blossom/triton bf16-autocast cuda-graph", "blossom", "triton", True, True),
+    ("full/sdpa bf16-autocast (flash) cuda-graph", "full", "sdpa", True, True),
+    ("blossom/triton fp32 cuda-graph", "blossom", "triton", False, True),
+    ("full/sdpa fp32 (math kernel, GQA) cuda-graph", "full", "sdpa", False, True),
+    ("blossom/sdpa bf16-autocast", "blossom", "sdpa", True, False),
+    ("blossom/sdpa fp32", "blossom", "sdpa", False, False),
 ]
 
 
@@ -233,10 +237,12 @@ def model_case(seq_len: int, attention_type: str, backend: str, warmup: int, ste
     return measure(step, warmup, steps, clear)
 
 
-def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int):
+def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int,
+                   graph: bool = False):
     """Whole-model forward only on the serving path (``output_last_hidden_state=False``, what ``recommend()``
     runs: the last layer computes the last real position only; scores of every item there),
-    B = 262144 // L // 4."""
+    B = 262144 // L // 4. ``graph``: the same forward captured once and replayed
+    (:class:`blossom_hf.cuda_graphs.CUDAGraphScorer`; the input checks run before every replay)."""
     from blossom_hf import BlossomRecConfig, BlossomRecModel
 
     batch = max(1, TOKENS // seq_len // 4)
@@ -245,6 +251,11 @@ def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bo
     torch.manual_seed(0)
     model = BlossomRecModel(config).to(DEVICE).eval()
     ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
+    if graph:
+        from blossom_hf.cuda_graphs import CUDAGraphScorer
+
+        scorer = CUDAGraphScorer(model, batch, seq_len, torch.bfloat16 if autocast else None)
+        return measure(lambda: scorer(ids, copy=False), warmup, steps)
 
     @torch.inference_mode()
     def step():
@@ -409,11 +420,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if group == "inference":
             for seq_len in args.inference_lengths:
-                for key, attention_type, backend, autocast in INFERENCE_ROWS:
+                for key, attention_type, backend, autocast, graph in INFERENCE_ROWS:
                     if over_budget(f"inference {key} L={seq_len}"):
                         continue
                     res = _run(f"inference L={seq_len} {key}", inference_case, seq_len, attention_type, backend,
-                               autocast, args.warmup, args.steps)
+                               autocast, args.warmup, args.steps, graph)
                     results["inference"].setdefault(key, {})[str(seq_len)] = res
                     save()
             continue
