@@ -216,6 +216,7 @@ def test_fused_rope_matches_the_pytorch_ops_on_gpu(dtype):
     from blossom_hf.models.blossomrec.layers_blossomrec import (
         BlossomRecRotaryEmbedding,
         apply_rotary,
+        apply_rotary_pair,
         apply_rotary_reference,
     )
 
@@ -237,3 +238,10 @@ def test_fused_rope_matches_the_pytorch_ops_on_gpu(dtype):
         _record({"test": "fused_rope", "dtype": str(dtype), "rows": xx.shape[2], "out": err, "grad": gerr})
         bound = 1e-6 if dtype == torch.float32 else 4e-3
         assert err <= bound and gerr <= bound, (err, gerr)
+    # the layer's query + key pair (one launch each way)
+    key = torch.randn(batch, seq_len, 2, 16, generator=gen, device="cuda").to(dtype).transpose(1, 2)
+    qa, ka = x.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
+    got_q, got_k = apply_rotary_pair(qa, ka, cos, sin, cos, sin)
+    assert type(got_q.grad_fn).__name__.startswith("FusedRotaryPair"), "pair kernel not used"
+    assert _rel(got_q, apply_rotary_reference(x, cos, sin)) <= bound
+    assert _rel(got_k, apply_rotary_reference(key, cos, sin)) <= bound

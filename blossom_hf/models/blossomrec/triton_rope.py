@@ -1,5 +1,6 @@
-"""Fused RoPE (docs/MODEL.md, "Backbone": half-split rotation, fp32 math) as one Triton kernel per tensor and
-direction, with :func:`layers_blossomrec.apply_rotary_reference` (the PyTorch ops) as its naive reference.
+"""Fused RoPE (docs/MODEL.md, "Backbone": half-split rotation, fp32 math): one Triton launch per direction for a
+tensor, or for the layer's query and key together, with :func:`layers_blossomrec.apply_rotary_reference` (the
+PyTorch ops) as its naive reference.
 
 The PyTorch form upcasts ``x`` to fp32, forms ``rotate_half`` by a negation and a ``cat``, multiplies twice, adds
 and casts back: about seven full-size element-wise kernels forward and ten backward per tensor (the largest
@@ -18,18 +19,18 @@ import torch
 
 from .triton_common import cdiv, next_pow2, tl, triton
 
-__all__ = ["rope_kernel", "launch_rope"]
+__all__ = ["rope_kernel", "launch_rope", "FusedRotary", "FusedRotaryPair"]
 
 _BLOCK_ROWS = 64
 
 if triton is not None:
 
     @triton.jit
-    def rope_kernel(X, COS, SIN, Y, NROWS, HEADS, QLEN, sxb, sxh, sxq, sxd, syb, syh, syq, syd, scb, scq, scd,
-                    HALF: tl.constexpr, HP: tl.constexpr, BR: tl.constexpr, BACKWARD: tl.constexpr):
-        """``BR`` rows ``(b, head, q)`` of ``x`` per program; columns ``[0, HALF)`` and ``[HALF, 2 HALF)`` are
-        loaded as two ``[BR, HP]`` tiles. ``BACKWARD`` applies the transposed rotation (the gradient)."""
-        rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    def rope_rows(X, COS, SIN, Y, pid, NROWS, HEADS, QLEN, sxb, sxh, sxq, sxd, syb, syh, syq, syd, scb, scq, scd,
+                  HALF: tl.constexpr, HP: tl.constexpr, BR: tl.constexpr, BACKWARD: tl.constexpr):
+        """Rows ``pid * BR ..`` of one tensor: ``(b, head, q)`` each; columns ``[0, HALF)`` and ``[HALF, 2 HALF)``
+        are loaded as two ``[BR, HP]`` tiles. ``BACKWARD`` applies the transposed rotation (the gradient)."""
+        rows = pid * BR + tl.arange(0, BR)
         row_ok = rows < NROWS
         rows = tl.where(row_ok, rows, 0).to(tl.int64)
         qq = rows % QLEN
@@ -56,6 +57,21 @@ if triton is not None:
         tl.store(y_base + cols[None, :] * syd, y1.to(Y.dtype.element_ty), mask=ok)
         tl.store(y_base + (cols[None, :] + HALF) * syd, y2.to(Y.dtype.element_ty), mask=ok)
 
+    @triton.jit
+    def rope_kernel(X, COS, SIN, Y, NROWS, HEADS, QLEN, sxb, sxh, sxq, sxd, syb, syh, syq, syd, scb, scq, scd,
+                    X2, COS2, SIN2, Y2, NROWS2, HEADS2, QLEN2, sxb2, sxh2, sxq2, sxd2, syb2, syh2, syq2, syd2,
+                    scb2, scq2, scd2,
+                    HALF: tl.constexpr, HP: tl.constexpr, BR: tl.constexpr, BACKWARD: tl.constexpr,
+                    PAIR: tl.constexpr):
+        """One tensor, or with ``PAIR`` two (grid axis 1 picks it: the layer's query and key in one launch)."""
+        pid = tl.program_id(0)
+        if tl.program_id(1) == 0:
+            rope_rows(X, COS, SIN, Y, pid, NROWS, HEADS, QLEN, sxb, sxh, sxq, sxd, syb, syh, syq, syd, scb, scq, scd,
+                      HALF, HP, BR, BACKWARD)
+        elif PAIR:
+            rope_rows(X2, COS2, SIN2, Y2, pid, NROWS2, HEADS2, QLEN2, sxb2, sxh2, sxq2, sxd2, syb2, syh2, syq2, syd2,
+                      scb2, scq2, scd2, HALF, HP, BR, BACKWARD)
+
 
 def _table_strides(table: torch.Tensor) -> tuple[int, int, int]:
     """(batch, position, column) strides of a ``[Q, D]`` or ``[B, 1, Q, D]`` table."""
@@ -64,18 +80,30 @@ def _table_strides(table: torch.Tensor) -> tuple[int, int, int]:
     return table.stride(0), table.stride(2), table.stride(3)
 
 
-def launch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool = False) -> torch.Tensor:
-    """One launch of :func:`rope_kernel`: the rotation of ``x`` (or, with ``backward``, of a gradient)."""
-    batch, heads, qlen, dim = x.shape
+def _args(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, y: torch.Tensor) -> tuple:
+    batch, heads, qlen, _ = x.shape
+    return (x, cos, sin, y, batch * heads * qlen, heads, qlen, *x.stride(), *y.stride(), *_table_strides(cos))
+
+
+def launch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool = False,
+                x2: torch.Tensor | None = None, cos2: torch.Tensor | None = None,
+                sin2: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """One launch of :func:`rope_kernel`: the rotation of ``x`` (or, with ``backward``, of a gradient); with ``x2``
+    (and its tables ``cos2, sin2``, same head dim) also of ``x2`` in the same launch, returning both."""
+    dim = x.shape[-1]
     y = torch.empty_like(x)  # x's strides (dense tensors keep their layout)
-    nrows = batch * heads * qlen
-    if nrows == 0:
-        return y
-    half = dim // 2
-    rope_kernel[(cdiv(nrows, _BLOCK_ROWS),)](
-        x, cos, sin, y, nrows, heads, qlen, *x.stride(), *y.stride(), *_table_strides(cos),
-        HALF=half, HP=next_pow2(half), BR=_BLOCK_ROWS, BACKWARD=backward, num_warps=4)
-    return y
+    first = _args(x, cos, sin, y)
+    if x2 is None:
+        second, y2, rows = first, None, first[4]
+    else:
+        y2 = torch.empty_like(x2)
+        second = _args(x2, cos2, sin2, y2)
+        rows = max(first[4], second[4])
+    if rows > 0:
+        rope_kernel[(cdiv(rows, _BLOCK_ROWS), 1 if x2 is None else 2)](
+            *first, *second, HALF=dim // 2, HP=next_pow2(dim // 2), BR=_BLOCK_ROWS, BACKWARD=backward,
+            PAIR=x2 is not None, num_warps=4)
+    return y if x2 is None else (y, y2)
 
 
 class FusedRotary(torch.autograd.Function):
@@ -90,3 +118,22 @@ class FusedRotary(torch.autograd.Function):
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
         return launch_rope(grad, cos, sin, backward=True), None, None
+
+
+class FusedRotaryPair(torch.autograd.Function):
+    """RoPE of two tensors (query and key, each with its tables) in one launch each way."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, x2, cos2, sin2):
+        ctx.save_for_backward(cos, sin, cos2, sin2)
+        return launch_rope(x, cos, sin, x2=x2, cos2=cos2, sin2=sin2)
+
+    @staticmethod
+    def backward(ctx, grad, grad2):
+        cos, sin, cos2, sin2 = ctx.saved_tensors
+        if grad is None or grad2 is None:  # one output unused: rotate the other alone
+            dx = None if grad is None else launch_rope(grad, cos, sin, backward=True)
+            dx2 = None if grad2 is None else launch_rope(grad2, cos2, sin2, backward=True)
+        else:
+            dx, dx2 = launch_rope(grad, cos, sin, backward=True, x2=grad2, cos2=cos2, sin2=sin2)
+        return dx, None, None, dx2, None, None
