@@ -15,7 +15,8 @@ Tables (the rows compared at one L are always measured in the same process):
   AdamW, fp32 weights with bf16 autocast as ``blossom_hf.training`` does).
 * ``inference``: whole-model forward only on the serving path (``model(ids, output_last_hidden_state=False)``,
   what ``recommend()`` runs: the last layer at the last real position only; scores of every item there),
-  B = 262144 // L // 4, in bf16 autocast and in fp32.
+  B = 262144 // L // 4, in bf16 autocast and in fp32; the ``cuda-graph`` rows replay the same forward captured
+  once (:class:`blossom_hf.cuda_graphs.CUDAGraphScorer`).
 
 Per row: median ms of the timed steps (CUDA events) after warm-up, and peak allocated MiB above the inputs.
 Failures (out of memory, compile errors) are recorded, not fatal. Writes ``benchmark.json``,
