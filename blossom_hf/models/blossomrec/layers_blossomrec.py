@@ -76,6 +76,8 @@ def _fused_rotary():
 
         if triton is None or interpret_requested():
             _ROPE.append(None)
+            logger.info("RoPE on CUDA runs as PyTorch ops (%s), not the fused kernel",
+                        "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
         else:
             from .triton_rope import FusedRotary, FusedRotaryPair, launch_rope
 
