@@ -411,3 +411,50 @@ def test_serving_path_under_autograd_uses_the_differentiable_gathered_path(gener
     assert fused.layers[-1].self_attn.q_proj.weight.grad is not None
     notes = [r for r in caplog.records if "differentiable gathered key sets" in r.getMessage()]
     assert len(notes) == 1, "logged once"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("per_row_table", [False, True])
+@needs_interpreter
+def test_fused_rope_matches_the_pytorch_ops(generator, dtype, per_row_table):
+    """triton_rope's kernel (forward and its transposed-rotation backward; one tensor, and the query + key pair in
+    one launch) against apply_rotary_reference, on the projections' non-contiguous view layout; per_row_table: the
+    serving path's [B, 1, Q, D] query tables."""
+    from blossom_hf.models.blossomrec.layers_blossomrec import BlossomRecRotaryEmbedding, apply_rotary_reference
+    from blossom_hf.models.blossomrec.triton_rope import FusedRotary, FusedRotaryPair
+
+    batch, seq_len, heads, head_dim = 2, 7, 3, 24
+    cos, sin = BlossomRecRotaryEmbedding(_RopeConfig(head_dim))(seq_len + 5, torch.device("cpu"))
+    x = torch.randn(batch, seq_len, heads, head_dim, generator=generator).to(dtype).transpose(1, 2)  # [B, h, Q, D]
+    if per_row_table:
+        positions = torch.randint(0, seq_len + 5, (batch, seq_len), generator=generator)
+        cos, sin = cos[positions][:, None], sin[positions][:, None]
+    else:
+        cos, sin = cos[:seq_len], sin[:seq_len]
+    xa, xb = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    got, want = FusedRotary.apply(xa, cos, sin), apply_rotary_reference(xb, cos, sin)
+    assert got.dtype == dtype and got.stride() == x.stride()
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    grad = torch.randn(got.shape, generator=generator).to(dtype)
+    (ga,), (gb,) = torch.autograd.grad(got, [xa], grad), torch.autograd.grad(want, [xb], grad)
+    torch.testing.assert_close(ga.float(), gb.float(), **tol)
+    # the layer's pair form: query (these tables) and a key of other shape (the full [L, D] table) in one launch
+    full_cos, full_sin = BlossomRecRotaryEmbedding(_RopeConfig(head_dim))(seq_len + 5, torch.device("cpu"))
+    key = torch.randn(batch, seq_len + 5, 2, head_dim, generator=generator).to(dtype).transpose(1, 2)
+    ka, kb = key.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
+    xa = x.detach().clone().requires_grad_()
+    got_q, got_k = FusedRotaryPair.apply(xa, cos, sin, ka, full_cos, full_sin)
+    want_k = apply_rotary_reference(kb, full_cos, full_sin)
+    torch.testing.assert_close(got_q.float(), want.float(), **tol)
+    torch.testing.assert_close(got_k.float(), want_k.float(), **tol)
+    grad_k = torch.randn(got_k.shape, generator=generator).to(dtype)
+    ga, gka = torch.autograd.grad((got_q, got_k), [xa, ka], (grad, grad_k))
+    (gkb,) = torch.autograd.grad(want_k, [kb], grad_k)
+    torch.testing.assert_close(ga.float(), gb.float(), **tol)
+    torch.testing.assert_close(gka.float(), gkb.float(), **tol)
+
+
+class _RopeConfig:
+    def __init__(self, head_dim: int):
+        self.head_dim, self.rope_theta = head_dim, 10000.0

@@ -207,3 +207,41 @@ def test_serving_path_matches_eager_on_gpu():
     _record({"test": "serving_fp32", "rel_err_scores": err, "top10_agreement": same_top})
     assert err < 1e-4
     assert same_top == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_fused_rope_matches_the_pytorch_ops_on_gpu(dtype):
+    """The layer's RoPE on CUDA (triton_rope kernel, both ways) against apply_rotary_reference: fp32 math in both,
+    so the results agree to fp32 rounding before the one cast to the input dtype (bf16: at most one ulp apart)."""
+    from blossom_hf.models.blossomrec.layers_blossomrec import (
+        BlossomRecRotaryEmbedding,
+        apply_rotary,
+        apply_rotary_pair,
+        apply_rotary_reference,
+    )
+
+    class _Config:
+        head_dim, rope_theta = 16, 10000.0
+
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    batch, seq_len, heads = 64, 4096, 8
+    cos, sin = BlossomRecRotaryEmbedding(_Config())(seq_len, torch.device("cuda"))
+    x = torch.randn(batch, seq_len, heads, 16, generator=gen, device="cuda").to(dtype).transpose(1, 2)
+    positions = torch.randint(0, seq_len, (batch, 1), generator=gen, device="cuda")
+    for c, s, xx in ((cos, sin, x), (cos[positions][:, None], sin[positions][:, None], x[:, :, :1])):
+        xa, xb = xx.detach().clone().requires_grad_(), xx.detach().clone().requires_grad_()
+        got, want = apply_rotary(xa, c, s), apply_rotary_reference(xb, c, s)
+        assert got.grad_fn is not None and type(got.grad_fn).__name__.startswith("FusedRotary"), "kernel not used"
+        grad = torch.randn(got.shape, generator=gen, device="cuda").to(dtype)
+        (ga,), (gb,) = torch.autograd.grad(got, [xa], grad), torch.autograd.grad(want, [xb], grad)
+        err, gerr = _rel(got, want), _rel(ga, gb)
+        _record({"test": "fused_rope", "dtype": str(dtype), "rows": xx.shape[2], "out": err, "grad": gerr})
+        bound = 1e-6 if dtype == torch.float32 else 4e-3
+        assert err <= bound and gerr <= bound, (err, gerr)
+    # the layer's query + key pair (one launch each way)
+    key = torch.randn(batch, seq_len, 2, 16, generator=gen, device="cuda").to(dtype).transpose(1, 2)
+    qa, ka = x.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
+    got_q, got_k = apply_rotary_pair(qa, ka, cos, sin, cos, sin)
+    assert type(got_q.grad_fn).__name__.startswith("FusedRotaryPair"), "pair kernel not used"
+    assert _rel(got_q, apply_rotary_reference(x, cos, sin)) <= bound
+    assert _rel(got_k, apply_rotary_reference(key, cos, sin)) <= bound

@@ -15,7 +15,8 @@ Tables (the rows compared at one L are always measured in the same process):
   AdamW, fp32 weights with bf16 autocast as ``blossom_hf.training`` does).
 * ``inference``: whole-model forward only on the serving path (``model(ids, output_last_hidden_state=False)``,
   what ``recommend()`` runs: the last layer at the last real position only; scores of every item there),
-  B = 262144 // L // 4, in bf16 autocast and in fp32.
+  B = 262144 // L // 4, in bf16 autocast and in fp32; the ``cuda-graph`` rows replay the same forward captured
+  once (:class:`blossom_hf.cuda_graphs.CUDAGraphScorer`).
 
 Per row: median ms of the timed steps (CUDA events) after warm-up, and peak allocated MiB above the inputs.
 Failures (out of memory, compile errors) are recorded, not fatal. Writes ``benchmark.json``,
@@ -68,13 +69,17 @@ MODEL_ROWS = [
     ("full/flex", "full", "flex_dense"),
 ]
 INFERENCE_ROWS = [
-    # key, attention_type, backend, autocast bf16
-    ("blossom/triton bf16-autocast", "blossom", "triton", True),
-    ("full/sdpa bf16-autocast (flash)", "full", "sdpa", True),
-    ("blossom/triton fp32", "blossom", "triton", False),
-    ("full/sdpa fp32 (math kernel, GQA)", "full", "sdpa", False),
-    ("blossom/sdpa bf16-autocast", "blossom", "sdpa", True),
-    ("blossom/sdpa fp32", "blossom", "sdpa", False),
+    # key, attention_type, backend, autocast bf16, replayed as a CUDA graph (blossom_hf.cuda_graphs)
+    ("blossom/triton bf16-autocast", "blossom", "triton", True, False),
+    ("full/sdpa bf16-autocast (flash)", "full", "sdpa", True, False),
+    ("blossom/triton fp32", "blossom", "triton", False, False),
+    ("full/sdpa fp32 (math kernel, GQA)", "full", "sdpa", False, False),
+    ("blossom/triton bf16-autocast cuda-graph", "blossom", "triton", True, True),
+    ("full/sdpa bf16-autocast (flash) cuda-graph", "full", "sdpa", True, True),
+    ("blossom/triton fp32 cuda-graph", "blossom", "triton", False, True),
+    ("full/sdpa fp32 (math kernel, GQA) cuda-graph", "full", "sdpa", False, True),
+    ("blossom/sdpa bf16-autocast", "blossom", "sdpa", True, False),
+    ("blossom/sdpa fp32", "blossom", "sdpa", False, False),
 ]
 
 
@@ -115,6 +120,12 @@ def _lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dtype, warmup: int, steps: int):
+    step, clear = layer_step(seq_len, attention_type, backend, dtype)
+    return measure(step, warmup, steps, clear)
+
+
+def layer_step(seq_len: int, attention_type: str, backend: str, dtype: torch.dtype):
+    """One layer's fwd+bwd step on the benchmark's inputs: ``(step, clear)`` (``clear`` drops the gradients)."""
     from blossom_hf import BlossomRecConfig
     from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
     from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
@@ -147,7 +158,7 @@ def layer_case(seq_len: int, attention_type: str, backend: str, dtype: torch.dty
         clear()
         layer(x, rotary, mask, lengths, pattern).backward(grad)
 
-    return measure(step, warmup, steps, clear)
+    return step, clear
 
 
 def op_case(seq_len: int, which: str, warmup: int, steps: int):
@@ -227,10 +238,12 @@ def model_case(seq_len: int, attention_type: str, backend: str, warmup: int, ste
     return measure(step, warmup, steps, clear)
 
 
-def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int):
+def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int,
+                   graph: bool = False):
     """Whole-model forward only on the serving path (``output_last_hidden_state=False``, what ``recommend()``
     runs: the last layer computes the last real position only; scores of every item there),
-    B = 262144 // L // 4."""
+    B = 262144 // L // 4. ``graph``: the same forward captured once and replayed
+    (:class:`blossom_hf.cuda_graphs.CUDAGraphScorer`; the input checks run before every replay)."""
     from blossom_hf import BlossomRecConfig, BlossomRecModel
 
     batch = max(1, TOKENS // seq_len // 4)
@@ -239,6 +252,17 @@ def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bo
     torch.manual_seed(0)
     model = BlossomRecModel(config).to(DEVICE).eval()
     ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
+    if graph:
+        from blossom_hf.cuda_graphs import CUDAGraphScorer
+
+        _cleanup()
+        before = torch.cuda.memory_reserved()
+        scorer = CUDAGraphScorer(model, batch, seq_len, torch.bfloat16 if autocast else None)
+        _cleanup()  # what stays reserved now is the graph's private memory pool
+        held = (torch.cuda.memory_reserved() - before) / 2**20
+        res = measure(lambda: scorer(ids, copy=False), warmup, steps)
+        # a graph allocates its working memory once, at capture: report its pool (the per-call peak is ~0)
+        return {**res, "peak_mib": max(res["peak_mib"], held), "graph_pool_mib": held}
 
     @torch.inference_mode()
     def step():
@@ -403,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if group == "inference":
             for seq_len in args.inference_lengths:
-                for key, attention_type, backend, autocast in INFERENCE_ROWS:
+                for key, attention_type, backend, autocast, graph in INFERENCE_ROWS:
                     if over_budget(f"inference {key} L={seq_len}"):
                         continue
                     res = _run(f"inference L={seq_len} {key}", inference_case, seq_len, attention_type, backend,
-                               autocast, args.warmup, args.steps)
+                               autocast, args.warmup, args.steps, graph)
                     results["inference"].setdefault(key, {})[str(seq_len)] = res
                     save()
             continue

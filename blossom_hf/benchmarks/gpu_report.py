@@ -72,7 +72,9 @@ def targets(results: dict) -> list[str]:
         lines.append(f"| model training step | {L} | {r['ms']:.2f} | {fastest:.2f} | {ratio:.2f}x | {bound}x | "
                      f"{_verdict(ratio, bound)} |")
     for mode, full_key in (("bf16-autocast", "full/sdpa bf16-autocast (flash)"),
-                           ("fp32", "full/sdpa fp32 (math kernel, GQA)")):
+                           ("fp32", "full/sdpa fp32 (math kernel, GQA)"),
+                           ("bf16-autocast cuda-graph", "full/sdpa bf16-autocast (flash) cuda-graph"),
+                           ("fp32 cuda-graph", "full/sdpa fp32 (math kernel, GQA) cuda-graph")):
         for L, r in sorted(inf.get(f"blossom/triton {mode}", {}).items(), key=lambda kv: int(kv[0])):
             full = inf.get(full_key, {}).get(L)
             if r["status"] != "ok" or not full or full["status"] != "ok":

@@ -19,7 +19,7 @@ timeout "${TEST_TIMEOUT:-240}" python -m pytest -m gpu tests/test_sdpa_gpu.py -q
   > "$OUT/sdpa_tests.log" 2>&1 &
 sdpa_pid=$!
 BLOSSOM_PARITY_JSON="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-240}" python -m pytest -m gpu tests/test_triton_gpu.py \
-  -q -p no:cacheprovider -rfE > "$OUT/triton_tests.log" 2>&1 &
+  tests/test_cuda_graphs.py -q -p no:cacheprovider -rfE > "$OUT/triton_tests.log" 2>&1 &
 triton_pid=$!
 if python -c "import datasets" 2>/dev/null && [ -n "${BLOSSOM_DATA_DIR:-}" ]; then
   for backend in sdpa triton eager; do

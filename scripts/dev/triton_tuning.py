@@ -33,6 +33,7 @@ VARIANTS = {
     "kv_w4": dict(warps_bwd_kv=4),
     "bn16": dict(BN=16),
     "bm32": dict(BM=32, R=128),
+    "q_bn16": dict(BNQ=16),  # 16-key tiles with plan()'s 2 warps in the dq kernel (never measured together)
 }
 
 
@@ -160,6 +161,7 @@ def sweep(out: Path, lengths, names, strategy="tile", tag="sweep") -> None:
 def inference(out: Path, lengths) -> None:
     from blossom_hf import BlossomRecConfig, BlossomRecModel
     from blossom_hf.benchmarks.gpu import CATALOGUE, _model_inputs, measure
+    from blossom_hf.models.blossomrec import layers_blossomrec as layers
     from blossom_hf.models.blossomrec import registry
 
     triton_backend = registry.get_attention_backend("triton")
@@ -171,12 +173,12 @@ def inference(out: Path, lengths) -> None:
             torch.manual_seed(0)
             model = BlossomRecModel(config).to("cuda").eval()
             ids, _ = _model_inputs(config, batch, seq_len, seq_len + 2)
-            modes = [("serving", dict(output_last_hidden_state=False), True)]
-            if backend == "triton":
-                modes.append(("serving-without-query-subset", dict(output_last_hidden_state=False), False))
+            modes = [("serving", dict(output_last_hidden_state=False), True),
+                     ("serving-pytorch-rope", dict(output_last_hidden_state=False), True)]
             for autocast in (True, False):
                 for mode, kwargs, subset in modes:
                     registry._BACKENDS["triton"] = dataclasses.replace(triton_backend, query_subset=subset)
+                    layers.FUSED_ROPE = mode != "serving-pytorch-rope"
 
                     @torch.inference_mode()
                     def step(kwargs=kwargs, autocast=autocast, model=model, ids=ids):
@@ -188,6 +190,7 @@ def inference(out: Path, lengths) -> None:
                                 "model": f"{attention_type}/{backend}", "mode": mode,
                                 "dtype": "bf16-autocast" if autocast else "fp32", **res})
             registry._BACKENDS["triton"] = triton_backend
+            layers.FUSED_ROPE = True
             model = None
             torch.cuda.empty_cache()
 
@@ -226,10 +229,174 @@ def profile_inference(out: Path, lengths) -> None:
             torch.cuda.empty_cache()
 
 
+def profile_layer(out: Path, lengths, rows=(("blossom", "triton"), ("full", "sdpa"))) -> None:
+    """torch.profiler of one layer's fwd+bwd (the benchmark's layer rows): per-op CUDA time and launch count per
+    step (``profile_layer.txt``) and a summary record per row (wall ms, GPU kernel ms, kernels per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from blossom_hf.benchmarks.gpu import layer_step, measure
+
+    reps = 5
+    for seq_len in lengths:
+        for attention_type, backend in rows:
+            step, clear = layer_step(seq_len, attention_type, backend, torch.bfloat16)
+            wall = measure(step, 3, 10, clear)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    step()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000 / reps
+            launches = sum(e.count for e in kernels) / reps
+            top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]
+            _emit(out, {"section": "profile-layer", "L": seq_len, "row": f"{attention_type}/{backend}",
+                        "wall_ms": round(wall["ms"], 3), "gpu_kernel_ms": round(gpu_ms, 3),
+                        "kernels_per_step": launches,
+                        "top": [[e.key[:90], round(e.self_device_time_total / 1000 / reps, 4), e.count / reps]
+                                for e in top]})
+            table = events.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=80)
+            with open(out / "profile_layer.txt", "a") as fh:
+                fh.write(f"\n=== layer fwd+bwd bf16 {attention_type}/{backend} L={seq_len} ({reps} steps) ===\n"
+                         f"{table}\n")
+            del step, clear, prof
+            torch.cuda.empty_cache()
+
+
+def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
+    """A/B of the fused RoPE on the benchmark's layer rows, interleaved
+    in one process: per L, ``rounds`` rounds over every variant, median of the per-round medians."""
+    import statistics
+
+    from blossom_hf.benchmarks.gpu import layer_step, measure
+    from blossom_hf.models.blossomrec import layers_blossomrec as layers
+
+    variants = [("blossom", "triton", True), ("blossom", "triton", False), ("full", "sdpa", True),
+                ("full", "sdpa", False)]
+    for seq_len in lengths:
+        steps = {v: layer_step(seq_len, v[0], v[1], torch.bfloat16) for v in variants}
+        times: dict = {v: [] for v in variants}
+        peaks: dict = {}
+        for _ in range(rounds):
+            for v in variants:
+                layers.FUSED_ROPE = v[2]
+                res = measure(steps[v][0], 2, 8, steps[v][1])
+                times[v].append(res["ms"])
+                peaks[v] = res["peak_mib"]
+        layers.FUSED_ROPE = True
+        for v in variants:
+            _emit(out, {"section": "layer-ab", "L": seq_len, "row": f"{v[0]}/{v[1]}", "fused_rope": v[2],
+                        "ms": round(statistics.median(times[v]), 3), "rounds": [round(t, 3) for t in times[v]],
+                        "peak_mib": round(peaks[v], 1)})
+        del steps
+        torch.cuda.empty_cache()
+
+
+def launch_overhead(out: Path, calls: int = 300) -> None:
+    """Host time per call on tiny inputs (the GPU work is negligible, so the loop is host-bound): the triton
+    backend's inference forward (two launches plus its Python), one RoPE launch, one PyTorch add."""
+    from blossom_hf.models.blossomrec.attention_triton import triton_blossom_attention
+    from blossom_hf.models.blossomrec.triton_rope import launch_rope
+
+    (q, k, v, ck, gate, lengths), _, pattern = _op_inputs(32, batch=1)
+    q, k, v, ck, gate = (x.detach() for x in (q, k, v, ck, gate))
+    cos = torch.rand(32, 16, device="cuda")
+    cases = {
+        "triton_blossom_attention (no grad: select + forward launches)":
+            lambda: triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=0.25, pattern=pattern),
+        "launch_rope (one launch)": lambda: launch_rope(q, cos, cos),
+        "torch.add (one aten op)": lambda: torch.add(q, q),
+    }
+    with torch.no_grad():
+        for name, fn in cases.items():
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            per_call = (time.perf_counter() - t0) / calls
+            _emit(out, {"section": "launch", "case": name, "us_per_call": round(per_call * 1e6, 1)})
+
+
+def ce_compare(out: Path, cases=((196608, 3707), (32768, 1_000_000))) -> None:
+    """Cross-entropy over the catalogue, fwd+bwd under bf16 autocast (as in training): the project's
+    ``chunked_cross_entropy`` against Liger-Kernel's fused linear CE and cut-cross-entropy (exact, and with its
+    default gradient filter), on ``[T, 128]`` fp32 states and a ``[V, 128]`` fp32 item table (item 0 = padding is
+    excluded: the fused kernels get ``weight[1:]`` and ``targets - 1``). Time, peak memory, and the difference of
+    the loss and the gradients from the chunked one."""
+    from blossom_hf.benchmarks.gpu import measure
+    from blossom_hf.losses import chunked_cross_entropy
+
+    def liger(h, w, t):
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        return LigerFusedLinearCrossEntropyLoss()(w[1:], h, t - 1)
+
+    def cce(filter_eps):
+        def fn(h, w, t):
+            from cut_cross_entropy import linear_cross_entropy
+
+            return linear_cross_entropy(h.to(torch.bfloat16), w[1:].to(torch.bfloat16), t - 1, filter_eps=filter_eps)
+        return fn
+
+    def materialised(h, w, t):  # what model(input_ids, labels=...) computes (modeling_blossomrec._loss)
+        scores = h @ w.t().to(h.dtype)
+        scores[..., 0] = float("-inf")
+        return torch.nn.functional.cross_entropy(scores.float(), t)
+
+    variants = {"chunked (blossom_hf.losses)": chunked_cross_entropy,
+                "materialised logits + F.cross_entropy (model(labels=))": materialised, "liger fused linear CE": liger,
+                "cut-cross-entropy exact (filter_eps=None)": cce(None), "cut-cross-entropy default filter": cce("high")}
+    for tokens, items in cases:
+        _ce_case(out, tokens, items, variants, measure)
+        torch.cuda.empty_cache()
+
+
+def _ce_case(out: Path, tokens: int, items: int, variants: dict, measure) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(tokens + items)
+    hidden = torch.randn(tokens, 128, generator=gen, device="cuda").requires_grad_()
+    weight = (torch.randn(items, 128, generator=gen, device="cuda") * 0.05).requires_grad_()
+    targets = torch.randint(1, items, (tokens,), generator=gen, device="cuda")
+    reference = None
+
+    def clear():
+        hidden.grad = weight.grad = None
+
+    for name, fn in variants.items():
+        def step(fn=fn):
+            clear()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fn(hidden, weight, targets)
+            loss.backward()
+            return loss
+
+        try:
+            loss = step()
+            grads = (float(loss), hidden.grad.clone(), weight.grad.clone())
+            if reference is None:
+                reference = grads
+            diff = {"loss_abs_diff": abs(grads[0] - reference[0]),
+                    "grad_hidden_rel": float((grads[1] - reference[1]).norm() / reference[1].norm()),
+                    "grad_weight_rel": float((grads[2] - reference[2]).norm() / reference[2].norm())}
+            del grads
+            res = measure(step, 2, 6, clear)
+            _emit(out, {"section": "ce", "tokens": tokens, "items": items, "variant": name, "loss": float(loss),
+                        **diff, **res})
+        except Exception as err:  # a missing wheel or an unsupported shape: recorded, not fatal
+            _emit(out, {"section": "ce", "tokens": tokens, "items": items, "variant": name,
+                        "error": f"{type(err).__name__}: {err}"[:300]})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--sections", nargs="*", default=["inference", "profile", "sweep", "crossover"])
+    parser.add_argument("--sections", nargs="*", default=["inference", "profile", "sweep", "crossover"],
+                        help="also: profile-layer (per-op profile of one layer's fwd+bwd at --profile-lengths), "
+                        "layer-ab (fused RoPE on and off at --profile-lengths), launch (host time per launch), ce "
+                        "(chunked CE against Liger / cut-cross-entropy)")
+    parser.add_argument("--profile-lengths", type=int, nargs="*", default=[200, 1024])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--inference-lengths", type=int, nargs="*", default=[200, 1024, 4096])
@@ -262,6 +429,14 @@ def main() -> int:
         inference(args.out_dir, args.inference_lengths)
     if "profile" in args.sections:
         profile_inference(args.out_dir, [200])
+    if "launch" in args.sections:
+        launch_overhead(args.out_dir)
+    if "ce" in args.sections:
+        ce_compare(args.out_dir)
+    if "layer-ab" in args.sections:
+        layer_ab(args.out_dir, args.profile_lengths)
+    if "profile-layer" in args.sections:
+        profile_layer(args.out_dir, args.profile_lengths)
     if "sweep" in args.sections:
         sweep(args.out_dir, args.sweep_lengths, args.variants)
     if "crossover" in args.sections:

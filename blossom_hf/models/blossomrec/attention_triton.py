@@ -7,6 +7,7 @@ and the registration; the launches and the kernels are in flat files beside it:
 * ``triton_select.py``  LTIS top-n selection and its straight-through backward
 * ``triton_fwd.py``     fine attention forward, two strategies (dense tiles / gathered key sets)
 * ``triton_bwd_tile.py``, ``triton_bwd_gather.py``  the backward of each strategy
+* ``triton_rope.py``    the layer's fused RoPE (used by ``layers_blossomrec.apply_rotary`` on CUDA, every backend)
 
 Strategy (:func:`plan`): histories up to :data:`TILE_MAX_SEQ_LEN` use FlashAttention-style dense key tiles
 with the LTIS/STIS masks computed in registers and empty tiles skipped (short histories pay no gather

@@ -9,6 +9,7 @@ backends ("eager", "sdpa", "triton"), each from its own ``attention_<name>.py``.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ from .registry import get_attention_backend
 logger = logging.getLogger(__name__)
 
 __all__ = ["BlossomRecRotaryEmbedding", "BlossomRecBlockCompressor", "BlossomRecAttention", "BlossomRecFeedForward",
-           "BlossomRecLayer", "apply_rotary", "rotate_half", "take_positions"]
+           "BlossomRecLayer", "apply_rotary", "apply_rotary_pair", "apply_rotary_reference", "rotate_half",
+           "take_positions"]
 
 
 class BlossomRecRotaryEmbedding(nn.Module):
@@ -55,10 +57,62 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``x [B, heads, L, D]`` (computed in fp32, returned in x's dtype)."""
+def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, heads, L, D]`` in PyTorch ops (computed in fp32, returned in x's dtype)."""
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+#: CUDA tensors go through the fused RoPE kernel (``triton_rope.py``: one read, fp32 math in registers, one write,
+#: and the same for the gradient) instead of the ~7 element-wise PyTorch kernels of :func:`apply_rotary_reference`
+#: forward and ~10 backward. Same function (fp32 math, result rounded once to x's dtype); set to False to compare.
+FUSED_ROPE = True
+_ROPE: list = []  # [the triton_rope functions] once imported, or [None] where triton is missing
+
+
+def _fused_rotary():
+    if not _ROPE:
+        from .triton_common import interpret_requested, triton
+
+        if triton is None or interpret_requested():
+            _ROPE.append(None)
+            logger.info("RoPE on CUDA runs as PyTorch ops (%s), not the fused kernel",
+                        "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
+        else:
+            from .triton_rope import FusedRotary, FusedRotaryPair, launch_rope
+
+            _ROPE.append(SimpleNamespace(FusedRotary=FusedRotary, FusedRotaryPair=FusedRotaryPair,
+                                         launch_rope=launch_rope))
+    return _ROPE[0]
+
+
+def _fusable(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    return (FUSED_ROPE and x.is_cuda and x.shape[-1] % 2 == 0 and cos.dtype == torch.float32
+            and sin.dtype == cos.dtype and cos.dim() in (2, 4) and cos.stride() == sin.stride()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, heads, L, D]`` with ``cos, sin [L, D]`` or ``[B, 1, L, D]`` (fp32 tables): computed in fp32,
+    returned in x's dtype. On CUDA one fused Triton kernel each way (:data:`FUSED_ROPE`); on the CPU, under
+    ``torch.compile``/export/tracing (which fuse the ops themselves) and for odd head dims, the PyTorch ops."""
+    if _fusable(x, cos, sin) and (rope := _fused_rotary()) is not None:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return rope.FusedRotary.apply(x, cos, sin)
+        return rope.launch_rope(x, cos, sin)  # no autograd node needed (inference)
+    return apply_rotary_reference(x, cos, sin)
+
+
+def apply_rotary_pair(query: torch.Tensor, key: torch.Tensor, q_cos: torch.Tensor, q_sin: torch.Tensor,
+                      cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_rotary` of the query (tables ``q_cos, q_sin``) and the key (``cos, sin``): on CUDA one launch
+    for both, each way."""
+    if (_fusable(query, q_cos, q_sin) and _fusable(key, cos, sin) and query.shape[-1] == key.shape[-1]
+            and (rope := _fused_rotary()) is not None):
+        if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+            return rope.FusedRotaryPair.apply(query, q_cos, q_sin, key, cos, sin)
+        return rope.launch_rope(query, q_cos, q_sin, x2=key, cos2=cos, sin2=sin)
+    return apply_rotary(query, q_cos, q_sin), apply_rotary(key, cos, sin)
 
 
 class BlossomRecBlockCompressor(nn.Module):
@@ -75,6 +129,10 @@ class BlossomRecBlockCompressor(nn.Module):
         self.fc2 = nn.Linear(window * head_dim, head_dim)
 
     def forward(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
+        """``key [B, G, L, D]`` -> ``k~ [B, G, M, D]``: the definition as written (docs/MODEL.md, LTIS step 2),
+        materialised windows then the MLP. (A per-block form without the windows, ``fc1`` as ``l / b`` column
+        slices and a shifted sum, was measured 0.4-0.65 ms slower per layer step on an H200: its strided slice
+        adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
         windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
         windows = windows + self.intra_window_position[None, :, None].to(windows.dtype)
         flat = windows.flatten(-2)
@@ -119,7 +177,6 @@ class BlossomRecAttention(nn.Module):
         cos, sin = rotary
         key = self.k_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, seq_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
-        key = apply_rotary(key, cos, sin)
         if query_positions is None:
             query_states, q_cos, q_sin = hidden_states, cos, sin
         else:
@@ -127,7 +184,7 @@ class BlossomRecAttention(nn.Module):
             q_cos, q_sin = cos[query_positions][:, None], sin[query_positions][:, None]  # [B, 1, Q, D]
         num_queries = query_states.shape[1]
         query = self.q_proj(query_states).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
-        query = apply_rotary(query, q_cos, q_sin)
+        query, key = apply_rotary_pair(query, key, q_cos, q_sin, cos, sin)
 
         extra = {"lengths": lengths, "pattern": pattern, "compressed_key": None, "gate": None}
         if query_positions is not None:

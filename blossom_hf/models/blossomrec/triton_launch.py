@@ -16,7 +16,7 @@ from .triton_common import cdiv, next_pow2
 
 #: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
 #: crossover on an H200, docs/BENCHMARKS.md)
-TILE_MAX_SEQ_LEN = 1024
+TILE_MAX_SEQ_LEN = 1536
 STRATEGIES = ("auto", "tile", "gather")
 
 
