@@ -12,7 +12,7 @@ from blossom_hf.losses import chunked_cross_entropy
 from blossom_hf.training_args import RecTrainingConfig
 
 
-@pytest.mark.parametrize("name", ["liger", "cce"])
+@pytest.mark.parametrize("name", ["liger"])
 def test_missing_library_is_refused_with_the_install_command(name, monkeypatch):
     monkeypatch.setattr(fused, "fused_loss_available", lambda _: False)
     message = rf"--loss {name} needs the .* package: pip install 'blossom_hf\[{name}\]'"
@@ -20,7 +20,7 @@ def test_missing_library_is_refused_with_the_install_command(name, monkeypatch):
         fused.check_fused_loss(name)
 
 
-@pytest.mark.parametrize("name", ["liger", "cce"])
+@pytest.mark.parametrize("name", ["liger"])
 def test_cpu_is_refused_with_the_fix_and_nothing_runs(name, monkeypatch):
     monkeypatch.setattr(fused, "fused_loss_available", lambda _: True)
     hidden, weight = torch.randn(4, 8, requires_grad=True), torch.randn(10, 8, requires_grad=True)
@@ -31,16 +31,16 @@ def test_cpu_is_refused_with_the_fix_and_nothing_runs(name, monkeypatch):
 
 
 def test_unknown_fused_loss_and_option_values():
-    with pytest.raises(BlossomUserError, match="unknown fused loss 'fast'"):
-        fused.check_fused_loss("fast")
-    assert RecTrainingConfig(loss="liger").loss == "liger" and RecTrainingConfig(loss="cce").loss == "cce"
-    with pytest.raises(BlossomUserError, match="--loss must be 'full', 'chunked', 'sampled', 'liger' or 'cce'"):
-        RecTrainingConfig(loss="fused")
+    with pytest.raises(BlossomUserError, match="unknown fused loss 'cce'"):
+        fused.check_fused_loss("cce")  # measured, not offered (blossom_hf/fused_losses.py says why)
+    assert RecTrainingConfig(loss="liger").loss == "liger"
+    with pytest.raises(BlossomUserError, match="--loss must be 'full', 'chunked', 'sampled' or 'liger'"):
+        RecTrainingConfig(loss="cce")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", ["liger", "cce"])
+@pytest.mark.parametrize("name", ["liger"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_fused_loss_matches_chunked_forward_and_backward(name, autocast):
     if not fused.fused_loss_available(name):

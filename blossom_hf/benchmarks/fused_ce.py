@@ -5,7 +5,9 @@ Variants (every one the same mean cross-entropy, padding item 0 excluded):
 * ``logits`` -- the model's own loss (``model(input_ids, labels=...).loss``: ``[T, V]`` logits, then
   ``F.cross_entropy``); in ``loss`` cases, the same on materialised logits;
 * ``chunked`` -- :func:`blossom_hf.losses.chunked_cross_entropy` (PyTorch matmuls, item chunk by chunk);
-* ``liger`` / ``cce`` -- :mod:`blossom_hf.fused_losses` (Liger-Kernel, cut-cross-entropy; Triton).
+* ``liger`` -- :mod:`blossom_hf.fused_losses` (Liger-Kernel, Triton; the training option ``--loss liger``);
+* ``cce`` -- cut-cross-entropy's ``linear_cross_entropy`` (Triton, ``filter_eps=None``: no gradient filtering),
+  measured here only (not a training option: see :mod:`blossom_hf.fused_losses`).
 
 Cases: ``loss:TOKENS:ITEMS`` (the loss alone on random states, d = 128, bf16 autocast: forward + backward)
 and ``model:L:ATTENTION`` (the benchmark's whole-model training step at window L, ML-1M catalogue, 262,144
@@ -43,8 +45,10 @@ def _loss_fn(variant: str):
 
     if variant == "chunked":
         return chunked_cross_entropy
-    if variant in ("liger", "cce"):
-        return lambda h, w, t: fused_linear_cross_entropy(h, w, t, variant)
+    if variant == "liger":
+        return lambda h, w, t: fused_linear_cross_entropy(h, w, t, "liger")
+    if variant == "cce":
+        return _cut_cross_entropy
 
     def materialised(h, w, t):
         logits = (h @ w.t()).float()
@@ -92,6 +96,15 @@ def _loss_variant(variant, hidden, weight, targets, reference, warmup: int, step
                 row[f"grad_{name}_rel_err"] = float((got - want).abs().max() / want.abs().max())
     clear()
     return row
+
+
+def _cut_cross_entropy(hidden, weight, targets):
+    from cut_cross_entropy import linear_cross_entropy
+
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
+    with torch.autocast("cuda", enabled=False):
+        return linear_cross_entropy(hidden.to(dtype).contiguous(), weight[1:].to(dtype), (targets - 1).long(),
+                                    filter_eps=None, impl="cce").float()  # fmt: skip
 
 
 def loss_case(tokens: int, items: int, variants: list[str], warmup: int, steps: int) -> list[dict]:
@@ -195,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("fused_ce needs a CUDA GPU (the fused losses are Triton kernels)", file=sys.stderr)
         return 2
-    from ..fused_losses import fused_loss_available
+    import importlib.util
 
-    variants = [v for v in args.variants if v not in ("liger", "cce") or fused_loss_available(v)]
+    modules = {"liger": "liger_kernel", "cce": "cut_cross_entropy"}
+    variants = [v for v in args.variants if v not in modules or importlib.util.find_spec(modules[v]) is not None]
     missing = sorted(set(args.variants) - set(variants))
     if missing:
         logger.warning("not installed, so not measured: %s", ", ".join(missing))
