@@ -131,6 +131,9 @@ def sdpa_blossom_attention(
         if seq_len <= dense_max_length(query.device):
             out = _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                    selected_blocks, positions)
+        elif positions is None:
+            out = _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+                                     selected_blocks)
         else:
             out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
@@ -245,6 +248,198 @@ def _gathered_inference(query, key, value, compressed_key, gate, lengths, scalin
         stis = _stis_keys(tables, front, pos, start if every_position else None, seq_len, pattern)
         outs.append(_attend_small(query[:, :, start:end], gate[:, :, start:end], (ltis, stis), scaling))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: the chunk's
+#: gathered blocks (``n b D`` floats per row for K and for V) stay in the core's cache and the allocator reuses
+#: them; CUDA: large, few launches.
+BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
+
+#: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
+SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+
+def _device_entry(table: dict[str, int], device: torch.device) -> int:
+    return table.get(device.type, table["cuda"])
+
+
+def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks):
+    """``selected [B, G, L, n]`` of every position, or ``None`` when every eligible window is selected. In chunks of
+    queries; a chunk ending at ``e`` scores only the windows ``w < (e-1) // b`` (no query of it has a later
+    eligible one), which :func:`attention_patterns.ltis_select` then ranks exactly as over all ``M``."""
+    batch, _, seq_len, _ = query.shape
+    if selected_blocks is not None:
+        return selected_blocks.to(device=query.device, dtype=torch.long)
+    if every_window_selected(seq_len, pattern):
+        return None
+    groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
+    b, n = pattern.block_size, pattern.num_selected_blocks
+    tile = _device_entry(SELECTION_TILE_ELEMENTS, query.device)
+    chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
+    if torch.compiler.is_compiling():
+        chunk = seq_len
+    parts = []
+    for start in range(0, seq_len, chunk):
+        end = min(seq_len, start + chunk)
+        windows = num_windows if torch.compiler.is_compiling() else min(num_windows, (end - 1) // b)
+        if windows == 0:
+            parts.append(torch.full((batch, groups, end - start, n), -1, dtype=torch.long, device=query.device))
+            continue
+        positions = torch.arange(start, end, device=query.device)[None].expand(batch, -1)
+        selected, _ = ltis_select(query[:, :, start:end], compressed_key[:, :, :windows], lengths, scaling, pattern,
+                                  None, positions, with_probs=False)
+        parts.append(selected)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+@lru_cache(maxsize=64)
+def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive masks of a query block ``c`` against its key pair (blocks ``c-1`` and ``c``, ``2b`` keys):
+    ``own [b, 1, b]`` (LTIS own block: key ``j <= i``) and ``near [2, b, 1, 2b]`` (STIS offsets ``d <= b``;
+    entry 1 for ``c = 0``, whose block ``c-1`` lies before position 0)."""
+    with torch.inference_mode(False):
+        i = torch.arange(block, device=device)[:, None]
+        j = torch.arange(2 * block, device=device)[None, :]
+        own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
+        hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
+        near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
+        return own, near_bias[:, :, None]
+
+
+#: floor of ``logit - max`` before ``exp`` in the blocked layout: ``exp`` of a masked entry (``-1e30``) or of anything
+#: below about -88 leaves the vectorised CPU ``exp`` for a 30-40x slower scalar path; ``exp(-80) = 1.8e-35`` is below
+#: fp32 resolution next to the row's maximum entry (``exp(0) = 1``), so the floor changes no result
+_EXP_FLOOR = -80.0
+
+
+def _exp_below(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``exp(max(logits - top, _EXP_FLOOR))`` in place."""
+    return logits.sub_(top).clamp_min_(_EXP_FLOOR).exp_()
+
+
+def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks):
+    """Every position, query block by query block (module docstring, "blocked inference"): ``[B, H, L, D]``.
+
+    Per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its key pair (blocks ``c-1``
+    and ``c``, a strided view of K) gives the LTIS own-block logits and the near STIS logits (offsets ``<= b``);
+    the ``n`` selected blocks are copied whole per query from the block table, the far STIS offsets (``> b``)
+    and the sinks are one slice of K per offset. Each branch's softmax runs jointly over its pieces (one
+    maximum, ``exp``, the value products summed, one division). In chunks of query blocks and rows
+    (:data:`BLOCKED_TILE_ROWS`)."""
+    batch, heads, seq_len, head_dim = query.shape
+    groups = key.shape[1]
+    g = heads // groups
+    b, n = pattern.block_size, pattern.num_selected_blocks
+    device = query.device
+    num_blocks = -(-seq_len // b)
+    padded = num_blocks * b
+    rows_bg = batch * groups
+    offsets = stis_offsets(pattern.stis_window, seq_len)
+    near = tuple(d for d in offsets if d <= b)
+    far = [d for d in offsets if d > b]
+    sinks = min(pattern.stis_num_sinks, seq_len)
+    front = -(-max([b, *far]) // b) * b  # zero rows before position 0 (block c-1 of c = 0, the far slices)
+    total = front + padded
+    k_table, v_table = (F.pad(x.float(), (0, 0, front, padded - seq_len)).reshape(rows_bg, total, head_dim)
+                        for x in (key, value))
+    k_blocks, v_blocks = (t.view(rows_bg * total // b, b * head_dim) for t in (k_table, v_table))
+
+    selected = _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks)
+    if selected is None:
+        selected = ltis_every_eligible(seq_len, pattern, device)
+    selected = F.pad(selected.expand(batch, groups, seq_len, n).reshape(rows_bg, seq_len, n),
+                     (0, 0, 0, padded - seq_len), value=-1)  # [BG, L', n]
+    first_block = torch.arange(rows_bg, device=device) * (total // b) + front // b
+    block_rows = selected.clamp_min(0) + first_block[:, None, None]  # rows of the block tables
+    selected_bias = torch.where(selected >= 0, 0.0, _MASKED)[..., None]  # [BG, L', n, 1]
+
+    def grouped(x):  # [B, H, L, E] -> [BG, L', g, E]
+        x = x.float().reshape(batch, groups, g, seq_len, x.shape[-1]).permute(0, 1, 3, 2, 4)
+        return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
+
+    q_all, gate_all = grouped(query) * scaling, grouped(gate)
+    own_bias, near_bias = _blocked_biases(b, near, device)
+    out = torch.empty(rows_bg, padded, g, head_dim, device=device)
+    tile = _device_entry(BLOCKED_TILE_ROWS, device)
+    if torch.compiler.is_compiling():
+        bg_step, c_step = rows_bg, num_blocks
+    elif padded >= tile:
+        bg_step, c_step = 1, max(1, tile // b)
+    else:
+        bg_step, c_step = max(1, tile // padded), num_blocks
+    chunks = [(bg0, min(rows_bg, bg0 + bg_step), c0, min(num_blocks, c0 + c_step))
+              for bg0 in range(0, rows_bg, bg_step) for c0 in range(0, num_blocks, c_step)]
+    # the gathered blocks of a chunk go to two buffers reused by every chunk (fresh large buffers cost a page fault
+    # per 4 KiB on a CPU)
+    largest = max((bg1 - bg0) * (c1 - c0) * b * n for bg0, bg1, c0, c1 in chunks)
+    buffers = tuple(torch.empty(largest, b * head_dim, device=device) for _ in range(2))
+    for bg0, bg1, c0, c1 in chunks:
+        out[bg0:bg1, c0 * b:c1 * b] = _blocked_chunk(
+            q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias, near_bias,
+            bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers)
+    out = out[:, :seq_len].reshape(batch, groups, seq_len, g, head_dim).permute(0, 1, 3, 2, 4)
+    return out.reshape(batch, heads, seq_len, head_dim)
+
+
+def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias,
+                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers):
+    """Output ``[bg1-bg0, (c1-c0) b, g, D]`` of the query blocks ``c0 .. c1-1`` of the rows ``bg0 .. bg1-1``."""
+    nbg, nc = bg1 - bg0, c1 - c0
+    t0, t1 = c0 * b, c1 * b
+    head_dim = q_all.shape[-1]
+    g = q_all.shape[2]
+    rows = nbg * nc * b
+    device = q_all.device
+    q = q_all[bg0:bg1, t0:t1]  # [nbg, nc*b, g, D], pre-scaled
+    # key pairs (blocks c-1, c) as strided views: k as [.., D, 2b] (transposed), v as [.., 2b, D]
+    pair_k = k_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b)  # [nbg, nc, D, 2b]
+    pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
+    near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
+
+    # ---- LTIS: own block (from the pair logits) + the n selected blocks (copied whole) ----
+    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
+    k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
+                    for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
+    q_rows = q.reshape(rows, g, head_dim)
+    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(rows, g, n, b)
+    sel += selected_bias[bg0:bg1, t0:t1].reshape(rows, 1, n, 1)
+    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
+    top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
+    own = _exp_below(own, top.view(nbg, nc, b, g, 1))
+    sel = _exp_below(sel, top[..., None, None])
+    total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
+    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
+    out_ltis = torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
+
+    # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
+    first = (torch.arange(c0, c1, device=device) == 0).long()
+    stis = near + near_bias[first]  # [nbg, nc, b, g, 2b]
+    top = stis.amax(-1).view(nbg, nc * b, g)
+    if far or sinks:
+        t = torch.arange(t0, t1, device=device)
+        parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
+        parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
+        valid = [t[:, None] >= torch.tensor(far, device=device)] if far else []
+        if sinks:
+            parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
+            parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
+            s = torch.arange(sinks, device=device)
+            covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
+            valid.append((s <= t[:, None]) & ~covered)
+        k_far, v_far = torch.stack(parts_k, dim=2), torch.stack(parts_v, dim=2)  # [nbg, nc*b, K, D]
+        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [nc*b, 1, K]
+        far_logits = torch.matmul(q, k_far.transpose(-1, -2)) + bias  # [nbg, nc*b, g, K]
+        top = torch.maximum(top, far_logits.amax(-1))
+        far_logits = _exp_below(far_logits, top[..., None])
+    stis = _exp_below(stis, top.view(nbg, nc, b, g, 1))
+    total = stis.sum(-1).view(nbg, nc * b, g)
+    out_stis = torch.matmul(stis.view(nbg, nc, b * g, 2 * b), pair_v).view(nbg, nc * b, g, head_dim)
+    if far or sinks:
+        total = total + far_logits.sum(-1)
+        out_stis = out_stis + torch.matmul(far_logits, v_far)
+    out_stis = out_stis.div_(total[..., None])
+    gate = gate_all[bg0:bg1, t0:t1]
+    return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
 
 
 def _ltis_keys(tables, front, positions, selected, seq_len, batch, groups, pattern):
