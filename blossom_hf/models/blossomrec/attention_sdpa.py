@@ -138,7 +138,7 @@ def sdpa_blossom_attention(
             out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    return torch.where(real_query, out, 0.0).to(query.dtype)
+    return out.masked_fill_(~real_query, 0.0).to(query.dtype)  # out is this call's own tensor
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,14 +359,16 @@ def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling
 
     q_all, gate_all = grouped(query) * scaling, grouped(gate)
     own_bias, near_bias = _blocked_biases(b, near, device)
-    out = torch.empty(rows_bg, padded, g, head_dim, device=device)
+    # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
+    out = torch.empty(batch, padded, groups, g, head_dim, device=device)
+    out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
     tile = _device_entry(BLOCKED_TILE_ROWS, device)
     if torch.compiler.is_compiling():
         bg_step, c_step = rows_bg, num_blocks
     elif padded >= tile:
         bg_step, c_step = 1, max(1, tile // b)
-    else:
-        bg_step, c_step = max(1, tile // padded), num_blocks
+    else:  # whole histories (both kv heads of each)
+        bg_step, c_step = max(1, tile // (padded * groups)) * groups, num_blocks
     chunks = [(bg0, min(rows_bg, bg0 + bg_step), c0, min(num_blocks, c0 + c_step))
               for bg0 in range(0, rows_bg, bg_step) for c0 in range(0, num_blocks, c_step)]
     # the gathered blocks of a chunk go to two buffers reused by every chunk (fresh large buffers cost a page fault
@@ -374,15 +376,18 @@ def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling
     largest = max((bg1 - bg0) * (c1 - c0) * b * n for bg0, bg1, c0, c1 in chunks)
     buffers = tuple(torch.empty(largest, b * head_dim, device=device) for _ in range(2))
     for bg0, bg1, c0, c1 in chunks:
-        out[bg0:bg1, c0 * b:c1 * b] = _blocked_chunk(
-            q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias, near_bias,
-            bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers)
-    out = out[:, :seq_len].reshape(batch, groups, seq_len, g, head_dim).permute(0, 1, 3, 2, 4)
-    return out.reshape(batch, heads, seq_len, head_dim)
+        chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
+                               own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
+                               selected_blocks is None)
+        if bg1 - bg0 == 1:
+            out_bg[bg0 // groups, bg0 % groups, c0 * b:c1 * b] = chunk[0]
+        else:  # whole histories
+            out_bg[bg0 // groups:bg1 // groups, :, c0 * b:c1 * b] = chunk.view(-1, groups, *chunk.shape[1:])
+    return out.view(batch, padded, heads, head_dim)[:, :seq_len].transpose(1, 2)
 
 
 def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias,
-                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers):
+                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers, ranked):
     """Output ``[bg1-bg0, (c1-c0) b, g, D]`` of the query blocks ``c0 .. c1-1`` of the rows ``bg0 .. bg1-1``."""
     nbg, nc = bg1 - bg0, c1 - c0
     t0, t1 = c0 * b, c1 * b
@@ -401,8 +406,13 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
     k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
                     for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
     q_rows = q.reshape(rows, g, head_dim)
-    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(rows, g, n, b)
-    sel += selected_bias[bg0:bg1, t0:t1].reshape(rows, 1, n, 1)
+    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
+    # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
+    # whatever its slots hold); a given selection may leave any slot empty
+    short = (min(t1, n * b) if ranked else t1) - t0
+    if short > 0:
+        sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
+    sel = sel.view(rows, g, n, b)
     own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
     top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
     own = _exp_below(own, top.view(nbg, nc, b, g, 1))
@@ -426,9 +436,9 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
             s = torch.arange(sinks, device=device)
             covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
             valid.append((s <= t[:, None]) & ~covered)
-        k_far, v_far = torch.stack(parts_k, dim=2), torch.stack(parts_v, dim=2)  # [nbg, nc*b, K, D]
+        k_far, v_far = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
         bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [nc*b, 1, K]
-        far_logits = torch.matmul(q, k_far.transpose(-1, -2)) + bias  # [nbg, nc*b, g, K]
+        far_logits = torch.bmm(q_rows, k_far.transpose(1, 2)).view(nbg, nc * b, g, -1).add_(bias)
         top = torch.maximum(top, far_logits.amax(-1))
         far_logits = _exp_below(far_logits, top[..., None])
     stis = _exp_below(stis, top.view(nbg, nc, b, g, 1))
@@ -436,8 +446,8 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
     out_stis = torch.matmul(stis.view(nbg, nc, b * g, 2 * b), pair_v).view(nbg, nc * b, g, head_dim)
     if far or sinks:
         total = total + far_logits.sum(-1)
-        out_stis = out_stis + torch.matmul(far_logits, v_far)
-    out_stis = out_stis.div_(total[..., None])
+        out_stis = torch.baddbmm(out_stis.view(rows, g, head_dim), far_logits.view(rows, g, -1), v_far)
+    out_stis = out_stis.view(nbg, nc * b, g, head_dim).div_(total[..., None])
     gate = gate_all[bg0:bg1, t0:t1]
     return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
 
