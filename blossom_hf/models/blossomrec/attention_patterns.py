@@ -216,14 +216,7 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
         # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
         order = (num_windows - 1) - ranked.flip(-1).topk(k, dim=-1).indices
     elif 0 < k <= 16:
-        work = ranked.flip(-1)  # a copy: the rounds below overwrite it
-        slots = []
-        for _ in range(k):
-            value, index = work.max(dim=-1, keepdim=True)
-            slots.append(torch.where(torch.isfinite(value), (num_windows - 1) - index, -1))
-            work.scatter_(-1, index, float("-inf"))
-        selected = torch.cat(slots, dim=-1)
-        order = None
+        selected, order = _top_rounds(ranked.flip(-1), k), None
     else:
         order = (num_windows - 1) - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :k]
     if order is not None:
@@ -234,6 +227,19 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
                          device=selected.device)
         selected = torch.cat([selected, pad], dim=-1)
     return selected
+
+
+def _top_rounds(flipped: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-``k`` positions (in the unflipped order) of ``flipped`` (scores over ``w`` reversed, overwritten): ``k``
+    rounds of ``max`` (the first of equal maxima, i.e. the larger ``w``), the winner set to ``-inf``; ``-1`` where
+    the winner is not finite."""
+    last = flipped.shape[-1] - 1
+    slots = []
+    for _ in range(k):
+        value, index = flipped.max(dim=-1, keepdim=True)
+        slots.append(torch.where(torch.isfinite(value), last - index, -1))
+        flipped.scatter_(-1, index, float("-inf"))
+    return torch.cat(slots, dim=-1)
 
 
 def every_window_selected(seq_len: int, pattern: BlossomPattern) -> bool:

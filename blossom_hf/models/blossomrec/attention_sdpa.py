@@ -34,6 +34,7 @@ reshape of an SDPA output is a ``reshape`` (CUDA kernels may return non-contiguo
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Unpack
@@ -256,7 +257,26 @@ def _gathered_inference(query, key, value, compressed_key, gate, lengths, scalin
 BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
 
 #: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
-SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 20, "cuda": 1 << 26}
+SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 18, "cuda": 1 << 26}
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(slot: int, numel: int, device: torch.device) -> torch.Tensor:
+    """A buffer of ``numel`` fp32 elements for the gathered blocks of a chunk, kept per thread and device between
+    calls on a CPU (a fresh buffer of a few MB costs a page fault per 4 KiB there, about as much as the gather
+    itself); elsewhere a new one (the CUDA allocator caches)."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.empty(numel, device=device)
+    cache = getattr(_WORKSPACE, "buffers", None)
+    if cache is None:
+        cache = _WORKSPACE.buffers = {}
+    buffer = cache.get((slot, device))
+    if buffer is None or buffer.numel() < numel:
+        with torch.inference_mode(False):  # a plain tensor: usable as out= in and outside inference mode
+            buffer = cache[(slot, device)] = torch.empty(numel, device=device)
+    return buffer[:numel]
 
 
 def _device_entry(table: dict[str, int], device: torch.device) -> int:
@@ -371,10 +391,8 @@ def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling
         bg_step, c_step = max(1, tile // (padded * groups)) * groups, num_blocks
     chunks = [(bg0, min(rows_bg, bg0 + bg_step), c0, min(num_blocks, c0 + c_step))
               for bg0 in range(0, rows_bg, bg_step) for c0 in range(0, num_blocks, c_step)]
-    # the gathered blocks of a chunk go to two buffers reused by every chunk (fresh large buffers cost a page fault
-    # per 4 KiB on a CPU)
     largest = max((bg1 - bg0) * (c1 - c0) * b * n for bg0, bg1, c0, c1 in chunks)
-    buffers = tuple(torch.empty(largest, b * head_dim, device=device) for _ in range(2))
+    buffers = tuple(_workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
     for bg0, bg1, c0, c1 in chunks:
         chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
                                own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
