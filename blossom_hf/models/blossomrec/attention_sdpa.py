@@ -1,7 +1,7 @@
 """The SDPA backend ``attn_implementation="sdpa"`` (the default on every device): BlossomRec's two branches
 (docs/MODEL.md, "Attention layer") through ``scaled_dot_product_attention`` and batched matmuls.
 
-Three layouts; every one is checked against the eager reference (tests/test_attention_parity.py,
+Four layouts; every one is checked against the eager reference (tests/test_attention_parity.py,
 tests/test_sdpa_layouts.py):
 
 * training (a gradient is needed): each branch gathers its own key set per query, built by
@@ -15,21 +15,26 @@ tests/test_sdpa_layouts.py):
   (:func:`attention_patterns.every_window_selected`, ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's
   b = 16, n = 4); otherwise a ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
   to keys, OR the cached own-block mask). Cost ``~L^2`` per branch, few and large kernels.
-* gathered inference (no gradient, longer histories): per query and kv head the LTIS keys are read as
-  ``n + 1`` whole blocks from a block table (one row copy per block) and the STIS keys as shifted slices of K
-  and V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
-  Cost and memory ``L x ((n+1) b + W + log2 L + S)`` per layer, in chunks of queries
-  (:data:`INFERENCE_TILE_ELEMENTS`).
+* blocked inference (no gradient, longer histories, every position): query block by query block. The ``b``
+  queries of block ``c`` (x the ``g`` heads of a kv head) against their key pair, blocks ``c-1`` and ``c`` (a
+  strided view of K: no copy), in one batched matmul give both the LTIS own-block logits and the near STIS
+  logits (offsets ``<= b``: the window and the small powers of two); the ``n`` selected blocks are copied whole
+  per query (1 KB rows of a block table); the far STIS offsets (``> b``) are one slice of K per offset; each
+  branch's softmax runs jointly over its pieces (a shared maximum, ``exp`` floored at ``-80`` so that masked
+  entries stay on the vectorised path, value products summed, one division). The selection is computed first,
+  in chunks of queries that score only the windows they can select. Cost ``L x ((n+1) b + 2b + log2 L)`` per
+  kv head and layer, in chunks of :data:`BLOCKED_TILE_ROWS` query rows.
+* gathered inference (no gradient, longer histories, the serving path's queries at ``positions``): per query and
+  kv head the LTIS keys are read as ``n + 1`` whole blocks from a block table and the STIS keys as rows of K and
+  V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
-(docs/BENCHMARKS_CPU.md); the CPU flash kernel computes every ``(query, key)`` pair of a masked call, so its
-``L^2`` work overtakes the gathered layout's per-query overheads from a few hundred items. CUDA: measured on an
-H200 (docs/BENCHMARKS.md, "Merged tree"): at 65k tokens per forward the dense layout takes 7.7 / 12.4 / 21.2 ms
-at L = 200 / 512 / 1024 and grows with L, the gathered one 13.3 ms at L = 4096 (its work is per query, so about
-flat in L; not measured below 4096), so the dense layout stops at 512. A memory-traffic estimate (about ``21 L``
-bytes per query and kv head dense, about 25 KB gathered) had put the crossover near 1200.
-Computation runs in fp32 (inputs are upcast), as in every backend. Every
-reshape of an SDPA output is a ``reshape`` (CUDA kernels may return non-contiguous outputs).
+(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 256 for
+64 histories and ~ 400 for one). CUDA: measured on an H200 before the blocked layout existed (docs/BENCHMARKS.md,
+"Merged tree": at 65k tokens per forward the dense layout takes 7.7 / 12.4 / 21.2 ms at L = 200 / 512 / 1024, the
+old gathered one 13.3 ms at L = 4096), so the dense layout stops at 512 there until the blocked one is measured.
+Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
+``reshape`` (CUDA kernels may return non-contiguous outputs).
 """
 
 from __future__ import annotations
