@@ -3,10 +3,11 @@
 ``python -m blossom_hf.benchmarks.cpu_breakdown --threads 1 50:1:recommend 200:64:forward ...`` builds the
 paper-size BlossomRec model and the dense baseline (random weights, ML-1M catalogue, ``max_history_length = L``),
 wraps the components in ``torch.profiler.record_function`` regions for the duration of the run (the compressor,
-the LTIS selection, masks and index tables, gathers, the small batched matmuls of the gathered layout, SDPA calls,
-the FFN, the attention layers, the model forward) and prints one JSON line per (L, B, mode, model) with the
-inclusive CPU milliseconds of each region per call (profiler overhead included; regions nest, so they do not sum
-to the total). Used for docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
+the sdpa inference layouts (dense, blocked, gathered), the LTIS selection, masks and index tables, gathers, the
+small batched matmuls of the gathered layout, SDPA calls, the FFN, the attention layers, the model forward) and
+prints one JSON line per (L, B, mode, model) with the inclusive CPU milliseconds of each region per call (profiler
+overhead included; regions nest, so they do not sum to the total). ``--macs L ...`` prints the multiply-add table
+instead (:func:`mac_counts`). Used for docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ REGIONS = (
     ("blossom_hf.models.blossomrec.attention_sdpa", "_ltis_keys", "gathers"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "_stis_keys", "gathers"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "_attend_small", "small matmuls + softmax"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "_dense_inference", "dense layout"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "_blocked_inference", "blocked layout"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "_gathered_inference", "gathered layout"),
 )
 
 
