@@ -237,3 +237,19 @@ def test_bundled_checkpoint_top10_identical_across_backends_and_layouts(monkeypa
     assert lists["dense"] == lists["eager"]
     assert lists["sparse"] == lists["eager"]
     assert [r for r in lists["eager"][:len(samples)]] == [s["items"] for s in samples]
+
+
+def test_sparse_layouts_trace_without_graph_breaks(generator, monkeypatch):
+    """``torch.compile(fullgraph=True)`` (dynamo capture) through the blocked and gathered layouts: one chunk, no
+    per-thread buffers, no Python-side caches inside the graph; the scores equal the eager ones."""
+    from blossom_hf.serving import compile_for_serving
+
+    torch._dynamo.reset()
+    monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", 0)
+    model = BlossomRecModel(tiny_config(max_history_length=24, stis_num_sinks=1)).eval()
+    ids = random_histories(3, 24, model.config.vocab_size, generator, padding="left")
+    compiled = compile_for_serving(model, backend="eager")  # fullgraph=True raises on a graph break
+    with torch.no_grad():
+        got = compiled(ids)[:, 1:]
+        want = model(input_ids=ids).logits[:, 1:]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

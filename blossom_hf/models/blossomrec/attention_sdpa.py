@@ -272,7 +272,7 @@ def _workspace(slot: int, numel: int, device: torch.device) -> torch.Tensor:
     """A buffer of ``numel`` fp32 elements for the gathered blocks of a chunk, kept per thread and device between
     calls on a CPU (a fresh buffer of a few MB costs a page fault per 4 KiB there, about as much as the gather
     itself); elsewhere a new one (the CUDA allocator caches)."""
-    if device.type != "cpu" or torch.compiler.is_compiling():
+    if device.type != "cpu":
         return torch.empty(numel, device=device)
     cache = getattr(_WORKSPACE, "buffers", None)
     if cache is None:
@@ -317,18 +317,16 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-@lru_cache(maxsize=64)
 def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive masks of a query block ``c`` against its key pair (blocks ``c-1`` and ``c``, ``2b`` keys):
     ``own [b, 1, b]`` (LTIS own block: key ``j <= i``) and ``near [2, b, 1, 2b]`` (STIS offsets ``d <= b``;
     entry 1 for ``c = 0``, whose block ``c-1`` lies before position 0)."""
-    with torch.inference_mode(False):
-        i = torch.arange(block, device=device)[:, None]
-        j = torch.arange(2 * block, device=device)[None, :]
-        own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
-        hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
-        near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
-        return own, near_bias[:, :, None]
+    i = torch.arange(block, device=device)[:, None]
+    j = torch.arange(2 * block, device=device)[None, :]
+    own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
+    hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
+    near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
+    return own, near_bias[:, :, None]
 
 
 #: floor of ``logit - max`` before ``exp`` in the blocked layout: ``exp`` of a masked entry (``-1e30``) or of anything
@@ -383,7 +381,7 @@ def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling
         return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
 
     q_all, gate_all = grouped(query) * scaling, grouped(gate)
-    own_bias, near_bias = _blocked_biases(b, near, device)
+    own_bias, near_bias = _table(_blocked_biases, b, near, device)
     # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
     out = torch.empty(batch, padded, groups, g, head_dim, device=device)
     out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
@@ -397,7 +395,8 @@ def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling
     chunks = [(bg0, min(rows_bg, bg0 + bg_step), c0, min(num_blocks, c0 + c_step))
               for bg0 in range(0, rows_bg, bg_step) for c0 in range(0, num_blocks, c_step)]
     largest = max((bg1 - bg0) * (c1 - c0) * b * n for bg0, bg1, c0, c1 in chunks)
-    buffers = tuple(_workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
+    buffers = None if torch.compiler.is_compiling() else tuple(
+        _workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
     for bg0, bg1, c0, c1 in chunks:
         chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
                                own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
@@ -426,8 +425,11 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
 
     # ---- LTIS: own block (from the pair logits) + the n selected blocks (copied whole) ----
     index = block_rows[bg0:bg1, t0:t1].reshape(-1)
-    k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
-                    for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
+    if buffers is None:  # traced graphs: no out= buffers
+        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
+    else:
+        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
+                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
     q_rows = q.reshape(rows, g, head_dim)
     sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
     # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
