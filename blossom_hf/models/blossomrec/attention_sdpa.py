@@ -61,8 +61,8 @@ from .attention_patterns import (
 )
 from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
 
-__all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_max_length", "sdpa_blossom_attention",
-           "sdpa_full_attention", "sdpa_attention_forward"]
+__all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
+           "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 512}
