@@ -111,7 +111,7 @@ def test_backends_agree_training(seq_len, batch, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("layout", ["dense", "gathered"])
+@pytest.mark.parametrize("layout", ["dense", "sparse"])  # sparse: blocked (every position), gathered (serving)
 @pytest.mark.parametrize("seq_len,batch", [(7, 4), (50, 8), (200, 8), (512, 4), (1024, 2)])
 def test_sdpa_inference_layouts_on_cuda(monkeypatch, seq_len, batch, layout, dtype):
     """Both sdpa inference layouts (forced through DENSE_MAX_LENGTH["cuda"]) against eager, forward and serving."""

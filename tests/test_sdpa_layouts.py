@@ -1,5 +1,5 @@
-"""The sdpa backend's inference layouts (dense, gathered; every position and the serving path's query subset)
-against the eager reference, on fresh random inputs (fp32).
+"""The sdpa backend's inference layouts (dense; beyond the threshold blocked for every position and gathered for the
+serving path's query subset) against the eager reference, on fresh random inputs (fp32).
 
 Tolerances: outputs rtol 1e-5 / atol 1e-5 (different summation orders of the same fp32 numbers). The inference
 layouts run without a gradient only (a gradient takes the training layout, whose forward and backward
@@ -27,7 +27,8 @@ from blossom_hf.models.blossomrec.attention_patterns import (
     ltis_top_windows,
 )
 
-LAYOUTS = {"dense": 10**9, "gathered": 0}  # DENSE_MAX_LENGTH["cpu"] that forces each layout
+# DENSE_MAX_LENGTH["cpu"] that forces each layout ("sparse": blocked for every position, gathered for query subsets)
+LAYOUTS = {"dense": 10**9, "sparse": 0}
 
 
 @pytest.fixture
@@ -104,18 +105,31 @@ def test_given_selection_is_used(generator, layout):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_gathered_layout_in_many_chunks(generator, monkeypatch):
-    """A tile of one element: every query is its own chunk (the chunk loop and the STIS slices per chunk)."""
+@pytest.mark.parametrize("tile_rows", [1, 12, 40])  # one query block per chunk; 3 blocks; whole histories
+@pytest.mark.parametrize("groups,sinks", [(2, 1), (1, 0), (4, 3)])
+def test_sparse_layouts_in_many_chunks(generator, monkeypatch, tile_rows, groups, sinks):
+    """Small tiles: the blocked layout's chunks of query blocks (one per chunk, several, whole histories of one or
+    more rows), the selection in chunks of one block of queries, the gathered layout's one query per chunk; a length
+    that is not a multiple of b, far STIS offsets (d > b) and sinks; under inference mode and under no_grad (the
+    reused gather buffers)."""
     monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", 0)
     monkeypatch.setitem(sdpa_module.INFERENCE_TILE_ELEMENTS, "cpu", 1)
+    monkeypatch.setitem(sdpa_module.BLOCKED_TILE_ROWS, "cpu", tile_rows)
+    monkeypatch.setitem(sdpa_module.SELECTION_TILE_ELEMENTS, "cpu", 1)
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3,
-                             stis_num_sinks=1)
-    query, key, value, compressed, gate, lengths = _inputs(generator, 2, 4, 2, 21, 8, 4)
+                             stis_num_sinks=sinks)
+    query, key, value, compressed, gate, lengths = _inputs(generator, 3, 4, groups, 39, 8, 4)
     want = eager_blossom_attention(query, key, value, compressed, gate, lengths, scaling=0.3, pattern=pattern)
-    with torch.no_grad():
-        got = sdpa_module.sdpa_blossom_attention(query, key, value, compressed, gate, lengths, scaling=0.3,
-                                                 pattern=pattern)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    positions = torch.stack([lengths - 1, lengths // 2], dim=1)
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode():
+            got = sdpa_module.sdpa_blossom_attention(query, key, value, compressed, gate, lengths, scaling=0.3,
+                                                     pattern=pattern)
+            got_sub = sdpa_module.sdpa_blossom_attention(
+                _take(query, positions), key, value, compressed, _take(gate, positions), lengths, scaling=0.3,
+                pattern=pattern, positions=positions)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_sub, _take(want, positions), rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_takes_the_training_layout(generator, monkeypatch):
@@ -165,8 +179,20 @@ def test_top_windows_ties_and_ineligible():
     ])
     want = torch.tensor([[3, 1, 2], [3, 1, 0], [2, 0, 4], [1, -1, -1], [-1, -1, -1]])
     assert torch.equal(ltis_top_windows(ranked, 3), want)
-    assert torch.equal(ltis_top_windows(ranked[:1], 3), want[:1]), "the topk path alone (no tie in the batch)"
+    assert torch.equal(ltis_top_windows(ranked[:1], 3), want[:1]), "one row alone"
     assert torch.equal(ltis_top_windows(ranked[:, :2], 3)[:, 2], torch.full((5,), -1)), "n > M pads with -1"
+
+
+@pytest.mark.parametrize("n", [1, 4, 16, 17])  # rounds of max (n <= 16), the stable sort beyond
+def test_top_windows_match_the_stable_sort(generator, n):
+    """Random scores on a coarse grid (many ties), -inf entries and whole -inf rows: the selection is the stable
+    descending sort over w reversed (ties to the larger w), -1 for slots without a finite score."""
+    ranked = (torch.randn(64, 40, generator=generator) * 2).round()
+    ranked[torch.rand(64, 40, generator=generator) < 0.3] = float("-inf")
+    ranked[:3] = float("-inf")
+    order = 39 - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[:, :n]
+    want = torch.where(torch.isfinite(torch.gather(ranked, -1, order)), order, -1)
+    assert torch.equal(ltis_top_windows(ranked, n), want)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS), indirect=True)
@@ -209,5 +235,21 @@ def test_bundled_checkpoint_top10_identical_across_backends_and_layouts(monkeypa
         monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", threshold)
         lists[name] = [r.items for r in model.recommend(histories, k=10)]
     assert lists["dense"] == lists["eager"]
-    assert lists["gathered"] == lists["eager"]
+    assert lists["sparse"] == lists["eager"]
     assert [r for r in lists["eager"][:len(samples)]] == [s["items"] for s in samples]
+
+
+def test_sparse_layouts_trace_without_graph_breaks(generator, monkeypatch):
+    """``torch.compile(fullgraph=True)`` (dynamo capture) through the blocked and gathered layouts: one chunk, no
+    per-thread buffers, no Python-side caches inside the graph; the scores equal the eager ones."""
+    from blossom_hf.serving import compile_for_serving
+
+    torch._dynamo.reset()
+    monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", 0)
+    model = BlossomRecModel(tiny_config(max_history_length=24, stis_num_sinks=1)).eval()
+    ids = random_histories(3, 24, model.config.vocab_size, generator, padding="left")
+    compiled = compile_for_serving(model, backend="eager")  # fullgraph=True raises on a graph break
+    with torch.no_grad():
+        got = compiled(ids)[:, 1:]
+        want = model(input_ids=ids).logits[:, 1:]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

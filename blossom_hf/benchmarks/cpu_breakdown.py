@@ -3,10 +3,11 @@
 ``python -m blossom_hf.benchmarks.cpu_breakdown --threads 1 50:1:recommend 200:64:forward ...`` builds the
 paper-size BlossomRec model and the dense baseline (random weights, ML-1M catalogue, ``max_history_length = L``),
 wraps the components in ``torch.profiler.record_function`` regions for the duration of the run (the compressor,
-the LTIS selection, masks and index tables, gathers, the small batched matmuls of the gathered layout, SDPA calls,
-the FFN, the attention layers, the model forward) and prints one JSON line per (L, B, mode, model) with the
-inclusive CPU milliseconds of each region per call (profiler overhead included; regions nest, so they do not sum
-to the total). Used for docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
+the sdpa inference layouts (dense, blocked, gathered), the LTIS selection, masks and index tables, gathers, the
+small batched matmuls of the gathered layout, SDPA calls, the FFN, the attention layers, the model forward) and
+prints one JSON line per (L, B, mode, model) with the inclusive CPU milliseconds of each region per call (profiler
+overhead included; regions nest, so they do not sum to the total). ``--macs L ...`` prints the multiply-add table
+instead (:func:`mac_counts`). Used for docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ REGIONS = (
     ("blossom_hf.models.blossomrec.attention_sdpa", "_ltis_keys", "gathers"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "_stis_keys", "gathers"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "_attend_small", "small matmuls + softmax"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "_dense_inference", "dense layout"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "_blocked_inference", "blocked layout"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "_gathered_inference", "gathered layout"),
 )
 
 
@@ -113,11 +117,72 @@ def breakdown(length: int, batch: int, mode: str, attention_type: str, vocab_siz
             if event.key in labels}
 
 
+MAC_COLUMNS = ("projections", "ffn", "compressor", "selection scores", "ltis", "stis", "full attention",
+               "catalogue scores")
+
+
+def mac_counts(length: int, attention_type: str, mode: str, config=None, vocab_size: int = 3707) -> dict[str, int]:
+    """Multiply-adds of one history of ``length`` items per component (both layers), counting only the work the
+    model needs: Q/K/V/O (+ gate) projections, FFN, the LTIS compressor (both MLP layers, every window and kv head,
+    skipped where every eligible window is selected), the selection scores of the eligible windows, LTIS (own block
+    ``t - c b + 1`` keys + ``b min(n, t // b)``), STIS (offsets ``<= t``), dense causal (``t + 1`` keys) and the
+    catalogue scores of the last position. ``recommend``: the last layer computes one query (its K/V projections
+    and compressor still cover every position: every window is eligible for the last query)."""
+    from blossom_hf import BlossomRecConfig
+    from blossom_hf.models.blossomrec.attention_patterns import stis_offsets
+
+    c = config or BlossomRecConfig(vocab_size=vocab_size, max_history_length=length)
+    d, heads, groups, ff = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
+    dim, b, win, n = c.head_dim, c.ltis_block_size, c.ltis_compression_window, c.ltis_num_selected_blocks
+    offsets = stis_offsets(c.stis_window, length)
+    every = (max(length, 1) - 1) // b <= n
+    out = dict.fromkeys(MAC_COLUMNS, 0)
+    out["catalogue scores"] = d * vocab_size
+    for layer in range(c.num_hidden_layers):
+        queries = range(length) if mode == "forward" or layer < c.num_hidden_layers - 1 else [length - 1]
+        out["projections"] += length * d * 2 * groups * dim + len(queries) * (
+            2 * d * heads * dim + (2 * d * heads if attention_type == "blossom" else 0))
+        out["ffn"] += 2 * d * ff * len(queries)
+        if attention_type == "blossom":
+            if not every:
+                out["compressor"] += (length // b) * groups * ((win * dim) ** 2 + win * dim * dim)
+            for t in queries:
+                blocks = t // b
+                out["selection scores"] += 0 if every else groups * blocks * dim
+                out["ltis"] += heads * 2 * dim * (t - blocks * b + 1 + b * min(n, blocks))
+                out["stis"] += heads * 2 * dim * (sum(1 for o in offsets if t - o >= 0) + min(c.stis_num_sinks, t + 1))
+        else:
+            out["full attention"] += sum(heads * 2 * dim * (t + 1) for t in queries)
+    return out
+
+
+def macs_table(lengths: list[int]) -> str:
+    """Markdown: k multiply-adds per history position (both layers) per component, both models, both modes."""
+    lines = ["| mode | L | model | " + " | ".join(MAC_COLUMNS) + " | total | blossom / full |",
+             "|" + "---|" * (len(MAC_COLUMNS) + 5)]
+    for mode in ("forward", "recommend"):
+        for length in lengths:
+            counts = {kind: mac_counts(length, kind, mode) for kind in ("blossom", "full")}
+            totals = {kind: sum(v.values()) for kind, v in counts.items()}
+            for kind in ("blossom", "full"):
+                cells = " | ".join(f"{counts[kind][col] / length / 1e3:.1f}" for col in MAC_COLUMNS)
+                ratio = f"{totals['blossom'] / totals['full']:.2f}" if kind == "blossom" else ""
+                lines.append(f"| {mode} | {length} | {kind} | {cells} | {totals[kind] / length / 1e3:.1f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m blossom_hf.benchmarks.cpu_breakdown", description=HELP)
-    parser.add_argument("cells", nargs="+", help="L:B:mode, mode = recommend or forward (e.g. 200:64:recommend)")
+    parser.add_argument("cells", nargs="*", help="L:B:mode, mode = recommend or forward (e.g. 200:64:recommend)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--macs", type=int, nargs="+", default=None, metavar="L",
+                        help="print the multiply-add table (k per position, both layers) for these L instead")
     args = parser.parse_args(argv)
+    if args.macs is not None:
+        sys.stdout.write(macs_table(args.macs))
+        return 0
+    if not args.cells:
+        parser.error("give L:B:mode cells or --macs")
     torch.set_num_threads(args.threads)
     for cell in args.cells:
         try:

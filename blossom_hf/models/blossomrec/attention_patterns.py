@@ -204,9 +204,10 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the ``n`` largest entries of ``ranked [..., M]`` (``-inf`` = ineligible), by decreasing value,
     ties to the larger index; ``-1`` where fewer than ``n`` entries are finite.
 
-    On the CPU ``torch.topk``, which is exact unless two finite scores tie within the top n or across the n-th
-    place (top-k promises no order among equal values): only then a stable sort decides. Elsewhere a stable sort
-    (no host synchronisation for the tie check); in traced graphs top-k over ``w`` reversed.
+    Eager mode, ``n <= 16``: ``n`` rounds of ``max`` over ``w`` reversed (``max`` returns the first of equal
+    maxima, i.e. the larger ``w``), the winner set to ``-inf`` after each round: the rule exactly, a few passes
+    over the scores and no sort (``torch.topk`` of 5 of 256 costs 1-2 us per row on a CPU). Larger ``n``: a stable
+    sort. In traced graphs top-k over ``w`` reversed.
     """
     num_windows = ranked.shape[-1]
     k = min(n, num_windows)
@@ -214,24 +215,31 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
         # Traced graphs (torch.compile/export, ONNX) use top-k over w reversed: ONNX's TopK puts the lower index
         # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
         order = (num_windows - 1) - ranked.flip(-1).topk(k, dim=-1).indices
-    elif ranked.device.type == "cpu" and k > 0:
-        # one more than needed: a tie across the n-th place shows as the (k+1)-th value equal to the k-th
-        top = ranked.topk(min(k + 1, num_windows), dim=-1)
-        values, order = top.values, top.indices[..., :k]
-        ties = (values[..., 1:] == values[..., :-1]) & torch.isfinite(values[..., 1:])
-        if bool(ties.any()):  # equal finite scores inside or across the top n: the stable sort below decides
-            order = None
+    elif 0 < k <= 16:
+        selected, order = _top_rounds(ranked.flip(-1), k), None
     else:
-        order = None
-    if order is None:  # stable descending sort over w reversed: among equal scores the larger w comes first
         order = (num_windows - 1) - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :k]
-    top_values = torch.gather(ranked, -1, order)
-    selected = torch.where(torch.isfinite(top_values), order, torch.full_like(order, -1))
+    if order is not None:
+        top_values = torch.gather(ranked, -1, order)
+        selected = torch.where(torch.isfinite(top_values), order, torch.full_like(order, -1))
     if selected.shape[-1] < n:
         pad = torch.full((*selected.shape[:-1], n - selected.shape[-1]), -1, dtype=torch.long,
                          device=selected.device)
         selected = torch.cat([selected, pad], dim=-1)
     return selected
+
+
+def _top_rounds(flipped: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-``k`` positions (in the unflipped order) of ``flipped`` (scores over ``w`` reversed, overwritten): ``k``
+    rounds of ``max`` (the first of equal maxima, i.e. the larger ``w``), the winner set to ``-inf``; ``-1`` where
+    the winner is not finite."""
+    last = flipped.shape[-1] - 1
+    slots = []
+    for _ in range(k):
+        value, index = flipped.max(dim=-1, keepdim=True)
+        slots.append(torch.where(torch.isfinite(value), last - index, -1))
+        flipped.scatter_(-1, index, float("-inf"))
+    return torch.cat(slots, dim=-1)
 
 
 def every_window_selected(seq_len: int, pattern: BlossomPattern) -> bool:

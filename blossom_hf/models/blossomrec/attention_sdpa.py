@@ -1,7 +1,7 @@
 """The SDPA backend ``attn_implementation="sdpa"`` (the default on every device): BlossomRec's two branches
 (docs/MODEL.md, "Attention layer") through ``scaled_dot_product_attention`` and batched matmuls.
 
-Three layouts; every one is checked against the eager reference (tests/test_attention_parity.py,
+Four layouts; every one is checked against the eager reference (tests/test_attention_parity.py,
 tests/test_sdpa_layouts.py):
 
 * training (a gradient is needed): each branch gathers its own key set per query, built by
@@ -15,25 +15,31 @@ tests/test_sdpa_layouts.py):
   (:func:`attention_patterns.every_window_selected`, ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's
   b = 16, n = 4); otherwise a ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
   to keys, OR the cached own-block mask). Cost ``~L^2`` per branch, few and large kernels.
-* gathered inference (no gradient, longer histories): per query and kv head the LTIS keys are read as
-  ``n + 1`` whole blocks from a block table (one row copy per block) and the STIS keys as shifted slices of K
-  and V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
-  Cost and memory ``L x ((n+1) b + W + log2 L + S)`` per layer, in chunks of queries
-  (:data:`INFERENCE_TILE_ELEMENTS`).
+* blocked inference (no gradient, longer histories, every position): query block by query block. The ``b``
+  queries of block ``c`` (x the ``g`` heads of a kv head) against their key pair, blocks ``c-1`` and ``c`` (a
+  strided view of K: no copy), in one batched matmul give both the LTIS own-block logits and the near STIS
+  logits (offsets ``<= b``: the window and the small powers of two); the ``n`` selected blocks are copied whole
+  per query (1 KB rows of a block table); the far STIS offsets (``> b``) are one slice of K per offset; each
+  branch's softmax runs jointly over its pieces (a shared maximum, ``exp`` floored at ``-80`` so that masked
+  entries stay on the vectorised path, value products summed, one division). The selection is computed first,
+  in chunks of queries that score only the windows they can select. Cost ``L x ((n+1) b + 2b + log2 L)`` per
+  kv head and layer, in chunks of :data:`BLOCKED_TILE_ROWS` query rows.
+* gathered inference (no gradient, longer histories, the serving path's queries at ``positions``): per query and
+  kv head the LTIS keys are read as ``n + 1`` whole blocks from a block table and the STIS keys as rows of K and
+  V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
-(docs/BENCHMARKS_CPU.md); the CPU flash kernel computes every ``(query, key)`` pair of a masked call, so its
-``L^2`` work overtakes the gathered layout's per-query overheads from a few hundred items. CUDA: measured on an
-H200 (docs/BENCHMARKS.md, "Merged tree"): at 65k tokens per forward the dense layout takes 7.7 / 12.4 / 21.2 ms
-at L = 200 / 512 / 1024 and grows with L, the gathered one 13.3 ms at L = 4096 (its work is per query, so about
-flat in L; not measured below 4096), so the dense layout stops at 512. A memory-traffic estimate (about ``21 L``
-bytes per query and kv head dense, about 25 KB gathered) had put the crossover near 1200.
-Computation runs in fp32 (inputs are upcast), as in every backend. Every
-reshape of an SDPA output is a ``reshape`` (CUDA kernels may return non-contiguous outputs).
+(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 256 for
+64 histories and ~ 400 for one). CUDA: measured on an H200 before the blocked layout existed (docs/BENCHMARKS.md,
+"Merged tree": at 65k tokens per forward the dense layout takes 7.7 / 12.4 / 21.2 ms at L = 200 / 512 / 1024, the
+old gathered one 13.3 ms at L = 4096), so the dense layout stops at 512 there until the blocked one is measured.
+Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
+``reshape`` (CUDA kernels may return non-contiguous outputs).
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Unpack
@@ -55,8 +61,8 @@ from .attention_patterns import (
 )
 from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
 
-__all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_max_length", "sdpa_blossom_attention",
-           "sdpa_full_attention", "sdpa_attention_forward"]
+__all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
+           "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 512}
@@ -131,11 +137,14 @@ def sdpa_blossom_attention(
         if seq_len <= dense_max_length(query.device):
             out = _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                    selected_blocks, positions)
+        elif positions is None:
+            out = _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+                                     selected_blocks)
         else:
             out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    return torch.where(real_query, out, 0.0).to(query.dtype)
+    return out.masked_fill_(~real_query, 0.0).to(query.dtype)  # out is this call's own tensor
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,6 +254,227 @@ def _gathered_inference(query, key, value, compressed_key, gate, lengths, scalin
         stis = _stis_keys(tables, front, pos, start if every_position else None, seq_len, pattern)
         outs.append(_attend_small(query[:, :, start:end], gate[:, :, start:end], (ltis, stis), scaling))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: the chunk's
+#: gathered blocks (``n b D`` floats per row for K and for V) stay in the core's cache and the allocator reuses
+#: them; CUDA: large, few launches.
+BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
+
+#: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
+SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 18, "cuda": 1 << 26}
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(slot: int, numel: int, device: torch.device) -> torch.Tensor:
+    """A buffer of ``numel`` fp32 elements for the gathered blocks of a chunk, kept per thread and device between
+    calls on a CPU (a fresh buffer of a few MB costs a page fault per 4 KiB there, about as much as the gather
+    itself); elsewhere a new one (the CUDA allocator caches)."""
+    if device.type != "cpu":
+        return torch.empty(numel, device=device)
+    cache = getattr(_WORKSPACE, "buffers", None)
+    if cache is None:
+        cache = _WORKSPACE.buffers = {}
+    buffer = cache.get((slot, device))
+    if buffer is None or buffer.numel() < numel:
+        with torch.inference_mode(False):  # a plain tensor: usable as out= in and outside inference mode
+            buffer = cache[(slot, device)] = torch.empty(numel, device=device)
+    return buffer[:numel]
+
+
+def _device_entry(table: dict[str, int], device: torch.device) -> int:
+    return table.get(device.type, table["cuda"])
+
+
+def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks):
+    """``selected [B, G, L, n]`` of every position, or ``None`` when every eligible window is selected. In chunks of
+    queries; a chunk ending at ``e`` scores only the windows ``w < (e-1) // b`` (no query of it has a later
+    eligible one), which :func:`attention_patterns.ltis_select` then ranks exactly as over all ``M``."""
+    batch, _, seq_len, _ = query.shape
+    if selected_blocks is not None:
+        return selected_blocks.to(device=query.device, dtype=torch.long)
+    if every_window_selected(seq_len, pattern):
+        return None
+    groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
+    b, n = pattern.block_size, pattern.num_selected_blocks
+    tile = _device_entry(SELECTION_TILE_ELEMENTS, query.device)
+    chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
+    if torch.compiler.is_compiling():
+        chunk = seq_len
+    parts = []
+    for start in range(0, seq_len, chunk):
+        end = min(seq_len, start + chunk)
+        windows = num_windows if torch.compiler.is_compiling() else min(num_windows, (end - 1) // b)
+        if windows == 0:
+            parts.append(torch.full((batch, groups, end - start, n), -1, dtype=torch.long, device=query.device))
+            continue
+        positions = torch.arange(start, end, device=query.device)[None].expand(batch, -1)
+        selected, _ = ltis_select(query[:, :, start:end], compressed_key[:, :, :windows], lengths, scaling, pattern,
+                                  None, positions, with_probs=False)
+        parts.append(selected)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive masks of a query block ``c`` against its key pair (blocks ``c-1`` and ``c``, ``2b`` keys):
+    ``own [b, 1, b]`` (LTIS own block: key ``j <= i``) and ``near [2, b, 1, 2b]`` (STIS offsets ``d <= b``;
+    entry 1 for ``c = 0``, whose block ``c-1`` lies before position 0)."""
+    i = torch.arange(block, device=device)[:, None]
+    j = torch.arange(2 * block, device=device)[None, :]
+    own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
+    hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
+    near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
+    return own, near_bias[:, :, None]
+
+
+#: floor of ``logit - max`` before ``exp`` in the blocked layout: ``exp`` of a masked entry (``-1e30``) or of anything
+#: below about -88 leaves the vectorised CPU ``exp`` for a 30-40x slower scalar path; ``exp(-80) = 1.8e-35`` is below
+#: fp32 resolution next to the row's maximum entry (``exp(0) = 1``), so the floor changes no result
+_EXP_FLOOR = -80.0
+
+
+def _exp_below(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``exp(max(logits - top, _EXP_FLOOR))`` in place."""
+    return logits.sub_(top).clamp_min_(_EXP_FLOOR).exp_()
+
+
+def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks):
+    """Every position, query block by query block (module docstring, "blocked inference"): ``[B, H, L, D]``.
+
+    Per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its key pair (blocks ``c-1``
+    and ``c``, a strided view of K) gives the LTIS own-block logits and the near STIS logits (offsets ``<= b``);
+    the ``n`` selected blocks are copied whole per query from the block table, the far STIS offsets (``> b``)
+    and the sinks are one slice of K per offset. Each branch's softmax runs jointly over its pieces (one
+    maximum, ``exp``, the value products summed, one division). In chunks of query blocks and rows
+    (:data:`BLOCKED_TILE_ROWS`)."""
+    batch, heads, seq_len, head_dim = query.shape
+    groups = key.shape[1]
+    g = heads // groups
+    b, n = pattern.block_size, pattern.num_selected_blocks
+    device = query.device
+    num_blocks = -(-seq_len // b)
+    padded = num_blocks * b
+    rows_bg = batch * groups
+    offsets = stis_offsets(pattern.stis_window, seq_len)
+    near = tuple(d for d in offsets if d <= b)
+    far = [d for d in offsets if d > b]
+    sinks = min(pattern.stis_num_sinks, seq_len)
+    front = -(-max([b, *far]) // b) * b  # zero rows before position 0 (block c-1 of c = 0, the far slices)
+    total = front + padded
+    k_table, v_table = (F.pad(x.float(), (0, 0, front, padded - seq_len)).reshape(rows_bg, total, head_dim)
+                        for x in (key, value))
+    k_blocks, v_blocks = (t.view(rows_bg * total // b, b * head_dim) for t in (k_table, v_table))
+
+    selected = _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks)
+    if selected is None:
+        selected = ltis_every_eligible(seq_len, pattern, device)
+    selected = F.pad(selected.expand(batch, groups, seq_len, n).reshape(rows_bg, seq_len, n),
+                     (0, 0, 0, padded - seq_len), value=-1)  # [BG, L', n]
+    first_block = torch.arange(rows_bg, device=device) * (total // b) + front // b
+    block_rows = selected.clamp_min(0) + first_block[:, None, None]  # rows of the block tables
+    selected_bias = torch.where(selected >= 0, 0.0, _MASKED)[..., None]  # [BG, L', n, 1]
+
+    def grouped(x):  # [B, H, L, E] -> [BG, L', g, E]
+        x = x.float().reshape(batch, groups, g, seq_len, x.shape[-1]).permute(0, 1, 3, 2, 4)
+        return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
+
+    q_all, gate_all = grouped(query) * scaling, grouped(gate)
+    own_bias, near_bias = _table(_blocked_biases, b, near, device)
+    # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
+    out = torch.empty(batch, padded, groups, g, head_dim, device=device)
+    out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
+    tile = _device_entry(BLOCKED_TILE_ROWS, device)
+    if torch.compiler.is_compiling():
+        bg_step, c_step = rows_bg, num_blocks
+    elif padded >= tile:
+        bg_step, c_step = 1, max(1, tile // b)
+    else:  # whole histories (both kv heads of each)
+        bg_step, c_step = max(1, tile // (padded * groups)) * groups, num_blocks
+    chunks = [(bg0, min(rows_bg, bg0 + bg_step), c0, min(num_blocks, c0 + c_step))
+              for bg0 in range(0, rows_bg, bg_step) for c0 in range(0, num_blocks, c_step)]
+    largest = max((bg1 - bg0) * (c1 - c0) * b * n for bg0, bg1, c0, c1 in chunks)
+    buffers = None if torch.compiler.is_compiling() else tuple(
+        _workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
+    for bg0, bg1, c0, c1 in chunks:
+        chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
+                               own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
+                               selected_blocks is None)
+        if bg1 - bg0 == 1:
+            out_bg[bg0 // groups, bg0 % groups, c0 * b:c1 * b] = chunk[0]
+        else:  # whole histories
+            out_bg[bg0 // groups:bg1 // groups, :, c0 * b:c1 * b] = chunk.view(-1, groups, *chunk.shape[1:])
+    return out.view(batch, padded, heads, head_dim)[:, :seq_len].transpose(1, 2)
+
+
+def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias,
+                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers, ranked):
+    """Output ``[bg1-bg0, (c1-c0) b, g, D]`` of the query blocks ``c0 .. c1-1`` of the rows ``bg0 .. bg1-1``."""
+    nbg, nc = bg1 - bg0, c1 - c0
+    t0, t1 = c0 * b, c1 * b
+    head_dim = q_all.shape[-1]
+    g = q_all.shape[2]
+    rows = nbg * nc * b
+    device = q_all.device
+    q = q_all[bg0:bg1, t0:t1]  # [nbg, nc*b, g, D], pre-scaled
+    # key pairs (blocks c-1, c) as strided views: k as [.., D, 2b] (transposed), v as [.., 2b, D]
+    pair_k = k_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b)  # [nbg, nc, D, 2b]
+    pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
+    near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
+
+    # ---- LTIS: own block (from the pair logits) + the n selected blocks (copied whole) ----
+    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
+    if buffers is None:  # traced graphs: no out= buffers
+        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
+    else:
+        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
+                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
+    q_rows = q.reshape(rows, g, head_dim)
+    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
+    # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
+    # whatever its slots hold); a given selection may leave any slot empty
+    short = (min(t1, n * b) if ranked else t1) - t0
+    if short > 0:
+        sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
+    sel = sel.view(rows, g, n, b)
+    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
+    top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
+    own = _exp_below(own, top.view(nbg, nc, b, g, 1))
+    sel = _exp_below(sel, top[..., None, None])
+    total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
+    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
+    out_ltis = torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
+
+    # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
+    first = (torch.arange(c0, c1, device=device) == 0).long()
+    stis = near + near_bias[first]  # [nbg, nc, b, g, 2b]
+    top = stis.amax(-1).view(nbg, nc * b, g)
+    if far or sinks:
+        t = torch.arange(t0, t1, device=device)
+        parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
+        parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
+        valid = [t[:, None] >= torch.tensor(far, device=device)] if far else []
+        if sinks:
+            parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
+            parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
+            s = torch.arange(sinks, device=device)
+            covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
+            valid.append((s <= t[:, None]) & ~covered)
+        k_far, v_far = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
+        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [nc*b, 1, K]
+        far_logits = torch.bmm(q_rows, k_far.transpose(1, 2)).view(nbg, nc * b, g, -1).add_(bias)
+        top = torch.maximum(top, far_logits.amax(-1))
+        far_logits = _exp_below(far_logits, top[..., None])
+    stis = _exp_below(stis, top.view(nbg, nc, b, g, 1))
+    total = stis.sum(-1).view(nbg, nc * b, g)
+    out_stis = torch.matmul(stis.view(nbg, nc, b * g, 2 * b), pair_v).view(nbg, nc * b, g, head_dim)
+    if far or sinks:
+        total = total + far_logits.sum(-1)
+        out_stis = torch.baddbmm(out_stis.view(rows, g, head_dim), far_logits.view(rows, g, -1), v_far)
+    out_stis = out_stis.view(nbg, nc * b, g, head_dim).div_(total[..., None])
+    gate = gate_all[bg0:bg1, t0:t1]
+    return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
 
 
 def _ltis_keys(tables, front, positions, selected, seq_len, batch, groups, pattern):
