@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ML-1M training epoch time, BlossomRec (default GPU backend: triton) vs attention_type="full" (sdpa: FlashAttention),
 # one after the other in one call on one GPU, window 200, validation by full ranking after every epoch.
-# Needs $BLOSSOM_DATA_DIR with ml-1m. Writes rec_<type>.json, train_<type>.log and epoch_times.md under $OUT.
+# Needs $BLOSSOM_DATA_DIR with ml-1m. EXTRA: more train options for both (e.g. "--loss liger"). Writes rec_<type>.json, train_<type>.log and epoch_times.md under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 for type in blossom full; do
   timeout "${RUN_TIMEOUT:-150}" python -m blossom_hf train --dataset ml-1m --max-history-length 200 \
     --attention-type "$type" --epochs "${EPOCHS:-5}" --eval-protocols full --seed 1 --no-progress \
-    --output-dir "/tmp/epoch_times_$type" --overwrite-output-dir --json > "$OUT/rec_$type.json" 2> "$OUT/train_$type.log"
+    --output-dir "/tmp/epoch_times_$type" --overwrite-output-dir --json ${EXTRA:-} > "$OUT/rec_$type.json" 2> "$OUT/train_$type.log"
   echo "$type: exit $?"
 done
 python - "$OUT" <<'PY'

@@ -30,9 +30,10 @@ tests/test_sdpa_layouts.py):
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
 (docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 256 for
-64 histories and ~ 400 for one). CUDA: measured on an H200 before the blocked layout existed (docs/BENCHMARKS.md,
-"Merged tree": at 65k tokens per forward the dense layout takes 7.7 / 12.4 / 21.2 ms at L = 200 / 512 / 1024, the
-old gathered one 13.3 ms at L = 4096), so the dense layout stops at 512 there until the blocked one is measured.
+64 histories and ~ 400 for one). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md, "Release check";
+``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16 autocast): dense
+7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512 and
+20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there as well.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """
@@ -65,7 +66,7 @@ __all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "
            "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 512}
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
