@@ -59,10 +59,7 @@ def test_wheel_console_command_trains_outside_the_checkout(tmp_path):
           "--intermediate-size", "16", "--max-history-length", "12", "--batch-size", "16", "--no-progress",
           "--eval-protocols", "full", "uni10", "--output-dir", "run"], work, env)  # fmt: skip
     assert (work / "run" / "metrics.json").is_file() and (work / "run" / "best_model" / "config.json").is_file()
-    failed = subprocess.run([command, "train", "--dataset", str(work / "missing.csv"), "--output-dir", "run2"],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert failed.returncode != 0 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines()[-1].startswith("blossom-hf train: error: ")
+    # (a bad-input run's one-line error is the same cli.main as here: tests/test_cli.py checks it in-process)
 
     # README's first command: recommendations from the bundled ML-1M checkpoint, shipped inside the wheel
     assert any(n.endswith("checkpoints/blossomrec-ml1m/model.safetensors") for n in names)
