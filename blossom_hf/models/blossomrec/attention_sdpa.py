@@ -617,7 +617,7 @@ def sdpa_attention_forward(
 
 register_attention_backend(
     "sdpa", sdpa_attention_forward,
-    description="scaled_dot_product_attention: dense masks at short histories, gathered key sets beyond "
+    description="scaled_dot_product_attention: dense masks at short histories, the blocked layout beyond "
                 "(linear memory); per-query gathered key sets when training",
     query_subset=True,
 )
