@@ -20,6 +20,7 @@ replaced silently.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -37,7 +38,22 @@ FUSED_LOSSES: dict[str, tuple[str, str]] = {
 
 def fused_loss_available(name: str) -> bool:
     """Whether the library behind ``name`` is importable (the GPU is checked when the loss runs)."""
-    return importlib.util.find_spec(FUSED_LOSSES[name][0]) is not None
+    return _importable(FUSED_LOSSES[name][0])
+
+
+@functools.cache
+def _importable(module: str) -> bool:  # looked up once, not at every training step
+    return importlib.util.find_spec(module) is not None
+
+
+def classifier_operands(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(hidden, weight[1:], targets - 1)`` in the autocast dtype (else hidden's): the operands of a fused
+    linear cross-entropy over the real items (padding row 0 left out). Call with autocast disabled after it."""
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    return hidden.to(dtype).contiguous(), weight[1:].to(dtype), (targets - 1).long().contiguous()
 
 
 def check_fused_loss(name: str, device: torch.device | str | None = None) -> None:
@@ -71,16 +87,13 @@ def fused_linear_cross_entropy(
         )
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0
-    device_type = hidden.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    with torch.autocast(device_type=device_type, enabled=False):
-        h = hidden.to(dtype).contiguous()
-        classifier = weight[1:].to(dtype)  # padding never competes
-        shifted = (targets - 1).long().contiguous()
+    h, classifier, shifted = classifier_operands(hidden, weight, targets)  # padding never competes
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
         loss = LigerFusedLinearCrossEntropyLoss(reduction="mean", accum_dtype=torch.float32)(classifier, h, shifted)
     return loss.float()
 
 
-__all__ = ["FUSED_LOSSES", "check_fused_loss", "fused_loss_available", "fused_linear_cross_entropy"]
+__all__ = ["FUSED_LOSSES", "check_fused_loss", "classifier_operands", "fused_loss_available",
+           "fused_linear_cross_entropy"]

@@ -101,10 +101,11 @@ def _loss_variant(variant, hidden, weight, targets, reference, warmup: int, step
 def _cut_cross_entropy(hidden, weight, targets):
     from cut_cross_entropy import linear_cross_entropy
 
-    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
+    from ..fused_losses import classifier_operands
+
+    h, classifier, shifted = classifier_operands(hidden, weight, targets)
     with torch.autocast("cuda", enabled=False):
-        return linear_cross_entropy(hidden.to(dtype).contiguous(), weight[1:].to(dtype), (targets - 1).long(),
-                                    filter_eps=None, impl="cce").float()  # fmt: skip
+        return linear_cross_entropy(h, classifier, shifted, filter_eps=None, impl="cce").float()
 
 
 def loss_case(tokens: int, items: int, variants: list[str], warmup: int, steps: int) -> list[dict]:
