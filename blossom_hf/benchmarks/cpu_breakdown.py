@@ -30,16 +30,20 @@ REGIONS = (
     ("blossom_hf.models.blossomrec.layers_blossomrec", "BlossomRecAttention.forward", "attention layers"),
     ("blossom_hf.models.blossomrec.modeling_blossomrec", "BlossomRecModel.forward", "model forward"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "ltis_select", "selection (scores + top-n)"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "ltis_dense_mask", "masks and index tables"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_select", "selection (scores + top-n)"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_dense_mask", "masks and index tables"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "stis_key_index", "masks and index tables"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "stis_key_index", "masks and index tables"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "ltis_block_index", "masks and index tables"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_table", "masks and index tables"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_ltis_keys", "gathers"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_stis_keys", "gathers"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_attend_small", "small matmuls + softmax"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_dense_inference", "dense layout"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_blocked_inference", "blocked layout"),
-    ("blossom_hf.models.blossomrec.attention_sdpa", "_gathered_inference", "gathered layout"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_block_index", "masks and index tables"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_table", "masks and index tables"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_ltis_keys", "gathers"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_stis_keys", "gathers"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_attend_small", "small matmuls + softmax"),
+    # the layouts as attention_sdpa (which picks one per call) sees them
+    ("blossom_hf.models.blossomrec.attention_sdpa", "dense_inference", "dense layout"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "blocked_inference", "blocked layout"),
+    ("blossom_hf.models.blossomrec.attention_sdpa", "gathered_inference", "gathered layout"),
 )
 
 
@@ -58,7 +62,7 @@ def labelled_regions():
     it) in profiler regions; restores everything on exit."""
     import importlib
 
-    from blossom_hf.models.blossomrec import attention_sdpa
+    from blossom_hf.models.blossomrec import attention_sdpa, sdpa_inference
 
     restore = []
     for module_name, attribute, label in REGIONS:
@@ -66,12 +70,11 @@ def labelled_regions():
         *classes, name = attribute.split(".")
         for cls in classes:
             owner = getattr(owner, cls)
-        if not hasattr(owner, name):
-            continue
         original = getattr(owner, name)
         setattr(owner, name, _labelled(original, label))
         restore.append((owner, name, original))
     functional = attention_sdpa.F
+    sdpa_modules = (attention_sdpa, sdpa_inference)
 
     class _Functional:
         def __getattr__(self, name):
@@ -80,11 +83,13 @@ def labelled_regions():
         scaled_dot_product_attention = staticmethod(_labelled(functional.scaled_dot_product_attention,
                                                               "sdpa calls"))
 
-    attention_sdpa.F = _Functional()
+    for module in sdpa_modules:
+        module.F = _Functional()
     try:
         yield
     finally:
-        attention_sdpa.F = functional
+        for module in sdpa_modules:
+            module.F = functional
         for owner, name, original in reversed(restore):
             setattr(owner, name, original)
 

@@ -2,7 +2,8 @@
 (docs/MODEL.md, "Attention layer") through ``scaled_dot_product_attention`` and batched matmuls.
 
 Four layouts; every one is checked against the eager reference (tests/test_attention_parity.py,
-tests/test_sdpa_layouts.py):
+tests/test_sdpa_layouts.py). The training layout is in this file, the three inference layouts in
+``sdpa_inference.py``:
 
 * training (a gradient is needed): each branch gathers its own key set per query, built by
   ``attention_patterns`` (:func:`stis_key_index`, :func:`ltis_block_index`): STIS ``W + log2(L) + S`` keys,
@@ -40,33 +41,28 @@ Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape
 
 from __future__ import annotations
 
-import threading
 from contextlib import nullcontext
-from functools import lru_cache
 from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 
-from .attention_patterns import (
-    BlossomPattern,
-    every_window_selected,
-    ltis_block_index,
-    ltis_dense_mask,
-    ltis_every_eligible,
-    ltis_select,
-    query_is_real,
-    stis_dense_mask,
-    stis_key_index,
-    stis_offsets,
-)
+from .attention_patterns import BlossomPattern, ltis_block_index, ltis_select, query_is_real, stis_key_index
 from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
+from .sdpa_inference import (  # the tuning tables are the same dict objects as there
+    BLOCKED_TILE_ROWS,
+    DENSE_MAX_LENGTH,
+    INFERENCE_TILE_ELEMENTS,
+    SELECTION_TILE_ELEMENTS,
+    blocked_inference,
+    dense_inference,
+    dense_max_length,
+    gathered_inference,
+    grouped_queries,
+)
 
 __all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
            "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
-
-#: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -89,12 +85,6 @@ def _gather_blocks(x: torch.Tensor, block_index: torch.Tensor, block_size: int) 
     blocks = padded.reshape(batch, groups, num_blocks, block_size * head_dim)
     out = _gather_keys(blocks, block_index.clamp_min(0))  # [B, G, Q, NB, b*D]
     return out.reshape(batch, groups, block_index.shape[2], -1, head_dim)
-
-
-def _grouped_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[B, H, Q, D]`` -> ``[B, G, Q, g, D]`` (the g heads of a group as a short query axis)."""
-    batch, heads, num_queries, head_dim = query.shape
-    return query.reshape(batch, groups, heads // groups, num_queries, head_dim).transpose(2, 3)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -136,409 +126,16 @@ def sdpa_blossom_attention(
     # fp32 as in every backend: under autocast the batched matmuls would otherwise run in half precision
     with torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext():
         if seq_len <= dense_max_length(query.device):
-            out = _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+            out = dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                    selected_blocks, positions)
         elif positions is None:
-            out = _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+            out = blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                      selected_blocks)
         else:
-            out = _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
+            out = gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
     return out.masked_fill_(~real_query, 0.0).to(query.dtype)  # out is this call's own tensor
-
-
-# ------------------------------------------------------------------------------------------------
-# inference layouts (no gradient)
-# ------------------------------------------------------------------------------------------------
-def dense_max_length(device: torch.device) -> int:
-    """Longest history for which inference on ``device`` uses the dense-masked layout (:data:`DENSE_MAX_LENGTH`)."""
-    return DENSE_MAX_LENGTH.get(device.type, DENSE_MAX_LENGTH["cuda"])
-
-
-def _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks, positions):
-    """``selected [B, G, Q, n]``, or ``None`` when the top-n keeps every eligible window of every query
-    (:func:`attention_patterns.every_window_selected`): then the LTIS key set is every key ``<= t`` (causal)."""
-    if selected_blocks is None and every_window_selected(seq_len, pattern):
-        return None
-    selected, _ = ltis_select(query, compressed_key, lengths, scaling, pattern, selected_blocks, positions,
-                              with_probs=False)
-    return selected
-
-
-@lru_cache(maxsize=64)
-def _cached_table(builder, *args) -> torch.Tensor:
-    with torch.inference_mode(False):  # an inference tensor could not be used later outside inference mode
-        return builder(*args)
-
-
-def _table(builder, *args) -> torch.Tensor:
-    """A constant mask of ``(L, device)``: built once per key in eager mode, inside a traced graph every time."""
-    return builder(*args) if torch.compiler.is_compiling() else _cached_table(builder, *args)
-
-
-def _dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
-                     positions):
-    """Whole-history SDPA per branch, for every query or the ones at ``positions``. LTIS: causal (no mask over
-    every position) when every eligible window is selected, else one boolean mask per kv head from the block
-    selection; STIS: the cached ``[L, L]`` mask (its rows at ``positions``)."""
-    batch, heads, num_queries, head_dim = query.shape
-    groups, seq_len, block = key.shape[1], key.shape[2], pattern.block_size
-    g = heads // groups
-    q, k, v = query.float(), key.float(), value.float()
-    stis = _table(stis_dense_mask, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
-    if positions is not None:
-        stis = stis[positions][:, None]  # [B, 1, Q, L]
-    out_stis = F.scaled_dot_product_attention(q, k, v, attn_mask=stis, scale=scaling, enable_gqa=True)
-    selected = _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks,
-                                    positions)
-    if selected is None and positions is None:
-        out_ltis = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
-    elif selected is None:
-        causal = torch.arange(seq_len, device=query.device) <= positions[..., None]  # [B, Q, L]
-        out_ltis = F.scaled_dot_product_attention(q, k, v, attn_mask=causal[:, None], scale=scaling,
-                                                  enable_gqa=True)
-    else:
-        mask = ltis_dense_mask(selected, seq_len, block, positions)  # [B, G, Q, L]
-        out_ltis = F.scaled_dot_product_attention(
-            q.reshape(batch * groups, g, num_queries, head_dim), k.reshape(batch * groups, 1, seq_len, head_dim),
-            v.reshape(batch * groups, 1, seq_len, head_dim),
-            attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len), scale=scaling, enable_gqa=True,
-        ).reshape(batch, heads, num_queries, head_dim)
-    gate = gate.float()
-    return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2])
-
-
-#: Gathered K and V elements per chunk of queries in the gathered inference layout, per device type. CPU: small
-#: enough for the chunk's buffers to stay in cache and be reused by the allocator (fresh large buffers cost a page
-#: fault per 4 KiB); CUDA: large, few launches (64 histories of 4096 items would otherwise gather ~6 GB per layer).
-INFERENCE_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 21, "cuda": 1 << 26}
-
-
-#: additive mask of the gathered layout: finite, so that the softmax stays on its fast path (``exp(-inf)`` is slow on
-#: some CPUs); every real query keeps at least one key per branch (itself), so no row is fully masked
-_MASKED = -1e30
-
-
-def _gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
-                        positions):
-    """One key set per query and branch: LTIS (own block + selected blocks) read as whole blocks of ``b`` keys from
-    a ``[B*G*L/b, b*D]`` block table (one row copy per block), STIS (``W + log2 L + S`` single keys) as shifted
-    slices of K and V (every position) or rows of them (``positions``). Per branch one ``baddbmm`` (scaled,
-    masked logits), a softmax and one ``bmm`` over ``B*G*Q`` small problems of ``g`` query heads. In chunks of
-    queries of at most :data:`INFERENCE_TILE_ELEMENTS` gathered elements."""
-    batch, heads, num_queries, head_dim = query.shape
-    groups, seq_len = key.shape[1], key.shape[2]
-    b, n = pattern.block_size, pattern.num_selected_blocks
-    offsets = stis_offsets(pattern.stis_window, seq_len)
-    every_position = positions is None
-    if every_position:
-        positions = torch.arange(num_queries, device=query.device)[None, :]
-    num_blocks = -(-seq_len // b)
-    # zero rows before position 0 (whole blocks), read by the shifted STIS slices
-    front = -(-offsets[-1] // b) * b if every_position else 0
-    tables = tuple(F.pad(x.float(), (0, 0, front, num_blocks * b - seq_len)).reshape(
-        batch * groups, front + num_blocks * b, head_dim).contiguous() for x in (key, value))
-    keys_per_query = (n + 1) * b + len(offsets) + min(pattern.stis_num_sinks, seq_len)
-    tile = INFERENCE_TILE_ELEMENTS.get(query.device.type, INFERENCE_TILE_ELEMENTS["cuda"])
-    chunk = max(1, tile // max(1, batch * groups * keys_per_query * 2 * head_dim))
-    if torch.compiler.is_compiling():
-        chunk = num_queries
-    outs = []
-    for start in range(0, num_queries, chunk):
-        end = min(start + chunk, num_queries)
-        sel = None if selected_blocks is None else selected_blocks[:, :, start:end]
-        pos = positions[:, start:end]
-        selected = _inference_selection(query[:, :, start:end], compressed_key, lengths, seq_len, scaling, pattern,
-                                        sel, pos.expand(batch, -1))
-        ltis = _ltis_keys(tables, front, pos, selected, seq_len, batch, groups, pattern)
-        stis = _stis_keys(tables, front, pos, start if every_position else None, seq_len, pattern)
-        outs.append(_attend_small(query[:, :, start:end], gate[:, :, start:end], (ltis, stis), scaling))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-
-
-#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: the chunk's
-#: gathered blocks (``n b D`` floats per row for K and for V) stay in the core's cache and the allocator reuses
-#: them; CUDA: large, few launches.
-BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
-
-#: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
-SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 18, "cuda": 1 << 26}
-
-
-_WORKSPACE = threading.local()
-
-
-def _workspace(slot: int, numel: int, device: torch.device) -> torch.Tensor:
-    """A buffer of ``numel`` fp32 elements for the gathered blocks of a chunk, kept per thread and device between
-    calls on a CPU (a fresh buffer of a few MB costs a page fault per 4 KiB there, about as much as the gather
-    itself); elsewhere a new one (the CUDA allocator caches)."""
-    if device.type != "cpu":
-        return torch.empty(numel, device=device)
-    cache = getattr(_WORKSPACE, "buffers", None)
-    if cache is None:
-        cache = _WORKSPACE.buffers = {}
-    buffer = cache.get((slot, device))
-    if buffer is None or buffer.numel() < numel:
-        with torch.inference_mode(False):  # a plain tensor: usable as out= in and outside inference mode
-            buffer = cache[(slot, device)] = torch.empty(numel, device=device)
-    return buffer[:numel]
-
-
-def _device_entry(table: dict[str, int], device: torch.device) -> int:
-    return table.get(device.type, table["cuda"])
-
-
-def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks):
-    """``selected [B, G, L, n]`` of every position, or ``None`` when every eligible window is selected. In chunks of
-    queries; a chunk ending at ``e`` scores only the windows ``w < (e-1) // b`` (no query of it has a later
-    eligible one), which :func:`attention_patterns.ltis_select` then ranks exactly as over all ``M``."""
-    batch, _, seq_len, _ = query.shape
-    if selected_blocks is not None:
-        return selected_blocks.to(device=query.device, dtype=torch.long)
-    if every_window_selected(seq_len, pattern):
-        return None
-    groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
-    b, n = pattern.block_size, pattern.num_selected_blocks
-    tile = _device_entry(SELECTION_TILE_ELEMENTS, query.device)
-    chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
-    if torch.compiler.is_compiling():
-        chunk = seq_len
-    parts = []
-    for start in range(0, seq_len, chunk):
-        end = min(seq_len, start + chunk)
-        windows = num_windows if torch.compiler.is_compiling() else min(num_windows, (end - 1) // b)
-        if windows == 0:
-            parts.append(torch.full((batch, groups, end - start, n), -1, dtype=torch.long, device=query.device))
-            continue
-        positions = torch.arange(start, end, device=query.device)[None].expand(batch, -1)
-        selected, _ = ltis_select(query[:, :, start:end], compressed_key[:, :, :windows], lengths, scaling, pattern,
-                                  None, positions, with_probs=False)
-        parts.append(selected)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-
-
-def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Additive masks of a query block ``c`` against its key pair (blocks ``c-1`` and ``c``, ``2b`` keys):
-    ``own [b, 1, b]`` (LTIS own block: key ``j <= i``) and ``near [2, b, 1, 2b]`` (STIS offsets ``d <= b``;
-    entry 1 for ``c = 0``, whose block ``c-1`` lies before position 0)."""
-    i = torch.arange(block, device=device)[:, None]
-    j = torch.arange(2 * block, device=device)[None, :]
-    own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
-    hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
-    near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
-    return own, near_bias[:, :, None]
-
-
-#: floor of ``logit - max`` before ``exp`` in the blocked layout: ``exp`` of a masked entry (``-1e30``) or of anything
-#: below about -88 leaves the vectorised CPU ``exp`` for a 30-40x slower scalar path; ``exp(-80) = 1.8e-35`` is below
-#: fp32 resolution next to the row's maximum entry (``exp(0) = 1``), so the floor changes no result
-_EXP_FLOOR = -80.0
-
-
-def _exp_below(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    """``exp(max(logits - top, _EXP_FLOOR))`` in place."""
-    return logits.sub_(top).clamp_min_(_EXP_FLOOR).exp_()
-
-
-def _blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks):
-    """Every position, query block by query block (module docstring, "blocked inference"): ``[B, H, L, D]``.
-
-    Per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its key pair (blocks ``c-1``
-    and ``c``, a strided view of K) gives the LTIS own-block logits and the near STIS logits (offsets ``<= b``);
-    the ``n`` selected blocks are copied whole per query from the block table, the far STIS offsets (``> b``)
-    and the sinks are one slice of K per offset. Each branch's softmax runs jointly over its pieces (one
-    maximum, ``exp``, the value products summed, one division). In chunks of query blocks and rows
-    (:data:`BLOCKED_TILE_ROWS`)."""
-    batch, heads, seq_len, head_dim = query.shape
-    groups = key.shape[1]
-    g = heads // groups
-    b, n = pattern.block_size, pattern.num_selected_blocks
-    device = query.device
-    num_blocks = -(-seq_len // b)
-    padded = num_blocks * b
-    rows_bg = batch * groups
-    offsets = stis_offsets(pattern.stis_window, seq_len)
-    near = tuple(d for d in offsets if d <= b)
-    far = [d for d in offsets if d > b]
-    sinks = min(pattern.stis_num_sinks, seq_len)
-    front = -(-max([b, *far]) // b) * b  # zero rows before position 0 (block c-1 of c = 0, the far slices)
-    total = front + padded
-    k_table, v_table = (F.pad(x.float(), (0, 0, front, padded - seq_len)).reshape(rows_bg, total, head_dim)
-                        for x in (key, value))
-    k_blocks, v_blocks = (t.view(rows_bg * total // b, b * head_dim) for t in (k_table, v_table))
-
-    selected = _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks)
-    if selected is None:
-        selected = ltis_every_eligible(seq_len, pattern, device)
-    selected = F.pad(selected.expand(batch, groups, seq_len, n).reshape(rows_bg, seq_len, n),
-                     (0, 0, 0, padded - seq_len), value=-1)  # [BG, L', n]
-    first_block = torch.arange(rows_bg, device=device) * (total // b) + front // b
-    block_rows = selected.clamp_min(0) + first_block[:, None, None]  # rows of the block tables
-    selected_bias = torch.where(selected >= 0, 0.0, _MASKED)[..., None]  # [BG, L', n, 1]
-
-    def grouped(x):  # [B, H, L, E] -> [BG, L', g, E]
-        x = x.float().reshape(batch, groups, g, seq_len, x.shape[-1]).permute(0, 1, 3, 2, 4)
-        return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
-
-    q_all, gate_all = grouped(query) * scaling, grouped(gate)
-    own_bias, near_bias = _table(_blocked_biases, b, near, device)
-    # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
-    out = torch.empty(batch, padded, groups, g, head_dim, device=device)
-    out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
-    tile = _device_entry(BLOCKED_TILE_ROWS, device)
-    if torch.compiler.is_compiling():
-        bg_step, c_step = rows_bg, num_blocks
-    elif padded >= tile:
-        bg_step, c_step = 1, max(1, tile // b)
-    else:  # whole histories (both kv heads of each)
-        bg_step, c_step = max(1, tile // (padded * groups)) * groups, num_blocks
-    chunks = [(bg0, min(rows_bg, bg0 + bg_step), c0, min(num_blocks, c0 + c_step))
-              for bg0 in range(0, rows_bg, bg_step) for c0 in range(0, num_blocks, c_step)]
-    largest = max((bg1 - bg0) * (c1 - c0) * b * n for bg0, bg1, c0, c1 in chunks)
-    buffers = None if torch.compiler.is_compiling() else tuple(
-        _workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
-    for bg0, bg1, c0, c1 in chunks:
-        chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
-                               own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
-                               selected_blocks is None)
-        if bg1 - bg0 == 1:
-            out_bg[bg0 // groups, bg0 % groups, c0 * b:c1 * b] = chunk[0]
-        else:  # whole histories
-            out_bg[bg0 // groups:bg1 // groups, :, c0 * b:c1 * b] = chunk.view(-1, groups, *chunk.shape[1:])
-    return out.view(batch, padded, heads, head_dim)[:, :seq_len].transpose(1, 2)
-
-
-def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias,
-                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers, ranked):
-    """Output ``[bg1-bg0, (c1-c0) b, g, D]`` of the query blocks ``c0 .. c1-1`` of the rows ``bg0 .. bg1-1``."""
-    nbg, nc = bg1 - bg0, c1 - c0
-    t0, t1 = c0 * b, c1 * b
-    head_dim = q_all.shape[-1]
-    g = q_all.shape[2]
-    rows = nbg * nc * b
-    device = q_all.device
-    q = q_all[bg0:bg1, t0:t1]  # [nbg, nc*b, g, D], pre-scaled
-    # key pairs (blocks c-1, c) as strided views: k as [.., D, 2b] (transposed), v as [.., 2b, D]
-    pair_k = k_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b)  # [nbg, nc, D, 2b]
-    pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
-    near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
-
-    # ---- LTIS: own block (from the pair logits) + the n selected blocks (copied whole) ----
-    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
-    if buffers is None:  # traced graphs: no out= buffers
-        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
-    else:
-        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
-                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
-    q_rows = q.reshape(rows, g, head_dim)
-    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
-    # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
-    # whatever its slots hold); a given selection may leave any slot empty
-    short = (min(t1, n * b) if ranked else t1) - t0
-    if short > 0:
-        sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
-    sel = sel.view(rows, g, n, b)
-    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
-    top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
-    own = _exp_below(own, top.view(nbg, nc, b, g, 1))
-    sel = _exp_below(sel, top[..., None, None])
-    total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
-    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
-    out_ltis = torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
-
-    # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
-    first = (torch.arange(c0, c1, device=device) == 0).long()
-    stis = near + near_bias[first]  # [nbg, nc, b, g, 2b]
-    top = stis.amax(-1).view(nbg, nc * b, g)
-    if far or sinks:
-        t = torch.arange(t0, t1, device=device)
-        parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
-        parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
-        valid = [t[:, None] >= torch.tensor(far, device=device)] if far else []
-        if sinks:
-            parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-            parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-            s = torch.arange(sinks, device=device)
-            covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
-            valid.append((s <= t[:, None]) & ~covered)
-        k_far, v_far = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
-        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [nc*b, 1, K]
-        far_logits = torch.bmm(q_rows, k_far.transpose(1, 2)).view(nbg, nc * b, g, -1).add_(bias)
-        top = torch.maximum(top, far_logits.amax(-1))
-        far_logits = _exp_below(far_logits, top[..., None])
-    stis = _exp_below(stis, top.view(nbg, nc, b, g, 1))
-    total = stis.sum(-1).view(nbg, nc * b, g)
-    out_stis = torch.matmul(stis.view(nbg, nc, b * g, 2 * b), pair_v).view(nbg, nc * b, g, head_dim)
-    if far or sinks:
-        total = total + far_logits.sum(-1)
-        out_stis = torch.baddbmm(out_stis.view(rows, g, head_dim), far_logits.view(rows, g, -1), v_far)
-    out_stis = out_stis.view(nbg, nc * b, g, head_dim).div_(total[..., None])
-    gate = gate_all[bg0:bg1, t0:t1]
-    return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
-
-
-def _ltis_keys(tables, front, positions, selected, seq_len, batch, groups, pattern):
-    """LTIS keys/values ``[B*G*Q, (n+1) b, D]`` and their validity ``[B|1, G|1, Q, (n+1) b]`` (the own block
-    first, then the selected ones: :func:`attention_patterns.ltis_block_index`)."""
-    b, device = pattern.block_size, positions.device
-    if selected is None:  # every eligible window: the n blocks before the own block
-        selected = ltis_every_eligible(seq_len, pattern, device, positions)
-    blocks, valid = ltis_block_index(selected, seq_len, b, positions)  # [B|1, G|1, Q, n+1], keys
-    blocks = blocks.expand(batch, groups, -1, -1)
-    head_dim = tables[0].shape[-1]
-    first = torch.arange(batch * groups, device=device).view(batch, groups, 1, 1)
-    index = blocks.clamp_min(0) + (first * tables[0].shape[1] + front) // b
-    rows = batch * groups * positions.shape[-1]
-    kv = tuple(F.embedding(index, table.view(-1, b * head_dim)).view(rows, -1, head_dim) for table in tables)
-    return kv, valid
-
-
-def _stis_keys(tables, front, positions, start, seq_len, pattern):
-    """STIS keys/values ``[B*G*Q, Ks, D]`` and validity ``[B|1, 1, Q, Ks]``: for every position (``start`` given) the
-    keys ``t - d`` of the chunk are one slice of K per offset ``d`` (stacked); else rows gathered at ``positions``."""
-    index, valid = stis_key_index(seq_len, pattern.stis_window, pattern.stis_num_sinks, positions.device,
-                                  None if start is not None else positions)
-    num_queries = positions.shape[-1]
-    head_dim = tables[0].shape[-1]
-    if start is not None:
-        index, valid = index[start:start + num_queries], valid[start:start + num_queries][None]
-        offsets = stis_offsets(pattern.stis_window, seq_len)
-        sinks = min(pattern.stis_num_sinks, seq_len)
-        kv = []
-        for table in tables:
-            parts = [table[:, front + start - d:front + start - d + num_queries] for d in offsets]
-            keys = torch.stack(parts, dim=2)  # [B*G, Q, n_off, D]
-            if sinks:
-                sink = table[:, front:front + sinks, None].transpose(1, 2).expand(-1, num_queries, -1, -1)
-                keys = torch.cat([keys, sink], dim=2)
-            kv.append(keys.reshape(-1, keys.shape[2], head_dim))
-        return tuple(kv), valid[:, None]
-    first = torch.arange(tables[0].shape[0], device=positions.device).view(-1, 1, 1) * tables[0].shape[1]
-    batch = index.shape[0] if index.shape[0] > 1 else 1
-    flat = (index + front).reshape(batch, 1, num_queries, -1)  # [B, 1, Q, Ks]
-    groups = tables[0].shape[0] // batch
-    flat = flat + first.view(batch, groups, 1, 1)
-    kv = tuple(F.embedding(flat, table.reshape(-1, head_dim)).view(-1, flat.shape[-1], head_dim) for table in tables)
-    return kv, valid[:, None]
-
-
-def _attend_small(query, gate, branches, scaling):
-    """``α·softmax(q Kₗᵀ) Vₗ + β·softmax(q Kₛᵀ) Vₛ`` over ``B*G*Q`` problems of ``g`` queries -> ``[B, H, Q, D]``."""
-    batch, heads, num_queries, head_dim = query.shape
-    rows = branches[0][0][0].shape[0]
-    groups = rows // (batch * num_queries)
-    g = heads // groups
-    q = _grouped_queries(query.float(), groups).reshape(rows, g, head_dim)
-    gate = _grouped_queries(gate.float(), groups).reshape(rows, g, 2)
-    outs = []
-    for (k, v), valid in branches:
-        bias = torch.where(valid, 0.0, _MASKED).expand(batch, groups, num_queries, -1).reshape(rows, 1, -1)
-        logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scaling)  # [rows, g, K]: scaled, masked
-        outs.append(torch.bmm(torch.softmax(logits, dim=-1), v))  # [rows, g, D]
-    out = torch.addcmul(outs[0] * gate[..., 0:1], outs[1], gate[..., 1:2])
-    return out.reshape(batch, groups, num_queries, g, head_dim).transpose(2, 3).reshape(batch, heads, num_queries,
-                                                                                       head_dim)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -548,7 +145,7 @@ def _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern
     """Per-query gathered key sets (any layout, differentiable)."""
     batch, heads, num_queries, head_dim = query.shape
     groups, seq_len = key.shape[1], key.shape[2]
-    q = _grouped_queries(query.float(), groups)
+    q = grouped_queries(query.float(), groups)
     k, v = key.float(), value.float()
 
     # ---- STIS: window + power-of-two offsets + sinks ----
@@ -572,7 +169,7 @@ def _gathered(query, key, value, compressed_key, gate, lengths, scaling, pattern
         k_sel = k_sel * scale[..., None]
     out_ltis = _attend(q, k_sel, _gather_blocks(v, blocks, pattern.block_size), valid, scaling)
 
-    gate = _grouped_queries(gate.float(), groups)  # [B, G, Q, g, 2]
+    gate = grouped_queries(gate.float(), groups)  # [B, G, Q, g, 2]
     out = gate[..., 0:1] * out_ltis + gate[..., 1:2] * out_stis  # [B, G, Q, g, D]
     out = out.transpose(2, 3).reshape(batch, heads, num_queries, head_dim)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
