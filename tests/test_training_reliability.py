@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -206,7 +205,6 @@ def test_sigkill_during_a_checkpoint_save_loses_nothing_and_resume_works(tmp_pat
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "BLOSSOM_FAULT_INJECTION": f"{point}:4", "PYTHONPATH": path,
            "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
-    started = time.time()
     killed = subprocess.run([sys.executable, "-m", "blossom_hf", "train", *argv], env=env, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -217,7 +215,7 @@ def test_sigkill_during_a_checkpoint_save_loses_nothing_and_resume_works(tmp_pat
     assert (staged / "model.safetensors").is_file()
     assert is_complete_checkpoint(staged) == (point == "checkpoint-rename")
     assert not (output / "metrics.json").exists() and not (output / "best_model").exists()
-    assert (output / LOCK_FILE).exists() and time.time() - started < 300
+    assert (output / LOCK_FILE).exists(), "the killed run's lock is left (taken over below)"
 
     caplog.set_level("WARNING")
     record = train_command.run([*argv, "--resume"])
