@@ -114,8 +114,8 @@ if triton is not None:
                 covered = (delta < WIN) | ((delta & (delta - 1)) == 0)
                 mask = row_ok[:, None] & (js[None, :] < NSINK) & (delta >= 0) & (~covered)
                 dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale, PREC)
-        tl.store(DQ + orow[:, None] * HEAD_D + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-                 mask=row_in[:, None] & dmask[None, :])
+        tl.store(DQ + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,  # DQ: Q's strides
+                 (dq * scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])
 
 
     @triton.jit
