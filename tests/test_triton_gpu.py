@@ -304,4 +304,49 @@ def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
     _record({"test": "fused_layer_ops", "backend": backend, "dtype": str(dtype), **errors})
     out_bound, grad_bound = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
     assert errors["output"] <= out_bound, errors
-    assert max(v for k, v in errors.items() if k != "output") <= grad_bound, errors
+    # fc2's bias gradient is the sum of d k~ over all windows: 0 in exact arithmetic (each query's selection-softmax
+    # gradient sums to 0 over the windows), so its relative difference is rounding noise over noise; it is bounded
+    # against the size of fc2's weight gradient instead
+    bias = "d_compressor.fc2.bias"
+    assert max(v for k, v in errors.items() if k not in ("output", bias)) <= grad_bound, errors
+    name = "compressor.fc2."
+    assert float((grads_f[name + "bias"] - grads_r[name + "bias"]).norm()) <= grad_bound * float(
+        grads_r[name + "weight"].norm()), errors
+
+
+def test_fast_launch_matches_the_triton_launch_on_gpu():
+    """triton_common.launch's cached path (FAST_LAUNCH, taken from the second call of a specialization on) gives
+    bit-identical outputs and gradients to triton's own launch (FAST_LAUNCH off), both strategies; and it is taken."""
+    from blossom_hf.models.blossomrec import triton_common
+
+    pattern = BlossomPattern(**PAPER)
+    results = {}
+    try:
+        for fast in (False, True):
+            triton_common.FAST_LAUNCH = fast
+            for strategy, seq_len in (("tile", 200), ("gather", 200)):
+                for call in range(3):
+                    gen = torch.Generator(device="cuda").manual_seed(11)
+                    q = torch.randn(3, 8, seq_len, 16, generator=gen, device="cuda").to(torch.bfloat16)
+                    k, v = (torch.randn(3, 2, seq_len, 16, generator=gen, device="cuda").to(torch.bfloat16)
+                            for _ in range(2))
+                    ck = torch.randn(3, 2, seq_len // 16, 16, generator=gen, device="cuda").to(torch.bfloat16)
+                    gate = torch.rand(3, 8, seq_len, 2, generator=gen, device="cuda")
+                    inputs = [x.requires_grad_() for x in (q, k, v, ck, gate)]
+                    lengths = torch.tensor([seq_len, seq_len // 2, 1], device="cuda")
+                    hits = triton_common.FAST_LAUNCH_HITS[0]
+                    out = triton_blossom_attention(*inputs, lengths, scaling=0.25, pattern=pattern, strategy=strategy)
+                    grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+                    if fast and call > 0:
+                        assert triton_common.FAST_LAUNCH_HITS[0] > hits, "the cached launch was not taken"
+                    results[(fast, strategy, call)] = (out, *grads)
+    finally:
+        triton_common.FAST_LAUNCH = True
+    for strategy in ("tile", "gather"):
+        for call in range(3):
+            for got, want in zip(results[(True, strategy, call)], results[(False, strategy, 0)], strict=True):
+                # the gathered backward accumulates the sinks' dk/dv with atomics: compare it to fp32 rounding
+                if strategy == "tile":
+                    assert torch.equal(got, want)
+                else:
+                    assert _rel(got, want) < 1e-6

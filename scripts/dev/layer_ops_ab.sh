@@ -4,7 +4,8 @@
 # rows with the fused layer ops on and off, full/sdpa beside them) once with a baseline checkout's package
 # (BASE: a folder holding that checkout's blossom_hf/, e.g. `git archive <commit> blossom_hf | tar -x -C BASE`)
 # and once with this checkout's, each in its own process. Writes under $OUT.
-# Knobs: SECTIONS ("tests ab"), BASE, TEST_TIMEOUT, AB_ARGS (extra triton_tuning.py arguments).
+# Knobs: SECTIONS ("tests ab"), BASE, TEST_TIMEOUT, AB_SECTIONS (triton_tuning.py sections, "ops-ab"), AB_ARGS
+# (extra triton_tuning.py arguments), BASE_ARGS (appended for the baseline process, e.g. "--ab-variants fused").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -29,8 +30,9 @@ if [[ $SECTIONS == *" ab "* ]]; then
   for entry in "${trees[@]}"; do
     stamp "ops-ab ${entry%%:*}"
     # shellcheck disable=SC2086
-    PYTHONPATH="${entry#*:}" python scripts/dev/triton_tuning.py --sections ops-ab --no-compile \
-      --tag "${entry%%:*}" --out-dir "$OUT" ${AB_ARGS:-} > "$OUT/ab_${entry%%:*}.log" 2>&1
+    PYTHONPATH="${entry#*:}" python scripts/dev/triton_tuning.py --sections ${AB_SECTIONS:-ops-ab} --no-compile \
+      --tag "${entry%%:*}" --out-dir "$OUT" ${AB_ARGS:-} $([ "${entry%%:*}" = base ] && echo "${BASE_ARGS:-}") \
+      > "$OUT/ab_${entry%%:*}.log" 2>&1
     echo "ops-ab ${entry%%:*}: exit $?"; tail -n 3 "$OUT/ab_${entry%%:*}.log"
   done
 fi

@@ -292,22 +292,26 @@ def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
         torch.cuda.empty_cache()
 
 
-#: ``ops-ab`` variants: flags of ``layers_blossomrec`` per blossom row (a tree without a flag ignores it, so the same
-#: section runs on an older checkout as the baseline process)
+#: ``ops-ab`` variants: flags of ``layers_blossomrec`` (fused compressor windows, gate) and ``triton_common`` (the
+#: cached launch) per blossom row; a tree without a flag ignores it, so the same section runs on an older checkout
+#: as the baseline process (``--ab-variants fused`` there)
 OPS_VARIANTS = {
-    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True),
-    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True),
-    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False),
-    "both-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False),
+    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FAST_LAUNCH=True),
+    "fast-launch-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FAST_LAUNCH=False),
+    "ops-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False, FAST_LAUNCH=True),
+    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True, FAST_LAUNCH=True),
+    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False, FAST_LAUNCH=True),
 }
 
 
 def _set_flags(flags: dict) -> None:
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
+    from blossom_hf.models.blossomrec import triton_common
 
     for name, value in flags.items():
-        if hasattr(layers, name):
-            setattr(layers, name, value)
+        for module in (layers, triton_common):
+            if hasattr(module, name):
+                setattr(module, name, value)
 
 
 def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool):
@@ -347,7 +351,8 @@ def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool
     return step, clear
 
 
-def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3, tag: str = "") -> None:
+def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3, tag: str = "",
+           variants=("fused", "fast-launch-off", "ops-off")) -> None:
     """A/B of the fused layer ops (compressor windows, gate; :data:`OPS_VARIANTS`) on the benchmark's layer, model
     and bf16-autocast inference rows, full/sdpa beside them: per case and L, ``rounds`` interleaved rounds over
     the variants, median of the per-round medians. ``tag`` names the checkout (run once per tree)."""
@@ -358,10 +363,8 @@ def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3
     cases = [("layer", L) for L in lengths] + [("model", L) for L in model_lengths] + [
         ("inference", L) for L in inference_lengths]
     for kind, seq_len in cases:
-        rows = [(f"blossom/triton {name}", "blossom", "triton", flags) for name, flags in OPS_VARIANTS.items()]
+        rows = [(f"blossom/triton {name}", "blossom", "triton", OPS_VARIANTS[name]) for name in variants]
         rows.append(("full/sdpa", "full", "sdpa", {}))
-        if kind != "layer":  # fewer variants where a step is longer
-            rows = [r for r in rows if r[0].split()[-1] in ("fused", "both-off", "full/sdpa")]
         steps = {}
         for key, attention_type, backend, _ in rows:
             if kind == "layer":
@@ -387,30 +390,54 @@ def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3
 
 def launch_overhead(out: Path, calls: int = 300) -> None:
     """Host time per call on tiny inputs (the GPU work is negligible, so the loop is host-bound): the triton
-    backend's inference forward (two launches plus its Python), one RoPE launch, one PyTorch add."""
+    backend's inference forward (two launches plus its Python), one RoPE launch, the fused gate and compressor
+    windows against their PyTorch ops, one PyTorch add; the Triton rows with triton_common.FAST_LAUNCH on and off."""
+    from blossom_hf.models.blossomrec import triton_common
+    from blossom_hf.models.blossomrec.attention_patterns import ltis_window_keys
     from blossom_hf.models.blossomrec.attention_triton import triton_blossom_attention
     from blossom_hf.models.blossomrec.triton_rope import launch_rope
 
     (q, k, v, ck, gate, lengths), _, pattern = _op_inputs(32, batch=1)
     q, k, v, ck, gate = (x.detach() for x in (q, k, v, ck, gate))
     cos = torch.rand(32, 16, device="cuda")
+    logits = torch.randn(1, 32, 16, device="cuda", dtype=torch.bfloat16)
+    position = torch.randn(2, 32, 16, device="cuda")
     cases = {
         "triton_blossom_attention (no grad: select + forward launches)":
             lambda: triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=0.25, pattern=pattern),
         "launch_rope (one launch)": lambda: launch_rope(q, cos, cos),
         "torch.add (one aten op)": lambda: torch.add(q, q),
+        "gate: torch sigmoid(float) view transpose":
+            lambda: torch.sigmoid(logits.float()).view(1, 32, 8, 2).transpose(1, 2),
+        "compressor windows: ltis_window_keys + P (PyTorch ops)":
+            lambda: (ltis_window_keys(k, lengths, pattern) + position[None, :, None].to(k.dtype)).flatten(-2),
     }
+    try:
+        from blossom_hf.models.blossomrec.triton_layer_ops import launch_gate, launch_windows
+
+        cases["gate: triton_layer_ops.launch_gate (one launch)"] = lambda: launch_gate(logits, 8)
+        cases["compressor windows: triton_layer_ops.launch_windows (one launch)"] = lambda: launch_windows(
+            k, lengths, position, pattern.block_size, pattern.compression_window)
+    except ImportError:  # an older checkout (the baseline of an A/B)
+        pass
+    fast_flag = hasattr(triton_common, "FAST_LAUNCH")
     with torch.no_grad():
-        for name, fn in cases.items():
-            for _ in range(20):
-                fn()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-            per_call = (time.perf_counter() - t0) / calls
-            _emit(out, {"section": "launch", "case": name, "us_per_call": round(per_call * 1e6, 1)})
+        for fast in (True, False) if fast_flag else (None,):
+            if fast_flag:
+                triton_common.FAST_LAUNCH = fast
+            for name, fn in cases.items():
+                for _ in range(20):
+                    fn()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                torch.cuda.synchronize()
+                per_call = (time.perf_counter() - t0) / calls
+                _emit(out, {"section": "launch", "case": name, "fast_launch": fast,
+                            "us_per_call": round(per_call * 1e6, 1)})
+        if fast_flag:
+            triton_common.FAST_LAUNCH = True
 
 
 def ce_compare(out: Path, cases=((196608, 3707), (32768, 1_000_000))) -> None:
@@ -495,6 +522,9 @@ def main() -> int:
                         help="ops-ab: layer rows at these L")
     parser.add_argument("--ab-model-lengths", type=int, nargs="*", default=[200, 1024])
     parser.add_argument("--ab-inference-lengths", type=int, nargs="*", default=[200, 1024])
+    parser.add_argument("--ab-variants", nargs="*", default=["fused", "fast-launch-off", "ops-off"],
+                        choices=list(OPS_VARIANTS))
+    parser.add_argument("--ab-rounds", type=int, default=3)
     parser.add_argument("--tag", default="", help="ops-ab: the checkout's name in the records")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=12)
@@ -535,7 +565,8 @@ def main() -> int:
     if "layer-ab" in args.sections:
         layer_ab(args.out_dir, args.profile_lengths)
     if "ops-ab" in args.sections:
-        ops_ab(args.out_dir, args.ab_lengths, args.ab_model_lengths, args.ab_inference_lengths, tag=args.tag)
+        ops_ab(args.out_dir, args.ab_lengths, args.ab_model_lengths, args.ab_inference_lengths, args.ab_rounds,
+               args.tag, args.ab_variants)
     if "profile-layer" in args.sections:
         profile_layer(args.out_dir, args.profile_lengths)
     if "sweep" in args.sections:
