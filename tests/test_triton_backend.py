@@ -547,3 +547,21 @@ def test_outputs_and_gradients_keep_the_projection_layout(generator, strategy):
     for name, got, want in zip(("query", "key", "value", "compressed_key", "gate"), grads,
                                torch.autograd.grad(ref, refs, grad_out), strict=True):
         _close(got, want, f"d {name}")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@needs_interpreter
+def test_no_buffer_relies_on_a_zero_fill(generator, strategy, monkeypatch):
+    """Every buffer the backend allocates uninitialised (torch.empty / empty_like: outputs, d gate, dp, ...) is
+    fully written by the kernels before it is read or returned: with those allocations filled with NaN (floats) or
+    -7 (integers), the output and the gradients still match eager, padded rows and tiles past a row's length
+    included (a row of length 1, and rows ending mid-tile)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(x):
+        return x.fill_(float("nan") if x.is_floating_point() else -7)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
+    _compare(generator, 3, 4, 2, 37, 16, pattern, lengths=[37, 1, 13], strategy=strategy)

@@ -172,6 +172,9 @@ if triton is not None:
                     # queries -> rows (the same vector for every head of the group)
                     dqm_rows = tl.reshape(tl.broadcast_to(dqm[:, None, :], [BM, GP, DP]), [R, DP])
                     dq += dqm_rows * (1.0 / GQ)
+        else:  # a tile past the row's length: d gate is 0 there (DGATE is not zero-filled before the launch)
+            tl.store(DGATE + orow * 2, tl.zeros([R], dtype=tl.float32), mask=row_in)
+            tl.store(DGATE + orow * 2 + 1, tl.zeros([R], dtype=tl.float32), mask=row_in)
         tl.store(DQ + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,  # DQ: Q's strides
                  (dq * scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])
 

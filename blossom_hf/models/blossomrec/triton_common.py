@@ -42,8 +42,8 @@ INTERPRET = interpret_requested()
 #: argument's value, or a tensor's dtype, device and 16-byte alignment): after the first call of a specialization
 #: the launch skips triton's argument binder, its cache-key string and its option parsing (part of the ~30-70 us of
 #: host time of a launch with ~50 arguments, docs/triton_notes.md, "v5"). False: every launch goes through
-#: ``kernel[grid](...)``.
-FAST_LAUNCH = True
+#: ``kernel[grid](...)`` (also set by ``BLOSSOM_TRITON_FAST_LAUNCH=0`` in the environment).
+FAST_LAUNCH = os.environ.get("BLOSSOM_TRITON_FAST_LAUNCH", "1").strip() not in ("0", "false", "off", "no")
 _COMPILED: dict = {}
 FAST_LAUNCH_HITS = [0]  # launches that took the cached path (tests read it)
 
@@ -65,13 +65,16 @@ def launch(kernel, grid: tuple, *args, **kwargs) -> None:
     if not FAST_LAUNCH or INTERPRET or knobs is None or knobs.runtime.launch_enter_hook is not None:
         kernel[grid](*args, **kwargs)
         return
-    key = (id(kernel), torch.cuda.current_device(), len(args), tuple(kwargs), tuple(_arg_key(v) for v in args),
-           tuple(_arg_key(v) for v in kwargs.values()))
+    key = (id(kernel), torch.cuda.current_device(), len(args), tuple(kwargs),
+           tuple(v if v.__class__ is int else _arg_key(v) for v in args),
+           tuple(v if v.__class__ is int else _arg_key(v) for v in kwargs.values()))
     compiled = _COMPILED.get(key)
     if compiled is None:
         compiled = kernel[grid](*args, **kwargs)
-        if len(_COMPILED) < 4096 and compiled is not None and hasattr(compiled, "run"):
-            _COMPILED[key] = (compiled, kernel.arg_names[len(args):])
+        names = getattr(kernel, "arg_names", None)
+        if (len(_COMPILED) < 4096 and names is not None and all(
+                hasattr(compiled, a) for a in ("run", "function", "packed_metadata"))):
+            _COMPILED[key] = (compiled, tuple(names[len(args):]))
         return
     compiled, names = compiled
     FAST_LAUNCH_HITS[0] += 1

@@ -307,8 +307,10 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     strides = dict(**_qs(query), **_ks(key), **_vs(value), **_gs(gate), **_ds(do))
 
     dq = torch.empty_like(query)  # dq, dk, dv: the strides of q, k, v (dense_layout), no transpose copy after
-    dgate = torch.zeros(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
-    dps = torch.zeros(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
+    # no zero fills: the query-side kernel writes every row of d gate (zeros past a row's length) and dp for every
+    # query row of the tiles it computes (the readers mask rows past the length)
+    dgate = torch.empty(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
+    dps = torch.empty(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
     q_args = dict(Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, OL=o_l, OS=o_s, LSE=lse, DQ=dq,
                   DGATE=dgate, DPS=dps, **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
                   NSEL=n, NP=geo.NP, WIN=win, NSINK=nsink, ST=st, PREC=prec)
