@@ -23,9 +23,6 @@ if [[ $SECTIONS == *" tests "* ]]; then
   PYTHONPATH="$PWD" BLOSSOM_PARITY_JSON="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-200}" python -m pytest -m gpu -q \
     -p no:cacheprovider -rfE tests/test_triton_gpu.py tests/test_cuda_graphs.py > "$OUT/gpu_tests.log" 2>&1
   echo "GPU tests: exit $?"; tail -n 8 "$OUT/gpu_tests.log"
-  if grep -q "FAILED.*fast_launch" "$OUT/gpu_tests.log"; then
-    echo "the cached launch failed its test: measuring without it"; export BLOSSOM_TRITON_FAST_LAUNCH=0
-  fi
 fi
 if [[ $SECTIONS == *" ab "* ]]; then
   trees=("new:$PWD")

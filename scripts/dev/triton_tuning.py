@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing as mp
-import os
 import time
 from pathlib import Path
 
@@ -293,28 +292,23 @@ def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
         torch.cuda.empty_cache()
 
 
-#: ``ops-ab`` variants: flags of ``layers_blossomrec`` (fused compressor windows, gate) and ``triton_common`` (the
-#: cached launch) per blossom row; a tree without a flag ignores it, so the same section runs on an older checkout
-#: as the baseline process (``--ab-variants fused`` there)
+#: ``ops-ab`` variants: flags of ``layers_blossomrec`` (fused compressor windows, gate) per blossom row; a tree
+#: without a flag ignores it, so the same section runs on an older checkout as the baseline process
+#: (``--ab-variants fused`` there)
 OPS_VARIANTS = {
-    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FAST_LAUNCH=True),
-    "fast-launch-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FAST_LAUNCH=False),
-    "ops-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False, FAST_LAUNCH=True),
-    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True, FAST_LAUNCH=True),
-    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False, FAST_LAUNCH=True),
+    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True),
+    "ops-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False),
+    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True),
+    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False),
 }
 
 
 def _set_flags(flags: dict) -> None:
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
-    from blossom_hf.models.blossomrec import triton_common
 
     for name, value in flags.items():
-        if name == "FAST_LAUNCH" and os.environ.get("BLOSSOM_TRITON_FAST_LAUNCH", "1") == "0":
-            continue  # switched off for the whole run (e.g. after its GPU test failed)
-        for module in (layers, triton_common):
-            if hasattr(module, name):
-                setattr(module, name, value)
+        if hasattr(layers, name):
+            setattr(layers, name, value)
 
 
 def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool):
@@ -355,7 +349,7 @@ def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool
 
 
 def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3, tag: str = "",
-           variants=("fused", "fast-launch-off", "ops-off")) -> None:
+           variants=("fused", "ops-off")) -> None:
     """A/B of the fused layer ops (compressor windows, gate; :data:`OPS_VARIANTS`) on the benchmark's layer, model
     and bf16-autocast inference rows, full/sdpa beside them: per case and L, ``rounds`` interleaved rounds over
     the variants, median of the per-round medians. ``tag`` names the checkout (run once per tree)."""
@@ -394,8 +388,7 @@ def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3
 def launch_overhead(out: Path, calls: int = 300) -> None:
     """Host time per call on tiny inputs (the GPU work is negligible, so the loop is host-bound): the triton
     backend's inference forward (two launches plus its Python), one RoPE launch, the fused gate and compressor
-    windows against their PyTorch ops, one PyTorch add; the Triton rows with triton_common.FAST_LAUNCH on and off."""
-    from blossom_hf.models.blossomrec import triton_common
+    windows against their PyTorch ops, one PyTorch add."""
     from blossom_hf.models.blossomrec.attention_patterns import ltis_window_keys
     from blossom_hf.models.blossomrec.attention_triton import triton_blossom_attention
     from blossom_hf.models.blossomrec.triton_rope import launch_rope
@@ -423,24 +416,17 @@ def launch_overhead(out: Path, calls: int = 300) -> None:
             k, lengths, position, pattern.block_size, pattern.compression_window)
     except ImportError:  # an older checkout (the baseline of an A/B)
         pass
-    fast_flag = hasattr(triton_common, "FAST_LAUNCH")
     with torch.no_grad():
-        for fast in (True, False) if fast_flag else (None,):
-            if fast_flag:
-                triton_common.FAST_LAUNCH = fast
-            for name, fn in cases.items():
-                for _ in range(20):
-                    fn()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    fn()
-                torch.cuda.synchronize()
-                per_call = (time.perf_counter() - t0) / calls
-                _emit(out, {"section": "launch", "case": name, "fast_launch": fast,
-                            "us_per_call": round(per_call * 1e6, 1)})
-        if fast_flag:
-            triton_common.FAST_LAUNCH = True
+        for name, fn in cases.items():
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            per_call = (time.perf_counter() - t0) / calls
+            _emit(out, {"section": "launch", "case": name, "us_per_call": round(per_call * 1e6, 1)})
 
 
 def ce_compare(out: Path, cases=((196608, 3707), (32768, 1_000_000))) -> None:
@@ -525,7 +511,7 @@ def main() -> int:
                         help="ops-ab: layer rows at these L")
     parser.add_argument("--ab-model-lengths", type=int, nargs="*", default=[200, 1024])
     parser.add_argument("--ab-inference-lengths", type=int, nargs="*", default=[200, 1024])
-    parser.add_argument("--ab-variants", nargs="*", default=["fused", "fast-launch-off", "ops-off"],
+    parser.add_argument("--ab-variants", nargs="*", default=["fused", "ops-off"],
                         choices=list(OPS_VARIANTS))
     parser.add_argument("--ab-rounds", type=int, default=3)
     parser.add_argument("--tag", default="", help="ops-ab: the checkout's name in the records")

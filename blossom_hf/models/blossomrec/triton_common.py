@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 try:  # guarded: the model folder must import where triton is absent
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
     tl = None
-try:
-    from triton import knobs
-except ImportError:  # pragma: no cover - triton missing, or older than its knobs module: no fast launch
-    knobs = None
 
 NEG = -1.0e30  # "minus infinity" that keeps exp() and differences finite
 
@@ -36,52 +30,6 @@ def interpret_requested() -> bool:
 
 #: Interpreter mode the kernel files were imported under (triton decides it when the kernels are decorated).
 INTERPRET = interpret_requested()
-
-
-#: Launch the compiled kernels through :func:`launch`'s per-kernel cache of compiled kernels (keyed by every
-#: argument's value, or a tensor's dtype, device and 16-byte alignment): after the first call of a specialization
-#: the launch skips triton's argument binder, its cache-key string and its option parsing (part of the ~30-70 us of
-#: host time of a launch with ~50 arguments, docs/triton_notes.md, "v5"). False: every launch goes through
-#: ``kernel[grid](...)`` (also set by ``BLOSSOM_TRITON_FAST_LAUNCH=0`` in the environment).
-FAST_LAUNCH = os.environ.get("BLOSSOM_TRITON_FAST_LAUNCH", "1").strip() not in ("0", "false", "off", "no")
-_COMPILED: dict = {}
-FAST_LAUNCH_HITS = [0]  # launches that took the cached path (tests read it)
-
-
-def _arg_key(value):
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.get_device(), value.data_ptr() % 16 == 0
-    return type(value), value
-
-
-def launch(kernel, grid: tuple, *args, **kwargs) -> None:
-    """``kernel[grid](*args, **kwargs)``, through a cache of the compiled kernel where :data:`FAST_LAUNCH` allows.
-
-    The cache key holds every argument exactly (ints and bools by value, so each specialization triton would
-    make, divisibility by 16 included, gets its own entry; tensors by dtype, device and 16-byte alignment of the
-    data pointer, triton's pointer specialization) and the launch options (``num_warps``). A miss launches through
-    ``kernel[grid]`` and keeps the compiled kernel it returns; a hit calls the compiled kernel's launcher with the
-    arguments in the kernel's order, on the current stream. Launch hooks (profilers) always take triton's path."""
-    if not FAST_LAUNCH or INTERPRET or knobs is None or knobs.runtime.launch_enter_hook is not None:
-        kernel[grid](*args, **kwargs)
-        return
-    key = (id(kernel), torch.cuda.current_device(), len(args), tuple(kwargs),
-           tuple(v if v.__class__ is int else _arg_key(v) for v in args),
-           tuple(v if v.__class__ is int else _arg_key(v) for v in kwargs.values()))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = kernel[grid](*args, **kwargs)
-        names = getattr(kernel, "arg_names", None)
-        if (len(_COMPILED) < 4096 and names is not None and all(
-                hasattr(compiled, a) for a in ("run", "function", "packed_metadata"))):
-            _COMPILED[key] = (compiled, tuple(names[len(args):]))
-        return
-    compiled, names = compiled
-    FAST_LAUNCH_HITS[0] += 1
-    ordered = (*args, *(kwargs[name] for name in names))
-    stream = torch.cuda.current_stream().cuda_stream
-    compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
-                 compiled.function, compiled.packed_metadata, None, None, None, *ordered)
 
 
 def next_pow2(x: int) -> int:

@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 
 from .attention_patterns import BlossomPattern
-from .triton_common import cdiv, launch, next_pow2
+from .triton_common import cdiv, next_pow2
 
 #: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
 #: crossover on an H200, docs/BENCHMARKS.md)
@@ -151,7 +151,7 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
         if bool((sel_in >= num_windows).any()):
             raise ValueError(f"selected_blocks holds a block index >= L // block_size = {num_windows}")
     grid = (cdiv(num_queries, geo.TQ), batch * groups)
-    launch(ksel.select_kernel, grid,
+    ksel.select_kernel[grid](
         Q=query, CK=compressed_key, LENS=lens, SEL_IN=sel_in, SEL=sel, PSEL=psel, LSEZ=lse_z,
         **_position_args(positions, lens), **_qs(query), **_cs(compressed_key), L=seq_len, QN=num_queries,
         M=num_windows, G=groups, scale=float(scaling), GQ=geo.g, HEAD_D=head_dim, DP=geo.DP,
@@ -220,17 +220,17 @@ def _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate,
     dv = torch.empty_like(dk)
     base = dict(Q=query, K=key, V=value, GATE=gate, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv, **strides,
                 L=seq_len, H=heads, G=groups, scale=scaling, PREC=prec, num_warps=geo.num_warps)
-    launch(kbg.bwd_kv_gather_kernel, (cdiv(seq_len, geo.BK), batch * groups),
+    kbg.bwd_kv_gather_kernel[(cdiv(seq_len, geo.BK), batch * groups)](
         **base, LENS=lens, NFK=geo.NFK, **shape, WIN=pattern.stis_window, DN=geo.DN, PF0=geo.PF0, BK=geo.BK,
         CQ=geo.CQ, R=geo.RK,
     )
     if num_windows > 0:
         offsets, queries = _inverse_selection(sel, num_windows)
-        launch(kbg.bwd_sel_kv_gather_kernel, (batch * groups * num_windows,),
+        kbg.bwd_sel_kv_gather_kernel[(batch * groups * num_windows,)](
             **base, OFFS=offsets, TLIST=queries, M=num_windows, **shape, BP=geo.BP5, CQ=geo.CQ, R=geo.RK,
         )
     if pattern.stis_num_sinks > 0:
-        launch(kbg.bwd_sink_kv_gather_kernel, (cdiv(seq_len, geo.CH), batch * groups),
+        kbg.bwd_sink_kv_gather_kernel[(cdiv(seq_len, geo.CH), batch * groups)](
             **base, LENS=lens, GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, WIN=pattern.stis_window,
             NSINK=pattern.stis_num_sinks, SP=geo.SP, CH=geo.CH, CQ=geo.CQ, R=geo.RK,
         )
@@ -263,10 +263,10 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
     if positions is not None and (geo.strategy != "gather" or geo.BQ != 1):
         raise ValueError("query positions need the gathered strategy with one query per program (plan(serving=True))")
     if geo.strategy == "tile":
-        launch(kfwd.fwd_tile_kernel, (cdiv(seq_len, geo.BM), batch * groups),
+        kfwd.fwd_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
             **common, GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R, num_warps=geo.num_warps)
     else:
-        launch(kfwd.fwd_gather_kernel, (cdiv(num_queries, geo.BQ), batch * groups),
+        kfwd.fwd_gather_kernel[(cdiv(num_queries, geo.BQ), batch * groups)](
             **common, **_position_args(positions, lens), QN=num_queries, BP=geo.BP, BQ=geo.BQ, R=geo.RG, KO=geo.KO,
             KN=geo.KN, P0=geo.P0, NFP=geo.NFP, SP=geo.SP, HAS_POS=positions is not None, num_warps=geo.num_warps)
     return out, o_l, o_s, lse
@@ -317,11 +317,11 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     # the tile strategy folds the selection's share of dq into its dq kernel (needs >= 16 queries a tile)
     fused_selq = geo.strategy == "tile" and st and need_q and geo.BM >= 16
     if geo.strategy == "tile":
-        launch(kbt.bwd_q_tile_kernel, (cdiv(seq_len, geo.BM), batch * groups),
+        kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
             **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, **_cs(compressed_key), M=num_windows,
             GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BW, SELQ=fused_selq, num_warps=geo.warps_bwd_q)
     else:
-        launch(kbg.bwd_q_gather_kernel, (cdiv(seq_len, geo.BQ), batch * groups),
+        kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
             **q_args, BP=geo.BP, BQ=geo.BQ, BQP=geo.BQP, R=geo.RG, KO=geo.KO, KN=geo.KN, P0=geo.P0, NFP=geo.NFP,
             SP=geo.SP, num_warps=geo.num_warps)
     dck = None
@@ -329,15 +329,15 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
                     **_qs(query), **_cs(compressed_key), L=seq_len, M=num_windows, G=groups, scale=scaling,
                     **shape, NSEL=n, TQ=geo.TQ, BW=geo.BW, num_warps=geo.warps_select_bwd)
     if st and need_q and not fused_selq:
-        launch(ksel.select_bwd_q_kernel, (cdiv(seq_len, geo.TQ), batch * groups), **sel_args, DQ=dq, H=heads)
+        ksel.select_bwd_q_kernel[(cdiv(seq_len, geo.TQ), batch * groups)](**sel_args, DQ=dq, H=heads)
     if st and need_ck:
         dck = torch.empty(batch, groups, num_windows, head_dim, dtype=compressed_key.dtype, device=device)
-        launch(ksel.select_bwd_w_kernel, (cdiv(num_windows, geo.BW), batch * groups), **sel_args, DCK=dck)
+        ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BW), batch * groups)](**sel_args, DCK=dck)
 
     if geo.strategy == "tile":
         dk = torch.empty_like(key)
         dv = torch.empty_like(value)
-        launch(kbt.bwd_kv_tile_kernel, (cdiv(seq_len, geo.BN), batch * groups),
+        kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BN), batch * groups)](
             Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
             **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape, GP=geo.GP, NSEL=n, NP=geo.NP,
             WIN=win, NSINK=nsink, BM=geo.BM, BN=geo.BN, R=geo.R, PREC=prec, num_warps=geo.warps_bwd_kv,

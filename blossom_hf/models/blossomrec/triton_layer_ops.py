@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_common import cdiv, launch, next_pow2, tl, triton
+from .triton_common import cdiv, next_pow2, tl, triton
 
 __all__ = ["CompressorWindows", "GateSigmoid", "launch_windows", "launch_windows_backward", "launch_gate"]
 
@@ -120,7 +120,7 @@ def launch_windows(key: torch.Tensor, lengths: torch.Tensor, position: torch.Ten
         return x
     wlp = next_pow2(window)
     rows = max(_WINDOW_ROWS, wlp)
-    launch(windows_kernel, (cdiv(num_windows, rows // wlp), batch * groups),
+    windows_kernel[(cdiv(num_windows, rows // wlp), batch * groups)](
         key, lengths, position, x, seq_len, num_windows, groups, *key.stride(), *position.stride(),
         BLK=block_size, WL=window, WLP=wlp, HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), ROWS=rows,
         num_warps=4)
@@ -135,7 +135,7 @@ def launch_windows_backward(grad: torch.Tensor, lengths: torch.Tensor, key: torc
     if dk.numel() == 0:
         return dk
     grad = grad.contiguous()
-    launch(windows_bwd_kernel, (cdiv(seq_len, _KEY_ROWS), batch * groups),
+    windows_bwd_kernel[(cdiv(seq_len, _KEY_ROWS), batch * groups)](
         grad, lengths, dk, seq_len, seq_len // block_size, groups, *dk.stride(), BLK=block_size, WL=window,
         NR=cdiv(window, block_size), HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), BP=_KEY_ROWS, num_warps=4)
     return dk
@@ -178,7 +178,7 @@ def launch_gate(logits: torch.Tensor, heads: int) -> torch.Tensor:
                                dtype=torch.float32, device=logits.device)
     n = logits.numel()
     if n:
-        launch(gate_kernel, (cdiv(n, _GATE_BLOCK),), logits, gate, n, BLOCK=_GATE_BLOCK, num_warps=4)
+        gate_kernel[(cdiv(n, _GATE_BLOCK),)](logits, gate, n, BLOCK=_GATE_BLOCK, num_warps=4)
     return gate
 
 
@@ -199,6 +199,6 @@ class GateSigmoid(torch.autograd.Function):
         dlogits = torch.empty(batch, num_queries, 2 * heads, dtype=ctx.logits_dtype, device=grad.device)
         n = dlogits.numel()
         if n:
-            launch(gate_bwd_kernel, (cdiv(n, _GATE_BLOCK),), grad, gate, dlogits, n, num_queries, heads, *grad.stride(),
+            gate_bwd_kernel[(cdiv(n, _GATE_BLOCK),)](grad, gate, dlogits, n, num_queries, heads, *grad.stride(),
                                                      BLOCK=_GATE_BLOCK, num_warps=4)
         return dlogits, None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_common import cdiv, launch, next_pow2, tl, triton
+from .triton_common import cdiv, next_pow2, tl, triton
 
 __all__ = ["rope_kernel", "launch_rope", "FusedRotary", "FusedRotaryPair"]
 
@@ -100,7 +100,7 @@ def launch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward:
         second = _args(x2, cos2, sin2, y2)
         rows = max(first[4], second[4])
     if rows > 0:
-        launch(rope_kernel, (cdiv(rows, _BLOCK_ROWS), 1 if x2 is None else 2),
+        rope_kernel[(cdiv(rows, _BLOCK_ROWS), 1 if x2 is None else 2)](
             *first, *second, HALF=dim // 2, HP=next_pow2(dim // 2), BR=_BLOCK_ROWS, BACKWARD=backward,
             PAIR=x2 is not None, num_warps=4)
     return y if x2 is None else (y, y2)
