@@ -20,6 +20,7 @@ rounded once to the key's dtype, as PyTorch's bf16/fp16 add does); the sigmoid i
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .triton_common import cdiv, next_pow2, tl, triton
 
@@ -154,6 +155,7 @@ class CompressorWindows(torch.autograd.Function):
         return launch_windows(key, lengths, position, block_size, window)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (lengths,) = ctx.saved_tensors
         block_size, window = ctx.geometry
@@ -193,6 +195,7 @@ class GateSigmoid(torch.autograd.Function):
         return gate
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (gate,) = ctx.saved_tensors
         batch, heads, num_queries, _ = gate.shape
