@@ -458,3 +458,110 @@ def test_fused_rope_matches_the_pytorch_ops(generator, dtype, per_row_table):
 class _RopeConfig:
     def __init__(self, head_dim: int):
         self.head_dim, self.rope_theta = head_dim, 10000.0
+
+
+@pytest.mark.parametrize("block_size,window,head_dim", [(4, 8, 16), (3, 7, 24), (4, 4, 16), (16, 32, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@needs_interpreter
+def test_fused_compressor_windows_match_the_pytorch_ops(generator, block_size, window, head_dim, dtype):
+    """triton_layer_ops' windows kernel (masked keys + P, flattened) and its backward (d key by the sum over the
+    window slots holding each position, d P by one sum) against ltis_window_keys + P, on the projections'
+    transposed key layout with padded rows (a length 0, a length beyond L, a partial last block). Forward: the same
+    roundings, so exactly equal; gradients: fp32 within 1e-6, fp16 within one fp16 rounding (d P accumulates in
+    fp32 here, in fp16's own sum there)."""
+    from blossom_hf.models.blossomrec.attention_patterns import ltis_window_keys
+    from blossom_hf.models.blossomrec.triton_layer_ops import CompressorWindows
+
+    batch, groups, seq_len = 4, 2, 4 * block_size + 2
+    pattern = BlossomPattern(block_size=block_size, compression_window=window, num_selected_blocks=2, stis_window=2)
+    key = torch.randn(batch, seq_len, groups, head_dim, generator=generator).to(dtype).transpose(1, 2)
+    position = torch.randn(groups, window, head_dim, generator=generator)
+    lengths = torch.tensor([seq_len, 0, seq_len + 3, seq_len // 2 + 1])
+    ka, kb = key.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
+    pa, pb = position.clone().requires_grad_(), position.clone().requires_grad_()
+    got = CompressorWindows.apply(ka, lengths, pa, block_size, window)
+    want = (ltis_window_keys(kb, lengths, pattern) + pb[None, :, None].to(dtype)).flatten(-2)
+    assert got.dtype == dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    grad = torch.randn(got.shape, generator=generator).to(dtype)
+    gka, gpa = torch.autograd.grad(got, [ka, pa], grad)
+    gkb, gpb = torch.autograd.grad(want, [kb, pb], grad)
+    assert gka.dtype == dtype and gka.stride() == key.stride(), "d key in the key's layout"
+    assert gpa.dtype == torch.float32
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(gka.float(), gkb.float(), **tol)
+    torch.testing.assert_close(gpa, gpb, rtol=1e-5 if dtype == torch.float32 else 4e-3, atol=1e-5 if dtype ==
+                               torch.float32 else 4e-3 * float(gpb.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@needs_interpreter
+def test_fused_gate_matches_the_pytorch_ops(generator, dtype):
+    """triton_layer_ops' gate kernel (fp32 sigmoid of the logits as the [B, H, Q, 2] view) and its backward
+    (d logits in the logits' layout and dtype) against sigmoid(logits.float()).view().transpose()."""
+    from blossom_hf.models.blossomrec.triton_layer_ops import GateSigmoid
+
+    batch, num_queries, heads = 2, 5, 3
+    logits = (3 * torch.randn(batch, num_queries, 2 * heads, generator=generator)).to(dtype)
+    la, lb = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got = GateSigmoid.apply(la, heads)
+    want = torch.sigmoid(lb.float()).view(batch, num_queries, heads, 2).transpose(1, 2)
+    assert got.dtype == torch.float32 and got.shape == want.shape and got.stride() == want.stride()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    grad = torch.randn(batch, heads, num_queries, 2, generator=generator)  # contiguous, as the backends give it
+    (ga,), (gb,) = torch.autograd.grad(got, [la], grad), torch.autograd.grad(want, [lb], grad)
+    assert ga.dtype == dtype and ga.is_contiguous()
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ga.float(), gb.float(), **tol)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@needs_interpreter
+def test_outputs_and_gradients_keep_the_projection_layout(generator, strategy):
+    """With q, k, v laid out as the projections give them (``[B, L, heads, D]`` memory, transposed views), the
+    output and dq, dk, dv come back with the same strides (no transpose copies after the kernels) and match eager;
+    a non-dense input (a strided slice) is copied to a dense layout first and still matches."""
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
+    batch, heads, groups, seq_len, head_dim = 2, 4, 2, 16, 16
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    q = rnd(batch, seq_len, heads, head_dim).transpose(1, 2).requires_grad_()
+    k = rnd(batch, seq_len, groups, head_dim).transpose(1, 2).requires_grad_()
+    v_wide = rnd(batch, seq_len, groups, 2 * head_dim)
+    v = v_wide[..., :head_dim].transpose(1, 2).requires_grad_()  # not dense: a copy inside
+    ck = rnd(batch, groups, seq_len // 4, head_dim).requires_grad_()
+    gate = torch.rand(batch, seq_len, heads, 2, generator=generator).transpose(1, 2).requires_grad_()
+    lengths = torch.tensor([seq_len, 11])
+    scaling = head_dim**-0.5
+    selected, _ = triton_ltis_select(q, ck, lengths, scaling=scaling, pattern=pattern)
+    out = triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern, strategy=strategy)
+    assert out.stride() == q.stride()
+    refs = [x.detach().clone().requires_grad_() for x in (q, k, v, ck, gate)]
+    ref = eager_blossom_attention(*refs, lengths, scaling=scaling, pattern=pattern, selected_blocks=selected)
+    _close(out, ref, "output")
+    grad_out = rnd(*out.shape)
+    grads = torch.autograd.grad(out, [q, k, v, ck, gate], grad_out)
+    assert grads[0].stride() == q.stride() and grads[1].stride() == k.stride()
+    for name, got, want in zip(("query", "key", "value", "compressed_key", "gate"), grads,
+                               torch.autograd.grad(ref, refs, grad_out), strict=True):
+        _close(got, want, f"d {name}")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@needs_interpreter
+def test_no_buffer_relies_on_a_zero_fill(generator, strategy, monkeypatch):
+    """Every buffer the backend allocates uninitialised (torch.empty / empty_like: outputs, d gate, dp, ...) is
+    fully written by the kernels before it is read or returned: with those allocations filled with NaN (floats) or
+    -7 (integers), the output and the gradients still match eager, padded rows and tiles past a row's length
+    included (a row of length 1, and rows ending mid-tile)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(x):
+        return x.fill_(float("nan") if x.is_floating_point() else -7)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3)
+    _compare(generator, 3, 4, 2, 33, 16, pattern, lengths=[33, 1, 5], strategy=strategy)

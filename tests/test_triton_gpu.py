@@ -245,3 +245,71 @@ def test_fused_rope_matches_the_pytorch_ops_on_gpu(dtype):
     assert type(got_q.grad_fn).__name__.startswith("FusedRotaryPair"), "pair kernel not used"
     assert _rel(got_q, apply_rotary_reference(x, cos, sin)) <= bound
     assert _rel(got_k, apply_rotary_reference(key, cos, sin)) <= bound
+
+
+def _graph_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, stack, names = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
+    """One BlossomRecAttention layer fwd+bwd with the fused compressor windows and gate (triton_layer_ops) against
+    the same layer with them off (layers_blossomrec.FUSED_COMPRESSOR_WINDOWS / FUSED_GATE = False: the PyTorch
+    ops), paper pattern, padded rows. The forward values of both ops are the same roundings, so the outputs agree
+    to the backend's own run-to-run noise; the gradients differ only in summation order (and d P's fp32 sum)."""
+    from blossom_hf import BlossomRecConfig
+    from blossom_hf.models.blossomrec import layers_blossomrec as layers
+    from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
+
+    seq_len, batch = 200, 12
+    config = BlossomRecConfig(max_history_length=seq_len, attn_implementation=backend, hidden_dropout_prob=0.0)
+    torch.manual_seed(0)
+    layer = BlossomRecAttention(config, 0)
+    with torch.no_grad():
+        layer.compressor.intra_window_position.normal_()
+    layer = layer.cuda().to(dtype)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=gen, device="cuda")
+    lengths[-1] = 1
+    mask = torch.arange(seq_len, device="cuda")[None, :] < lengths[:, None]
+    x = torch.randn(batch, seq_len, config.hidden_size, generator=gen, device="cuda").to(dtype)
+    grad = torch.randn(batch, seq_len, config.hidden_size, generator=gen, device="cuda").to(dtype)
+    rotary = BlossomRecRotaryEmbedding(config).cuda()(seq_len, torch.device("cuda"))
+    pattern = BlossomPattern.from_config(config)
+    results = []
+    try:
+        for fused in (True, False):
+            layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = fused
+            layer.zero_grad(set_to_none=True)
+            xin = x.clone().requires_grad_()
+            out = layer(xin, rotary, mask, lengths, pattern)
+            nodes = _graph_nodes(out)
+            assert ({"CompressorWindowsBackward", "GateSigmoidBackward"} <= nodes) == fused, nodes
+            out.backward(grad)
+            results.append((out.detach(), xin.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
+    finally:
+        layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = True
+    (out_f, dx_f, grads_f), (out_r, dx_r, grads_r) = results
+    errors = {"output": _rel(out_f, out_r), "d_x": _rel(dx_f, dx_r)}
+    errors.update({f"d_{n}": _rel(grads_f[n], grads_r[n]) for n in grads_r})
+    _record({"test": "fused_layer_ops", "backend": backend, "dtype": str(dtype), **errors})
+    out_bound, grad_bound = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
+    assert errors["output"] <= out_bound, errors
+    # fc2's bias gradient is the sum of d k~ over all windows: 0 in exact arithmetic (each query's selection-softmax
+    # gradient sums to 0 over the windows), so its relative difference is rounding noise over noise; it is bounded
+    # against the size of fc2's weight gradient instead
+    bias = "d_compressor.fc2.bias"
+    assert max(v for k, v in errors.items() if k not in ("output", bias)) <= grad_bound, errors
+    name = "compressor.fc2."
+    assert float((grads_f[name + "bias"] - grads_r[name + "bias"]).norm()) <= grad_bound * float(
+        grads_r[name + "weight"].norm()), errors
+

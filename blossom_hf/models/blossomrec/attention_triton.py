@@ -54,6 +54,7 @@ from .triton_launch import (
     STRATEGIES,
     TILE_MAX_SEQ_LEN,
     TritonGeometry,
+    dense_layout,
     launch_backward,
     launch_forward,
     launch_select,
@@ -184,6 +185,7 @@ def _forward(query, key, value, compressed_key, gate, lengths, scaling, pattern,
     geo = geometry or plan(heads, groups, seq_len, head_dim, pattern, query.element_size(), strategy,
                            positions is not None)
     lens = lengths.to(query.device).contiguous()  # the kernels clamp it to 0..L (no launch here)
+    query, key, value = dense_layout(query), dense_layout(key), dense_layout(value)
     sel, psel, lse_z = launch_select(kernels[0], geo, query, compressed_key, lens, scaling, pattern, selected_blocks,
                                      positions, seq_len)
     out, o_l, o_s, lse = launch_forward(kernels[1], geo, query, key, value, gate, sel, lens, scaling, pattern, save,

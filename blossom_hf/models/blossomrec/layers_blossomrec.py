@@ -27,8 +27,8 @@ from .registry import get_attention_backend
 logger = logging.getLogger(__name__)
 
 __all__ = ["BlossomRecRotaryEmbedding", "BlossomRecBlockCompressor", "BlossomRecAttention", "BlossomRecFeedForward",
-           "BlossomRecLayer", "apply_rotary", "apply_rotary_pair", "apply_rotary_reference", "rotate_half",
-           "take_positions"]
+           "BlossomRecLayer", "apply_rotary", "apply_rotary_pair", "apply_rotary_reference", "blossom_gate",
+           "rotate_half", "take_positions"]
 
 
 class BlossomRecRotaryEmbedding(nn.Module):
@@ -67,29 +67,55 @@ def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 #: and the same for the gradient) instead of the ~7 element-wise PyTorch kernels of :func:`apply_rotary_reference`
 #: forward and ~10 backward. Same function (fp32 math, result rounded once to x's dtype); set to False to compare.
 FUSED_ROPE = True
-_ROPE: list = []  # [the triton_rope functions] once imported, or [None] where triton is missing
+#: CUDA tensors build the LTIS compressor's windows (masked keys + P, flattened) in one Triton kernel each way
+#: (``triton_layer_ops.CompressorWindows``) instead of the masked fill, pad, unfold and add of
+#: :func:`attention_patterns.ltis_window_keys` (four kernels forward, four or five backward). Same values.
+FUSED_COMPRESSOR_WINDOWS = True
+#: CUDA tensors compute the gate ``sigmoid(logits.float())`` in one Triton kernel each way
+#: (``triton_layer_ops.GateSigmoid``; the backward writes ``d logits`` in their layout and dtype directly).
+FUSED_GATE = True
+_ROPE: list = []  # [the triton_rope / triton_layer_ops functions] once imported, or [None] where triton is missing
 
 
 def _fused_rotary():
+    """The fused kernels of the layer (RoPE, compressor windows, gate), or None where triton cannot run them."""
     if not _ROPE:
         from .triton_common import interpret_requested, triton
 
         if triton is None or interpret_requested():
             _ROPE.append(None)
-            logger.info("RoPE on CUDA runs as PyTorch ops (%s), not the fused kernel",
-                        "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
+            logger.info("RoPE, the compressor windows and the gate on CUDA run as PyTorch ops (%s), not the fused "
+                        "kernels", "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
         else:
+            from .triton_layer_ops import CompressorWindows, GateSigmoid, launch_gate
             from .triton_rope import FusedRotary, FusedRotaryPair, launch_rope
 
             _ROPE.append(SimpleNamespace(FusedRotary=FusedRotary, FusedRotaryPair=FusedRotaryPair,
-                                         launch_rope=launch_rope))
+                                         launch_rope=launch_rope, CompressorWindows=CompressorWindows,
+                                         GateSigmoid=GateSigmoid, launch_gate=launch_gate))
     return _ROPE[0]
+
+
+def _eager_mode() -> bool:
+    """Not under ``torch.compile``/export/tracing (which fuse the PyTorch ops themselves)."""
+    return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def _fusable(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     return (FUSED_ROPE and x.is_cuda and x.shape[-1] % 2 == 0 and cos.dtype == torch.float32
-            and sin.dtype == cos.dtype and cos.dim() in (2, 4) and cos.stride() == sin.stride()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+            and sin.dtype == cos.dtype and cos.dim() in (2, 4) and cos.stride() == sin.stride() and _eager_mode())
+
+
+def blossom_gate(logits: torch.Tensor, heads: int) -> torch.Tensor:
+    """The (alpha, beta) gate ``sigmoid(logits.float())`` of ``logits [B, Q, 2H]`` as ``[B, H, Q, 2]`` fp32: on
+    CUDA one fused kernel each way (:data:`FUSED_GATE`), else the PyTorch ops."""
+    batch, num_queries, _ = logits.shape
+    if FUSED_GATE and logits.is_cuda and _eager_mode() and (ops := _fused_rotary()) is not None:
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return ops.GateSigmoid.apply(logits, heads)
+        return ops.launch_gate(logits, heads)
+    gate = torch.sigmoid(logits.float())
+    return gate.view(batch, num_queries, heads, 2).transpose(1, 2)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -130,12 +156,18 @@ class BlossomRecBlockCompressor(nn.Module):
 
     def forward(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
         """``key [B, G, L, D]`` -> ``k~ [B, G, M, D]``: the definition as written (docs/MODEL.md, LTIS step 2),
-        materialised windows then the MLP. (A per-block form without the windows, ``fc1`` as ``l / b`` column
-        slices and a shifted sum, was measured 0.4-0.65 ms slower per layer step on an H200: its strided slice
-        adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
-        windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
-        windows = windows + self.intra_window_position[None, :, None].to(windows.dtype)
-        flat = windows.flatten(-2)
+        materialised windows then the MLP (on CUDA the windows + P come from one Triton kernel each way,
+        :data:`FUSED_COMPRESSOR_WINDOWS`; the same values). (A per-block form without the windows, ``fc1`` as
+        ``l / b`` column slices and a shifted sum, was measured 0.4-0.65 ms slower per layer step on an H200: its
+        strided slice adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
+        position = self.intra_window_position
+        if (FUSED_COMPRESSOR_WINDOWS and key.is_cuda and position.device == key.device and _eager_mode()
+                and (ops := _fused_rotary()) is not None):  # one kernel each way, same values
+            flat = ops.CompressorWindows.apply(key, lengths, position, pattern.block_size, pattern.compression_window)
+        else:
+            windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
+            windows = windows + position[None, :, None].to(windows.dtype)
+            flat = windows.flatten(-2)
         return self.fc2(F.relu(self.fc1(flat)))  # [B, G, M, D]
 
 
@@ -195,8 +227,7 @@ class BlossomRecAttention(nn.Module):
             else:  # inference where the top-n keeps every eligible window whatever the scores: nothing reads them
                 extra["compressed_key"] = key.new_zeros(batch, self.num_key_value_heads, seq_len // pattern.block_size,
                                                         self.head_dim)
-            gate = torch.sigmoid(self.gate_proj(query_states).float())  # [B, Q, 2H]
-            extra["gate"] = gate.view(batch, num_queries, self.num_heads, 2).transpose(1, 2)
+            extra["gate"] = blossom_gate(self.gate_proj(query_states), self.num_heads)  # [B, H, Q, 2] fp32
 
         attention_interface = get_attention_backend(self.config._attn_implementation).function
         attn_output, _ = attention_interface(

@@ -114,8 +114,11 @@ if triton is not None:
                 covered = (delta < WIN) | ((delta & (delta - 1)) == 0)
                 mask = row_ok[:, None] & (js[None, :] < NSINK) & (delta >= 0) & (~covered)
                 dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale, PREC)
-        tl.store(DQ + orow[:, None] * HEAD_D + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-                 mask=row_in[:, None] & dmask[None, :])
+        else:  # a tile past the row's length: d gate is 0 there (DGATE is not zero-filled before the launch)
+            tl.store(DGATE + orow * 2, tl.zeros([R], dtype=tl.float32), mask=row_in)
+            tl.store(DGATE + orow * 2 + 1, tl.zeros([R], dtype=tl.float32), mask=row_in)
+        tl.store(DQ + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,  # DQ: Q's strides
+                 (dq * scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])
 
 
     @triton.jit

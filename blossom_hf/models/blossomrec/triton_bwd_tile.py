@@ -172,8 +172,11 @@ if triton is not None:
                     # queries -> rows (the same vector for every head of the group)
                     dqm_rows = tl.reshape(tl.broadcast_to(dqm[:, None, :], [BM, GP, DP]), [R, DP])
                     dq += dqm_rows * (1.0 / GQ)
-        tl.store(DQ + orow[:, None] * HEAD_D + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-                 mask=row_in[:, None] & dmask[None, :])
+        else:  # a tile past the row's length: d gate is 0 there (DGATE is not zero-filled before the launch)
+            tl.store(DGATE + orow * 2, tl.zeros([R], dtype=tl.float32), mask=row_in)
+            tl.store(DGATE + orow * 2 + 1, tl.zeros([R], dtype=tl.float32), mask=row_in)
+        tl.store(DQ + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,  # DQ: Q's strides
+                 (dq * scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])
 
     @triton.jit
     def bwd_kv_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, LSE, DGATE, DK, DV,
@@ -218,6 +221,8 @@ if triton is not None:
                         Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, do_l, do_s, dk, dv,
                         sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale, BLK, WIN, NSINK, PREC)
         smask = (j < L)[:, None] & dmask[None, :]
-        optr = ((bb * G + gam) * L + j)[:, None] * HEAD_D + d[None, :]
-        tl.store(DK + optr, (dk * scale).to(DK.dtype.element_ty), mask=smask)
-        tl.store(DV + optr, dv.to(DV.dtype.element_ty), mask=smask)
+        # DK, DV have the strides of K, V (allocated like them: no transpose copy after)
+        tl.store(DK + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, (dk * scale).to(DK.dtype.element_ty),
+                 mask=smask)
+        tl.store(DV + bb * svb + gam * svh + j[:, None] * svt + d[None, :] * svd, dv.to(DV.dtype.element_ty),
+                 mask=smask)

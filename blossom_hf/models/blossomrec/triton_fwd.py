@@ -134,8 +134,9 @@ if triton is not None:
                 lse_s = tl.where(row_ok & (l_s > 0), m_s + tl.log(tl.where(l_s > 0, l_s, 1.0)), 0.0)
                 tl.store(LSE + orow * 2, lse_l, mask=row_in)
                 tl.store(LSE + orow * 2 + 1, lse_s, mask=row_in)
-        tl.store(OUT + orow[:, None] * HEAD_D + d[None, :], out.to(OUT.dtype.element_ty),
-                 mask=row_in[:, None] & dmask[None, :])
+        # OUT has the strides of Q (launch_forward allocates it like the query: no transpose copy after)
+        tl.store(OUT + bb * sqb + h[:, None] * sqh + tq[:, None] * sqt + d[None, :] * sqd,
+                 out.to(OUT.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])
 
 
     @triton.jit
@@ -212,5 +213,6 @@ if triton is not None:
                 lse_s = tl.where(row_ok & (l_s > 0), m_s + tl.log(tl.where(l_s > 0, l_s, 1.0)), 0.0)
                 tl.store(LSE + orow * 2, lse_l, mask=row_in)
                 tl.store(LSE + orow * 2 + 1, lse_s, mask=row_in)
-        tl.store(OUT + orow[:, None] * HEAD_D + d[None, :], out.to(OUT.dtype.element_ty),
-                 mask=row_in[:, None] & dmask[None, :])
+        # OUT has the strides of Q (launch_forward allocates it like the query: no transpose copy after)
+        tl.store(OUT + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
+                 out.to(OUT.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])

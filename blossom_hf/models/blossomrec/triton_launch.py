@@ -246,10 +246,10 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
     batch, heads, num_queries, head_dim = query.shape
     groups, seq_len = key.shape[1], key.shape[2]
     device = query.device
-    out = torch.empty(batch, heads, num_queries, head_dim, dtype=query.dtype, device=device)
+    out = torch.empty_like(query)  # the query's strides (dense_layout): the kernels store it with sq*
     if save:
-        o_l = torch.empty_like(out)
-        o_s = torch.empty_like(out)
+        o_l = torch.empty(batch, heads, num_queries, head_dim, dtype=query.dtype, device=device)
+        o_s = torch.empty_like(o_l)
         lse = torch.empty(batch, heads, num_queries, 2, dtype=torch.float32, device=device)
     else:
         o_l = o_s = out
@@ -272,6 +272,20 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
     return out, o_l, o_s, lse
 
 
+def dense_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when its elements tile one block of memory without gaps or overlaps (any order of the dims:
+    the projections' ``view().transpose()`` outputs are such), else a contiguous copy. The outputs and gradients
+    are allocated with ``torch.empty_like`` of the inputs, which keeps such strides, and the kernels store them
+    with the inputs' strides."""
+    expected = 1
+    for size, stride in sorted(((s, st) for s, st in zip(x.shape, x.stride(), strict=True) if s != 1),
+                               key=lambda p: p[1]):
+        if stride != expected:
+            return x.contiguous()
+        expected *= size
+    return x
+
+
 def precision(query: torch.Tensor) -> str:
     """``input_precision`` of the products: exact fp32 for fp32 inputs, tensor cores for fp16/bf16."""
     return "ieee" if query.dtype == torch.float32 else "tf32"
@@ -292,9 +306,11 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     shape = dict(GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, BLK=pattern.block_size)
     strides = dict(**_qs(query), **_ks(key), **_vs(value), **_gs(gate), **_ds(do))
 
-    dq = torch.empty(batch, heads, seq_len, head_dim, dtype=query.dtype, device=device)
-    dgate = torch.zeros(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
-    dps = torch.zeros(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
+    dq = torch.empty_like(query)  # dq, dk, dv: the strides of q, k, v (dense_layout), no transpose copy after
+    # no zero fills: the query-side kernel writes every row of d gate (zeros past a row's length) and dp for every
+    # query row of the tiles it computes (the readers mask rows past the length)
+    dgate = torch.empty(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
+    dps = torch.empty(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
     q_args = dict(Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, OL=o_l, OS=o_s, LSE=lse, DQ=dq,
                   DGATE=dgate, DPS=dps, **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
                   NSEL=n, NP=geo.NP, WIN=win, NSINK=nsink, ST=st, PREC=prec)
@@ -319,8 +335,8 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
         ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BW), batch * groups)](**sel_args, DCK=dck)
 
     if geo.strategy == "tile":
-        dk = torch.empty(batch, groups, seq_len, head_dim, dtype=key.dtype, device=device)
-        dv = torch.empty(batch, groups, seq_len, head_dim, dtype=value.dtype, device=device)
+        dk = torch.empty_like(key)
+        dv = torch.empty_like(value)
         kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BN), batch * groups)](
             Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
             **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape, GP=geo.GP, NSEL=n, NP=geo.NP,
@@ -329,5 +345,5 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     else:
         dk, dv = _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate, sel, num_windows,
                                      strides, shape, scaling, pattern, prec)
-        dk, dv = dk.to(key.dtype), dv.to(value.dtype)
+        dk, dv = torch.empty_like(key).copy_(dk), torch.empty_like(value).copy_(dv)  # cast into k's, v's layout
     return (dq if need_q else None), dk, dv, dck, dgate.to(gate.dtype)

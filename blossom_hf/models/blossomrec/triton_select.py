@@ -181,7 +181,7 @@ if triton is not None:
                 pk += tl.dot(p, ck, input_precision="ieee")
             dqm = (sk - c_sum[:, None] * pk) * (scale / GQ)
             for hh in tl.static_range(GQ):
-                ptr = DQ + ((bb * H + gam * GQ + hh) * L + t[:, None]) * HEAD_D + d[None, :]
+                ptr = DQ + bb * sqb + (gam * GQ + hh) * sqh + t[:, None] * sqt + d[None, :] * sqd  # Q's strides
                 msk = tok[:, None] & dmask[None, :]
                 cur = tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
                 tl.store(ptr, (cur + dqm).to(DQ.dtype.element_ty), mask=msk)
