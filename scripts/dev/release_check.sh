@@ -7,7 +7,8 @@
 #   sdpa      blossom/sdpa against blossom/triton inference, both sdpa layouts (threshold measurement)
 #   epochs    ML-1M window-200 epoch times, BlossomRec (triton) and full attention (sdpa)
 # Wheels: datasets (+ dill, multiprocess) in .whl, the optional loss libraries in .whl/extra (pure Python).
-# Writes everything under $OUT. Knobs: SECTIONS, TEST_TIMEOUT, BENCH_BUDGET, LENGTHS, MODEL_LENGTHS.
+# Writes everything under $OUT. Knobs: SECTIONS, TESTS ("triton sdpa": which GPU test sets), TEST_TIMEOUT,
+# BENCH_BUDGET, LENGTHS, MODEL_LENGTHS, INFERENCE_LENGTHS, BENCH_ROWS, MODEL_ROWS, BENCH_OPS ("--no-ops" or empty).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -25,12 +26,18 @@ stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
 if [[ $SECTIONS == *" tests "* ]]; then
   stamp tests
-  BLOSSOM_PARITY_JSON="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-170}" python -m pytest -m gpu -q -p no:cacheprovider \
-    -rfE tests/test_triton_gpu.py tests/test_cuda_graphs.py tests/test_fused_losses.py > "$OUT/triton_tests.log" 2>&1 &
-  triton_pid=$!
-  timeout "${TEST_TIMEOUT:-170}" python -m pytest -m gpu -q -p no:cacheprovider -rfE tests/test_sdpa_gpu.py \
-    > "$OUT/sdpa_tests.log" 2>&1 &
-  sdpa_pid=$!
+  TESTS=" ${TESTS:-triton sdpa} "
+  triton_pid="" sdpa_pid=""
+  if [[ $TESTS == *" triton "* ]]; then
+    BLOSSOM_PARITY_JSON="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-170}" python -m pytest -m gpu -q -p no:cacheprovider \
+      -rfE tests/test_triton_gpu.py tests/test_cuda_graphs.py tests/test_fused_losses.py > "$OUT/triton_tests.log" 2>&1 &
+    triton_pid=$!
+  fi
+  if [[ $TESTS == *" sdpa "* ]]; then
+    timeout "${TEST_TIMEOUT:-170}" python -m pytest -m gpu -q -p no:cacheprovider -rfE tests/test_sdpa_gpu.py \
+      > "$OUT/sdpa_tests.log" 2>&1 &
+    sdpa_pid=$!
+  fi
   if [ -n "${BLOSSOM_DATA_DIR:-}" ]; then
     for backend in sdpa triton eager; do
       timeout 45 python -m blossom_hf evaluate --model model_cards/blossomrec-ml1m --dataset ml-1m \
@@ -39,15 +46,23 @@ if [[ $SECTIONS == *" tests "* ]]; then
       echo "evaluate $backend: exit $?"
     done
   fi
-  wait "$triton_pid"; echo "triton/graphs/fused-loss GPU tests: exit $?"; tail -n 6 "$OUT/triton_tests.log"
-  wait "$sdpa_pid"; echo "sdpa/eager GPU tests: exit $?"; tail -n 6 "$OUT/sdpa_tests.log"
+  if [ -n "$triton_pid" ]; then
+    wait "$triton_pid"; echo "triton/graphs/fused-loss GPU tests: exit $?"; tail -n 6 "$OUT/triton_tests.log"
+  fi
+  if [ -n "$sdpa_pid" ]; then
+    wait "$sdpa_pid"; echo "sdpa/eager GPU tests: exit $?"; tail -n 6 "$OUT/sdpa_tests.log"
+  fi
 fi
 if [[ $SECTIONS == *" bench "* ]]; then
   stamp bench
+  # BENCH_ROWS / MODEL_ROWS: shell words (quote a key with a space: BENCH_ROWS='blossom/triton "full/sdpa bf16"')
+  eval "bench_rows=(${BENCH_ROWS:-blossom/triton \"full/sdpa bf16\"})"
+  eval "model_rows=(${MODEL_ROWS:-blossom/triton full/sdpa})"
   # shellcheck disable=SC2086
   timeout $(( ${BENCH_BUDGET:-150} + 40 )) python -m blossom_hf.benchmarks.gpu --lengths ${LENGTHS:-50 200 512 1024 2048 4096 8192} \
-    --rows blossom/triton "full/sdpa bf16" --model-lengths ${MODEL_LENGTHS:-200 1024 4096 8192} \
-    --model-rows blossom/triton full/sdpa --inference-lengths ${INFERENCE_LENGTHS:-200 1024 4096} --no-ops \
+    --rows "${bench_rows[@]}" --model-lengths ${MODEL_LENGTHS:-200 1024 4096 8192} \
+    --model-rows "${model_rows[@]}" --inference-lengths ${INFERENCE_LENGTHS:-200 1024 4096} \
+    ${BENCH_OPS---no-ops} \
     --warmup 2 --steps 8 --time-budget "${BENCH_BUDGET:-150}" --out-dir "$OUT/bench" > "$OUT/bench.log" 2>&1
   echo "benchmark: exit $?"; tail -n 40 "$OUT/bench/benchmark.md" 2>/dev/null || tail -n 20 "$OUT/bench.log"
 fi
