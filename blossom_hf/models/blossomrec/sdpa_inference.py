@@ -153,7 +153,6 @@ BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
 #: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
 SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 18, "cuda": 1 << 26}
 
-
 _WORKSPACE = threading.local()
 
 
@@ -192,6 +191,8 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
     chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
     if torch.compiler.is_compiling():
         chunk = seq_len
+    if not torch.compiler.is_compiling() and _FUSED_SELECTION:
+        return _selection_rounds(query, compressed_key, scaling, pattern, chunk)
     parts = []
     for start in range(0, seq_len, chunk):
         end = min(seq_len, start + chunk)
@@ -204,6 +205,53 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
                                   None, positions, with_probs=False)
         parts.append(selected)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+_FUSED_SELECTION = True
+
+
+def _reversed_eligibility(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
+    """``[L, M]`` additive eligibility over the windows reversed: column ``j`` is window ``w = M-1-j``, 0 where
+    ``w < t // b`` (the window ends before query ``t``), else ``-inf``. Padded queries are not excluded: their
+    output is discarded (zeroed), whatever they select."""
+    num_windows = seq_len // block
+    t = torch.arange(seq_len, device=device)[:, None] // block
+    w = (num_windows - 1) - torch.arange(num_windows, device=device)
+    return torch.where(w < t, 0.0, float("-inf"))
+
+
+def _selection_rounds(query, compressed_key, scaling, pattern, chunk):
+    """:func:`_selection_table` in eager mode: the same scores as :func:`attention_patterns.ltis_scores` (``τ`` times
+    the group-mean query against the compressed keys), computed over the windows reversed so that the ``n`` rounds
+    of ``max`` read them in the order that breaks ties to the larger ``w`` (as
+    :func:`attention_patterns.ltis_top_windows`), with the eligibility added in the same matmul (``baddbmm`` with a
+    cached ``[L, M]`` table of 0 / -inf): no flip, mask or scaling pass over the scores. ``[B, G, L, n]``."""
+    batch, heads, seq_len, head_dim = query.shape
+    groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
+    b, n = pattern.block_size, pattern.num_selected_blocks
+    device = query.device
+    rows = batch * groups
+    q_mean = query.float().view(batch, groups, heads // groups, seq_len, head_dim).mean(dim=2).view(
+        rows, seq_len, head_dim)
+    keys = compressed_key.float().flip(2).reshape(rows, num_windows, head_dim)  # w reversed
+    eligible = _table(_reversed_eligibility, seq_len, b, device)
+    out = torch.full((rows, seq_len, n), -1, dtype=torch.long, device=device)
+    for start in range(0, seq_len, chunk):
+        end = min(seq_len, start + chunk)
+        windows = min(num_windows, (end - 1) // b)  # no query of the chunk has a later eligible window
+        if windows == 0:
+            continue
+        first = num_windows - windows  # columns first.. are the windows windows-1 .. 0
+        scores = torch.baddbmm(eligible[start:end, first:], q_mean[:, start:end],
+                               keys[:, first:].transpose(1, 2), alpha=scaling)
+        short = start < n * b  # a query t < n b has fewer than n eligible windows: empty slots
+        for slot in range(min(n, windows)):
+            value, index = scores.max(dim=-1, keepdim=True)  # the first of equal maxima: the larger w
+            chosen = (windows - 1) - index
+            out[:, start:end, slot:slot + 1] = torch.where(value > float("-inf"), chosen, -1) if short else chosen
+            if slot + 1 < n:
+                scores.scatter_(-1, index, float("-inf"))
+    return out.view(batch, groups, seq_len, n)
 
 
 def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,7 +317,9 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
         x = x.float().reshape(batch, groups, g, seq_len, x.shape[-1]).permute(0, 1, 3, 2, 4)
         return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
 
-    q_all, gate_all = grouped(query) * scaling, grouped(gate)
+    # contiguous [BG, L', g, D] (the chunks' row views need no copy), scaled
+    q_all = torch.mul(grouped(query), scaling, out=torch.empty(rows_bg, padded, g, head_dim, device=device))
+    gate_all = grouped(gate)
     own_bias, near_bias = _table(_blocked_biases, b, near, device)
     # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
     out = torch.empty(batch, padded, groups, g, head_dim, device=device)
@@ -312,28 +362,10 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
     pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
     near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
 
-    # ---- LTIS: own block (from the pair logits) + the n selected blocks (copied whole) ----
-    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
-    if buffers is None:  # traced graphs: no out= buffers
-        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
-    else:
-        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
-                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
+    # ---- LTIS: own block (from the pair logits) + the n selected blocks ----
     q_rows = q.reshape(rows, g, head_dim)
-    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
-    # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
-    # whatever its slots hold); a given selection may leave any slot empty
-    short = (min(t1, n * b) if ranked else t1) - t0
-    if short > 0:
-        sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
-    sel = sel.view(rows, g, n, b)
-    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
-    top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
-    own = _exp_below(own, top.view(nbg, nc, b, g, 1))
-    sel = _exp_below(sel, top[..., None, None])
-    total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
-    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
-    out_ltis = torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
+    out_ltis = _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n,
+                            k_blocks, v_blocks, buffers, ranked)
 
     # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
     first = (torch.arange(c0, c1, device=device) == 0).long()
@@ -364,6 +396,34 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
     out_stis = out_stis.view(nbg, nc * b, g, head_dim).div_(total[..., None])
     gate = gate_all[bg0:bg1, t0:t1]
     return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
+
+
+def _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n, k_blocks,
+                 v_blocks, buffers, ranked):
+    """LTIS output ``[rows, g, D]`` of a chunk with the ``n`` selected blocks copied whole per query (into
+    ``buffers`` where given) and one small matmul per query and kv head; the softmax shift is the maximum."""
+    nbg, nc, _, g, _ = near.shape
+    rows, head_dim = q_rows.shape[0], q_rows.shape[-1]
+    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
+    if buffers is None:  # traced graphs: no out= buffers
+        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
+    else:
+        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
+                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
+    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
+    # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
+    # whatever its slots hold); a given selection may leave any slot empty
+    short = (min(t1, n * b) if ranked else t1) - t0
+    if short > 0:
+        sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
+    sel = sel.view(rows, g, n, b)
+    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
+    top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
+    own = _exp_below(own, top.view(nbg, nc, b, g, 1))
+    sel = _exp_below(sel, top[..., None, None])
+    total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
+    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
+    return torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
 
 
 def _ltis_keys(tables, front, positions, selected, seq_len, batch, groups, pattern):
