@@ -23,18 +23,20 @@ tests/test_sdpa_layouts.py). The training layout is in this file, the three infe
   per query (1 KB rows of a block table); the far STIS offsets (``> b``) are one slice of K per offset; each
   branch's softmax runs jointly over its pieces (a shared maximum, ``exp`` floored at ``-80`` so that masked
   entries stay on the vectorised path, value products summed, one division). The selection is computed first,
-  in chunks of queries that score only the windows they can select. Cost ``L x ((n+1) b + 2b + log2 L)`` per
+  in chunks of queries that score only the windows they can select, over the windows reversed (the ``n`` rounds
+  of ``max`` then break ties to the larger ``w`` without a flip) with the eligibility as the input of the scores'
+  ``baddbmm`` (no mask or scaling pass). Cost ``L x ((n+1) b + 2b + log2 L)`` per
   kv head and layer, in chunks of :data:`BLOCKED_TILE_ROWS` query rows.
 * gathered inference (no gradient, longer histories, the serving path's queries at ``positions``): per query and
   kv head the LTIS keys are read as ``n + 1`` whole blocks from a block table and the STIS keys as rows of K and
   V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
-(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 256 for
-64 histories and ~ 400 for one). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md, "Release check";
-``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16 autocast): dense
-7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512 and
-20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there as well.
+(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 320 for
+64 histories and ~ 450 for one; the threshold is 320). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md,
+"Release check"; ``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16
+autocast): dense 7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512
+and 20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """

@@ -30,7 +30,9 @@ __all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "
            "blocked_inference", "dense_inference", "dense_max_length", "gathered_inference", "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
+#: CPU: 2 threads, attention call alone, dense / blocked ms (docs/BENCHMARKS_CPU.md): B = 1: L = 256 1.44 / 1.86,
+#: 320 1.89 / 2.18, 384 2.41 / 2.58, 512 3.87 / 3.06; B = 64: 256 65.4 / 73.2, 320 97.4 / 95.0, 384 133 / 108.
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 320, "cuda": 256}
 
 
 def grouped_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
