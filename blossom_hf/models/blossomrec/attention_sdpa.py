@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from .attention_patterns import BlossomPattern, ltis_block_index, ltis_select, query_is_real, stis_key_index
 from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
 from .sdpa_inference import (  # the tuning tables are the same dict objects as there
+    BLOCKED_COPY_ROWS,
     BLOCKED_TILE_ROWS,
     DENSE_MAX_LENGTH,
     INFERENCE_TILE_ELEMENTS,
@@ -63,8 +64,9 @@ from .sdpa_inference import (  # the tuning tables are the same dict objects as 
     grouped_queries,
 )
 
-__all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
-           "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
+__all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS",
+           "SELECTION_TILE_ELEMENTS", "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention",
+           "sdpa_attention_forward"]
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

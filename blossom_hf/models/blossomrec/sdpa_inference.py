@@ -26,8 +26,9 @@ from .attention_patterns import (
     stis_offsets,
 )
 
-__all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
-           "blocked_inference", "dense_inference", "dense_max_length", "gathered_inference", "grouped_queries"]
+__all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS",
+           "SELECTION_TILE_ELEMENTS", "blocked_inference", "dense_inference", "dense_max_length", "gathered_inference",
+           "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 #: CPU: 2 threads, attention call alone, dense / blocked ms (docs/BENCHMARKS_CPU.md): B = 1: L = 256 1.44 / 1.86,
@@ -147,10 +148,17 @@ def gathered_inference(query, key, value, compressed_key, gate, lengths, scaling
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
-#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: the chunk's
-#: gathered blocks (``n b D`` floats per row for K and for V) stay in the core's cache and the allocator reuses
-#: them; CUDA: large, few launches.
-BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
+#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: a chunk's
+#: logits stay in the cores' caches, its selected blocks are copied :data:`BLOCKED_COPY_ROWS` rows at a time into
+#: buffers the allocator reuses (2 threads, attention call alone, ms for 1024 / 2048 / 4096 / 8192 rows: L = 4096,
+#: B = 1: 19.4 / 17.4 / 16.2 / 17.1; L = 1024, B = 16: 69.2 / 66.3 / 59.1 / 62.4); CUDA: large, few launches.
+BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 4096, "cuda": 1 << 17}
+
+#: Query rows (of a chunk of :data:`BLOCKED_TILE_ROWS`) whose selected blocks the blocked layout copies and multiplies
+#: at a time, per device type. CPU: the copies (``n b D`` floats per row for K, then for V) are read by the matmul
+#: while they are in the core's cache (2 threads: 8-20 % faster per layer than copying a whole chunk's at once,
+#: docs/BENCHMARKS_CPU.md); CUDA: the whole chunk at once.
+BLOCKED_COPY_ROWS: dict[str, int] = {"cpu": 384, "cuda": 1 << 30}
 
 #: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
 SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 18, "cuda": 1 << 26}
@@ -407,12 +415,23 @@ def _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0,
     nbg, nc, _, g, _ = near.shape
     rows, head_dim = q_rows.shape[0], q_rows.shape[-1]
     index = block_rows[bg0:bg1, t0:t1].reshape(-1)
-    if buffers is None:  # traced graphs: no out= buffers
-        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
-    else:
-        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
-                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
-    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
+    step = rows if buffers is None else min(rows, _device_entry(BLOCKED_COPY_ROWS, q_rows.device))
+    parts = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+    def copied(table, buffer, r0, r1):  # the selected blocks of query rows r0 .. r1-1: [r1-r0, n b, D]
+        if buffer is None:  # traced graphs: no out= buffers
+            return table.index_select(0, index[r0 * n:r1 * n]).view(r1 - r0, n * b, head_dim)
+        return torch.index_select(table, 0, index[r0 * n:r1 * n], out=buffer[:(r1 - r0) * n]).view(
+            r1 - r0, n * b, head_dim)
+
+    k_buffer, v_buffer = (None, None) if buffers is None else buffers
+    if len(parts) == 1:
+        sel = torch.bmm(q_rows, copied(k_blocks, k_buffer, 0, rows).transpose(1, 2))
+    else:  # blocks copied a few hundred rows at a time, each read while it is in the core's cache
+        sel = torch.empty(rows, g, n * b, device=q_rows.device)
+        for r0, r1 in parts:
+            torch.bmm(q_rows[r0:r1], copied(k_blocks, k_buffer, r0, r1).transpose(1, 2), out=sel[r0:r1])
+    sel = sel.view(nbg, nc * b, g, n, b)
     # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
     # whatever its slots hold); a given selection may leave any slot empty
     short = (min(t1, n * b) if ranked else t1) - t0
@@ -425,7 +444,10 @@ def _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0,
     sel = _exp_below(sel, top[..., None, None])
     total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
     out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
-    return torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
+    sel = sel.view(rows, g, n * b)
+    for r0, r1 in parts:
+        out_ltis[r0:r1].baddbmm_(sel[r0:r1], copied(v_blocks, v_buffer, r0, r1))
+    return out_ltis.div_(total[..., None])
 
 
 def _ltis_keys(tables, front, positions, selected, seq_len, batch, groups, pattern):
