@@ -111,11 +111,12 @@ def test_given_selection_is_used(generator, layout):
 def test_sparse_layouts_in_many_chunks(generator, monkeypatch, tile_rows, groups, sinks):
     """Small tiles: the blocked layout's chunks of query blocks (one per chunk, several, whole histories of one or
     more rows), the selection in chunks of one block of queries, the gathered layout's one query per chunk; a length
-    that is not a multiple of b, far STIS offsets (d > b) and sinks; under inference mode and under no_grad (the
-    reused gather buffers)."""
+    that is not a multiple of b, far STIS offsets (d > b) and sinks, the selected blocks copied a few rows at a time;
+    under inference mode and under no_grad (the reused gather buffers)."""
     monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", 0)
     monkeypatch.setitem(sdpa_module.INFERENCE_TILE_ELEMENTS, "cpu", 1)
     monkeypatch.setitem(sdpa_module.BLOCKED_TILE_ROWS, "cpu", tile_rows)
+    monkeypatch.setitem(sdpa_module.BLOCKED_COPY_ROWS, "cpu", 5)  # selected blocks copied 5 query rows at a time
     monkeypatch.setitem(sdpa_module.SELECTION_TILE_ELEMENTS, "cpu", 1)
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3,
                              stis_num_sinks=sinks)
