@@ -367,15 +367,22 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
     rows = nbg * nc * b
     device = q_all.device
     q = q_all[bg0:bg1, t0:t1]  # [nbg, nc*b, g, D], pre-scaled
+    q_rows = q.reshape(rows, g, head_dim)
+    if _STIS_STACKED:
+        own_k = k_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim).transpose(-1, -2)
+        own_v = v_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim)
+        own = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), own_k).view(nbg, nc, b, g, b)
+        out_ltis = _ltis_copied(q_rows, own, own_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n,
+                                k_blocks, v_blocks, buffers, ranked)
+        return _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets)
     # key pairs (blocks c-1, c) as strided views: k as [.., D, 2b] (transposed), v as [.., 2b, D]
     pair_k = k_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b)  # [nbg, nc, D, 2b]
     pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
     near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
 
     # ---- LTIS: own block (from the pair logits) + the n selected blocks ----
-    q_rows = q.reshape(rows, g, head_dim)
-    out_ltis = _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n,
-                            k_blocks, v_blocks, buffers, ranked)
+    out_ltis = _ltis_copied(q_rows, near[..., b:], pair_v[:, :, b:], own_bias, block_rows, selected_bias, bg0, bg1,
+                            t0, t1, b, n, k_blocks, v_blocks, buffers, ranked)
 
     # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
     first = (torch.arange(c0, c1, device=device) == 0).long()
@@ -408,11 +415,45 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
     return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
 
 
-def _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n, k_blocks,
+_STIS_STACKED = True
+
+
+def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets):
+    """STIS of a chunk with every offset's keys one slice of K and V (stacked), the sinks appended; gated sum with
+    ``out_ltis``."""
+    rows, g, head_dim = q_rows.shape
+    nbg = bg1 - bg0
+    device = q_rows.device
+    t = torch.arange(t0, t1, device=device)
+    parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in offsets]
+    parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in offsets]
+    valid = [t[:, None] >= torch.tensor(offsets, device=device)]
+    if sinks:
+        parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
+        parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
+        s = torch.arange(sinks, device=device)
+        covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
+        valid.append((s <= t[:, None]) & ~covered)
+    k_st, v_st = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
+    logits = torch.bmm(q_rows, k_st.transpose(1, 2))  # [rows, g, K]
+    masked = bool(sinks) or t0 < offsets[-1]
+    if masked:
+        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [Q, 1, K]
+        logits.view(nbg, t1 - t0, g, -1).add_(bias)
+        logits = _exp_below(logits, logits.amax(-1, keepdim=True))
+    else:
+        logits = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    total = logits.sum(-1, keepdim=True)
+    out_stis = torch.bmm(logits, v_st).div_(total)
+    gate = gate_all[bg0:bg1, t0:t1].reshape(rows, g, 2)
+    return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2]).view(nbg, t1 - t0, g, head_dim)
+
+
+def _ltis_copied(q_rows, own_logits, own_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n, k_blocks,
                  v_blocks, buffers, ranked):
     """LTIS output ``[rows, g, D]`` of a chunk with the ``n`` selected blocks copied whole per query (into
     ``buffers`` where given) and one small matmul per query and kv head; the softmax shift is the maximum."""
-    nbg, nc, _, g, _ = near.shape
+    nbg, nc, _, g, _ = own_logits.shape
     rows, head_dim = q_rows.shape[0], q_rows.shape[-1]
     index = block_rows[bg0:bg1, t0:t1].reshape(-1)
     step = rows if buffers is None else min(rows, _device_entry(BLOCKED_COPY_ROWS, q_rows.device))
@@ -438,12 +479,15 @@ def _ltis_copied(q_rows, near, pair_v, own_bias, block_rows, selected_bias, bg0,
     if short > 0:
         sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
     sel = sel.view(rows, g, n, b)
-    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
+    own = own_logits + own_bias  # [nbg, nc, b, g, b]
     top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
     own = _exp_below(own, top.view(nbg, nc, b, g, 1))
-    sel = _exp_below(sel, top[..., None, None])
+    if short > 0:
+        sel = _exp_below(sel, top[..., None, None])
+    else:  # no masked entry: the floor would only ever lift real logits more than 80 below the row's maximum
+        sel = sel.sub_(top[..., None, None]).exp_()
     total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
-    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
+    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), own_v).view(rows, g, head_dim)
     sel = sel.view(rows, g, n * b)
     for r0, r1 in parts:
         out_ltis[r0:r1].baddbmm_(sel[r0:r1], copied(v_blocks, v_buffer, r0, r1))
