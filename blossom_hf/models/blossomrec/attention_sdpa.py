@@ -16,17 +16,17 @@ tests/test_sdpa_layouts.py). The training layout is in this file, the three infe
   (:func:`attention_patterns.every_window_selected`, ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's
   b = 16, n = 4); otherwise a ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
   to keys, OR the cached own-block mask). Cost ``~L^2`` per branch, few and large kernels.
-* blocked inference (no gradient, longer histories, every position): query block by query block. The ``b``
-  queries of block ``c`` (x the ``g`` heads of a kv head) against their key pair, blocks ``c-1`` and ``c`` (a
-  strided view of K: no copy), in one batched matmul give both the LTIS own-block logits and the near STIS
-  logits (offsets ``<= b``: the window and the small powers of two); the ``n`` selected blocks are copied whole
-  per query (1 KB rows of a block table); the far STIS offsets (``> b``) are one slice of K per offset; each
-  branch's softmax runs jointly over its pieces (a shared maximum, ``exp`` floored at ``-80`` so that masked
-  entries stay on the vectorised path, value products summed, one division). The selection is computed first,
-  in chunks of queries that score only the windows they can select, over the windows reversed (the ``n`` rounds
-  of ``max`` then break ties to the larger ``w`` without a flip) with the eligibility as the input of the scores'
-  ``baddbmm`` (no mask or scaling pass). Cost ``L x ((n+1) b + 2b + log2 L)`` per
-  kv head and layer, in chunks of :data:`BLOCKED_TILE_ROWS` query rows.
+* blocked inference (no gradient, longer histories, every position): query block by query block. LTIS: the ``b``
+  queries of block ``c`` (x the ``g`` heads of a kv head) against their own block in one matmul (a strided view
+  of K: no copy); the ``n`` selected blocks copied whole per query (1 KB rows of a block table, a few hundred
+  query rows at a time so that the matmul reads them from the core's cache); one softmax over both pieces (a
+  shared maximum, ``exp`` floored at ``-80`` so that masked entries stay on the vectorised path, value products
+  summed, one division). STIS: the keys ``t - d`` of every offset ``d`` are one slice of K and V, stacked, the
+  sinks appended: one product, one softmax, one product. The selection is computed first, in chunks of queries
+  that score only the windows they can select, over the windows reversed (the ``n`` rounds of ``max`` then break
+  ties to the larger ``w`` without a flip) with the eligibility as the input of the scores' ``baddbmm`` (no mask
+  or scaling pass). Cost ``L x ((n+1) b + W + log2 L)`` per kv head and layer, in chunks of
+  :data:`BLOCKED_TILE_ROWS` query rows.
 * gathered inference (no gradient, longer histories, the serving path's queries at ``positions``): per query and
   kv head the LTIS keys are read as ``n + 1`` whole blocks from a block table and the STIS keys as rows of K and
   V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.

@@ -201,7 +201,7 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
     chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
     if torch.compiler.is_compiling():
         chunk = seq_len
-    if not torch.compiler.is_compiling() and _FUSED_SELECTION:
+    if not torch.compiler.is_compiling():
         return _selection_rounds(query, compressed_key, scaling, pattern, chunk)
     parts = []
     for start in range(0, seq_len, chunk):
@@ -215,9 +215,6 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
                                   None, positions, with_probs=False)
         parts.append(selected)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-
-
-_FUSED_SELECTION = True
 
 
 def _reversed_eligibility(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
@@ -264,16 +261,11 @@ def _selection_rounds(query, compressed_key, scaling, pattern, chunk):
     return out.view(batch, groups, seq_len, n)
 
 
-def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Additive masks of a query block ``c`` against its key pair (blocks ``c-1`` and ``c``, ``2b`` keys):
-    ``own [b, 1, b]`` (LTIS own block: key ``j <= i``) and ``near [2, b, 1, 2b]`` (STIS offsets ``d <= b``;
-    entry 1 for ``c = 0``, whose block ``c-1`` lies before position 0)."""
+def _own_block_bias(block: int, device: torch.device) -> torch.Tensor:
+    """Additive mask ``[b, 1, b]`` of a query block's queries (in-block position ``i``) against their own block: key
+    ``j <= i``."""
     i = torch.arange(block, device=device)[:, None]
-    j = torch.arange(2 * block, device=device)[None, :]
-    own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
-    hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
-    near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
-    return own, near_bias[:, :, None]
+    return torch.where(torch.arange(block, device=device)[None, :] <= i, 0.0, _MASKED)[:, None]
 
 
 #: floor of ``logit - max`` before ``exp`` in the blocked layout: ``exp`` of a masked entry (``-1e30``) or of anything
@@ -290,12 +282,12 @@ def _exp_below(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
 def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks):
     """Every position, query block by query block (module docstring, "blocked inference"): ``[B, H, L, D]``.
 
-    Per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its key pair (blocks ``c-1``
-    and ``c``, a strided view of K) gives the LTIS own-block logits and the near STIS logits (offsets ``<= b``);
-    the ``n`` selected blocks are copied whole per query from the block table, the far STIS offsets (``> b``)
-    and the sinks are one slice of K per offset. Each branch's softmax runs jointly over its pieces (one
-    maximum, ``exp``, the value products summed, one division). In chunks of query blocks and rows
-    (:data:`BLOCKED_TILE_ROWS`)."""
+    LTIS: per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its own block (a
+    strided view of K) and, per query, the ``n`` selected blocks copied whole from the block table
+    (:data:`BLOCKED_COPY_ROWS` query rows at a time) and multiplied; one softmax over both pieces (a shared maximum,
+    ``exp``, the value products summed, one division). STIS: one slice of K and V per offset, stacked
+    (:func:`_stis_stacked`). The selection first, for every position (:func:`_selection_table`). In chunks of query
+    blocks and rows (:data:`BLOCKED_TILE_ROWS`)."""
     batch, heads, seq_len, head_dim = query.shape
     groups = key.shape[1]
     g = heads // groups
@@ -305,10 +297,8 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
     padded = num_blocks * b
     rows_bg = batch * groups
     offsets = stis_offsets(pattern.stis_window, seq_len)
-    near = tuple(d for d in offsets if d <= b)
-    far = [d for d in offsets if d > b]
     sinks = min(pattern.stis_num_sinks, seq_len)
-    front = -(-max([b, *far]) // b) * b  # zero rows before position 0 (block c-1 of c = 0, the far slices)
+    front = -(-max(b, offsets[-1]) // b) * b  # zero rows before position 0 (read by the STIS slices), whole blocks
     total = front + padded
     k_table, v_table = (F.pad(x.float(), (0, 0, front, padded - seq_len)).reshape(rows_bg, total, head_dim)
                         for x in (key, value))
@@ -330,7 +320,7 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
     # contiguous [BG, L', g, D] (the chunks' row views need no copy), scaled
     q_all = torch.mul(grouped(query), scaling, out=torch.empty(rows_bg, padded, g, head_dim, device=device))
     gate_all = grouped(gate)
-    own_bias, near_bias = _table(_blocked_biases, b, near, device)
+    own_bias = _table(_own_block_bias, b, device)
     # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
     out = torch.empty(batch, padded, groups, g, head_dim, device=device)
     out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
@@ -348,7 +338,7 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
         _workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
     for bg0, bg1, c0, c1 in chunks:
         chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
-                               own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
+                               own_bias, bg0, bg1, c0, c1, b, n, front, sinks, offsets, buffers,
                                selected_blocks is None)
         if bg1 - bg0 == 1:
             out_bg[bg0 // groups, bg0 % groups, c0 * b:c1 * b] = chunk[0]
@@ -357,70 +347,32 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
     return out.view(batch, padded, heads, head_dim)[:, :seq_len].transpose(1, 2)
 
 
-def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias,
-                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers, ranked):
+def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias, bg0,
+                   bg1, c0, c1, b, n, front, sinks, offsets, buffers, ranked):
     """Output ``[bg1-bg0, (c1-c0) b, g, D]`` of the query blocks ``c0 .. c1-1`` of the rows ``bg0 .. bg1-1``."""
     nbg, nc = bg1 - bg0, c1 - c0
     t0, t1 = c0 * b, c1 * b
     head_dim = q_all.shape[-1]
     g = q_all.shape[2]
     rows = nbg * nc * b
-    device = q_all.device
     q = q_all[bg0:bg1, t0:t1]  # [nbg, nc*b, g, D], pre-scaled
     q_rows = q.reshape(rows, g, head_dim)
-    if _STIS_STACKED:
-        own_k = k_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim).transpose(-1, -2)
-        own_v = v_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim)
-        own = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), own_k).view(nbg, nc, b, g, b)
-        out_ltis = _ltis_copied(q_rows, own, own_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n,
-                                k_blocks, v_blocks, buffers, ranked)
-        return _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets)
-    # key pairs (blocks c-1, c) as strided views: k as [.., D, 2b] (transposed), v as [.., 2b, D]
-    pair_k = k_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b)  # [nbg, nc, D, 2b]
-    pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
-    near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
-
-    # ---- LTIS: own block (from the pair logits) + the n selected blocks ----
-    out_ltis = _ltis_copied(q_rows, near[..., b:], pair_v[:, :, b:], own_bias, block_rows, selected_bias, bg0, bg1,
-                            t0, t1, b, n, k_blocks, v_blocks, buffers, ranked)
-
-    # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
-    first = (torch.arange(c0, c1, device=device) == 0).long()
-    stis = near + near_bias[first]  # [nbg, nc, b, g, 2b]
-    top = stis.amax(-1).view(nbg, nc * b, g)
-    if far or sinks:
-        t = torch.arange(t0, t1, device=device)
-        parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
-        parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
-        valid = [t[:, None] >= torch.tensor(far, device=device)] if far else []
-        if sinks:
-            parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-            parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-            s = torch.arange(sinks, device=device)
-            covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
-            valid.append((s <= t[:, None]) & ~covered)
-        k_far, v_far = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
-        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [nc*b, 1, K]
-        far_logits = torch.bmm(q_rows, k_far.transpose(1, 2)).view(nbg, nc * b, g, -1).add_(bias)
-        top = torch.maximum(top, far_logits.amax(-1))
-        far_logits = _exp_below(far_logits, top[..., None])
-    stis = _exp_below(stis, top.view(nbg, nc, b, g, 1))
-    total = stis.sum(-1).view(nbg, nc * b, g)
-    out_stis = torch.matmul(stis.view(nbg, nc, b * g, 2 * b), pair_v).view(nbg, nc * b, g, head_dim)
-    if far or sinks:
-        total = total + far_logits.sum(-1)
-        out_stis = torch.baddbmm(out_stis.view(rows, g, head_dim), far_logits.view(rows, g, -1), v_far)
-    out_stis = out_stis.view(nbg, nc * b, g, head_dim).div_(total[..., None])
-    gate = gate_all[bg0:bg1, t0:t1]
-    return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
-
-
-_STIS_STACKED = True
+    # ---- LTIS: the own block (a strided view of K: one matmul per query block) + the n selected blocks ----
+    own_k = k_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim).transpose(-1, -2)  # [.., D, b]
+    own_v = v_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim)
+    own = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), own_k).view(nbg, nc, b, g, b)
+    out_ltis = _ltis_copied(q_rows, own, own_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n,
+                            k_blocks, v_blocks, buffers, ranked)
+    # ---- STIS: one slice of K and V per offset ----
+    return _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets)
 
 
 def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets):
-    """STIS of a chunk with every offset's keys one slice of K and V (stacked), the sinks appended; gated sum with
-    ``out_ltis``."""
+    """STIS of a chunk and the gated sum with ``out_ltis`` -> ``[bg1-bg0, t1-t0, g, D]``: the keys ``t - d`` of
+    every offset ``d`` are one slice of K (and V), stacked (``W + log2 L`` keys per query; the ``front`` zero rows
+    stand for positions before 0, masked), the sinks appended; one product, one softmax, one product. (Against the
+    near offsets taken from a matmul with the key pair, blocks ``c-1`` and ``c``, as a strided view: equal for one
+    history, 5-12 % faster for 8-16, 2 threads: docs/BENCHMARKS_CPU.md.)"""
     rows, g, head_dim = q_rows.shape
     nbg = bg1 - bg0
     device = q_rows.device
