@@ -377,16 +377,26 @@ def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1
     nbg = bg1 - bg0
     device = q_rows.device
     t = torch.arange(t0, t1, device=device)
-    parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in offsets]
-    parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in offsets]
-    valid = [t[:, None] >= torch.tensor(offsets, device=device)]
+    offset = torch.tensor(offsets, device=device)
+    keys = [t[:, None] - offset]  # [Q, K]: key positions (negative ones read the front zero rows, masked)
+    valid = [keys[0] >= 0]
     if sinks:
-        parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-        parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
         s = torch.arange(sinks, device=device)
-        covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
+        keys.append(s.expand(t1 - t0, sinks))
+        covered = ((t[:, None] - s)[..., None] == offset).any(-1)
         valid.append((s <= t[:, None]) & ~covered)
-    k_st, v_st = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
+    total_rows = k_table.shape[1]
+    # rows of the flattened [BG * (front + L'), D] tables; one row gather each (a stack of the shifted slices takes
+    # the cat kernel's slow path for 64-byte pieces)
+    index = (torch.arange(bg0, bg1, device=device)[:, None, None] * total_rows + front
+             + torch.cat(keys, dim=-1)).reshape(-1)
+    num_keys = index.numel() // rows
+    k_st, v_st = (
+        (table.view(-1, head_dim).index_select(0, index) if torch.compiler.is_compiling() else
+         torch.index_select(table.view(-1, head_dim), 0, index,
+                            out=_workspace(slot, index.numel() * head_dim, device).view(-1, head_dim))
+         ).view(rows, num_keys, head_dim)
+        for slot, table in ((2, k_table), (3, v_table)))
     logits = torch.bmm(q_rows, k_st.transpose(1, 2))  # [rows, g, K]
     masked = bool(sinks) or t0 < offsets[-1]
     if masked:
