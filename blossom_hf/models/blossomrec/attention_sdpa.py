@@ -139,7 +139,10 @@ def sdpa_blossom_attention(
             out = gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    return out.masked_fill_(~real_query, 0.0).to(query.dtype)  # out is this call's own tensor
+    # (eager mode: no pass over the output where every query is real)
+    if torch.compiler.is_compiling() or not bool(real_query.all()):
+        out.masked_fill_(~real_query, 0.0)  # out is this call's own tensor
+    return out.to(query.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +201,8 @@ def sdpa_full_attention(
         mask = (keys <= positions[..., None])[:, None]  # [B, 1, Q, L]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
+    if not torch.compiler.is_compiling() and bool(real_query.all()):  # as sdpa_blossom_attention: no pass
+        return out
     return torch.where(real_query, out, 0.0)
 
 

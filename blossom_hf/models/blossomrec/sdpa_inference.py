@@ -311,15 +311,26 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
                      (0, 0, 0, padded - seq_len), value=-1)  # [BG, L', n]
     first_block = torch.arange(rows_bg, device=device) * (total // b) + front // b
     block_rows = selected.clamp_min(0) + first_block[:, None, None]  # rows of the block tables
-    selected_bias = torch.where(selected >= 0, 0.0, _MASKED)[..., None]  # [BG, L', n, 1]
+    # empty slots: only queries t < n b have any when the selection is ranked here
+    biased = padded if selected_blocks is not None else min(padded, n * b)
+    selected_bias = torch.where(selected[:, :biased] >= 0, 0.0, _MASKED)[..., None]  # [BG, L'|nb, n, 1]
 
-    def grouped(x):  # [B, H, L, E] -> [BG, L', g, E]
-        x = x.float().reshape(batch, groups, g, seq_len, x.shape[-1]).permute(0, 1, 3, 2, 4)
-        return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
+    def grouped(x, scale=None):  # [B, H, L, E] -> contiguous [BG, L', g, E] (x scale), one pass
+        width = x.shape[-1]
+        source = x.float().reshape(batch, groups, g, seq_len, width).permute(0, 1, 3, 2, 4)
+        if torch.compiler.is_compiling():  # traced graphs take no strided out= tensor
+            source = source * scale if scale is not None else source
+            return F.pad(source, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, width)
+        grouped_x = torch.empty(rows_bg, padded, g, width, device=device)
+        target = grouped_x.view(batch, groups, padded, g, width)
+        if scale is None:
+            target[:, :, :seq_len].copy_(source)
+        else:
+            torch.mul(source, scale, out=target[:, :, :seq_len])
+        target[:, :, seq_len:] = 0.0
+        return grouped_x
 
-    # contiguous [BG, L', g, D] (the chunks' row views need no copy), scaled
-    q_all = torch.mul(grouped(query), scaling, out=torch.empty(rows_bg, padded, g, head_dim, device=device))
-    gate_all = grouped(gate)
+    q_all, gate_all = grouped(query, scaling), grouped(gate)  # the chunks' row views need no copy
     own_bias = _table(_own_block_bias, b, device)
     # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
     out = torch.empty(batch, padded, groups, g, head_dim, device=device)
