@@ -155,9 +155,10 @@ def gathered_inference(query, key, value, compressed_key, gate, lengths, scaling
 BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 4096, "cuda": 1 << 17}
 
 #: Query rows (of a chunk of :data:`BLOCKED_TILE_ROWS`) whose selected blocks the blocked layout copies and multiplies
-#: at a time, per device type. CPU: the copies (``n b D`` floats per row for K, then for V) are read by the matmul
-#: while they are in the core's cache (2 threads: 8-20 % faster per layer than copying a whole chunk's at once,
-#: docs/BENCHMARKS_CPU.md); CUDA: the whole chunk at once.
+#: at a time, per device type (the STIS keys, ``W + log2 L`` rows per query: 8/3 as many query rows at a time). CPU:
+#: the copies (``n b D`` floats per row for K, then for V) are read by the matmul while they are in the core's cache
+#: (2 threads: 8-20 % faster per layer than copying a whole chunk's at once; STIS 2-7 %, docs/BENCHMARKS_CPU.md);
+#: CUDA: the whole chunk at once.
 BLOCKED_COPY_ROWS: dict[str, int] = {"cpu": 384, "cuda": 1 << 30}
 
 #: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
@@ -380,10 +381,12 @@ def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_
 
 def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets):
     """STIS of a chunk and the gated sum with ``out_ltis`` -> ``[bg1-bg0, t1-t0, g, D]``: the keys ``t - d`` of
-    every offset ``d`` are one slice of K (and V), stacked (``W + log2 L`` keys per query; the ``front`` zero rows
-    stand for positions before 0, masked), the sinks appended; one product, one softmax, one product. (Against the
-    near offsets taken from a matmul with the key pair, blocks ``c-1`` and ``c``, as a strided view: equal for one
-    history, 5-12 % faster for 8-16, 2 threads: docs/BENCHMARKS_CPU.md.)"""
+    every offset ``d`` (``W + log2 L`` per query; the ``front`` zero rows stand for positions before 0, masked) and
+    the sinks, copied from the flattened K (and V) table in one row gather per few hundred query rows; one
+    product, one softmax, one product. (Against the near offsets taken from a matmul with the key pair, blocks
+    ``c-1`` and ``c``, as a strided view: equal for one history, 5-12 % faster for 8-16, 2 threads; a stack of
+    the shifted slices instead of the row gather took the cat kernel's slow path for 64-byte pieces, 17 % slower
+    at L = 4096: docs/BENCHMARKS_CPU.md.)"""
     rows, g, head_dim = q_rows.shape
     nbg = bg1 - bg0
     device = q_rows.device
@@ -397,18 +400,27 @@ def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1
         covered = ((t[:, None] - s)[..., None] == offset).any(-1)
         valid.append((s <= t[:, None]) & ~covered)
     total_rows = k_table.shape[1]
-    # rows of the flattened [BG * (front + L'), D] tables; one row gather each (a stack of the shifted slices takes
-    # the cat kernel's slow path for 64-byte pieces)
+    # rows of the flattened [BG * (front + L'), D] tables
     index = (torch.arange(bg0, bg1, device=device)[:, None, None] * total_rows + front
              + torch.cat(keys, dim=-1)).reshape(-1)
     num_keys = index.numel() // rows
-    k_st, v_st = (
-        (table.view(-1, head_dim).index_select(0, index) if torch.compiler.is_compiling() else
-         torch.index_select(table.view(-1, head_dim), 0, index,
-                            out=_workspace(slot, index.numel() * head_dim, device).view(-1, head_dim))
-         ).view(rows, num_keys, head_dim)
-        for slot, table in ((2, k_table), (3, v_table)))
-    logits = torch.bmm(q_rows, k_st.transpose(1, 2))  # [rows, g, K]
+    step = rows if torch.compiler.is_compiling() else min(rows, _device_entry(BLOCKED_COPY_ROWS, device) * 8 // 3)
+    parts = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+    def copied(slot, table, r0, r1):  # the STIS keys (or values) of query rows r0 .. r1-1: [r1-r0, K, D]
+        rows_index = index[r0 * num_keys:r1 * num_keys]
+        if torch.compiler.is_compiling():  # traced graphs: no out= buffers
+            return table.view(-1, head_dim).index_select(0, rows_index).view(r1 - r0, num_keys, head_dim)
+        return torch.index_select(table.view(-1, head_dim), 0, rows_index,
+                                  out=_workspace(slot, rows_index.numel() * head_dim, device).view(-1, head_dim)
+                                  ).view(r1 - r0, num_keys, head_dim)
+
+    if len(parts) == 1:
+        logits = torch.bmm(q_rows, copied(2, k_table, 0, rows).transpose(1, 2))  # [rows, g, K]
+    else:
+        logits = torch.empty(rows, g, num_keys, device=device)
+        for r0, r1 in parts:
+            torch.bmm(q_rows[r0:r1], copied(2, k_table, r0, r1).transpose(1, 2), out=logits[r0:r1])
     masked = bool(sinks) or t0 < offsets[-1]
     if masked:
         bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [Q, 1, K]
@@ -417,7 +429,13 @@ def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1
     else:
         logits = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
     total = logits.sum(-1, keepdim=True)
-    out_stis = torch.bmm(logits, v_st).div_(total)
+    if len(parts) == 1:
+        out_stis = torch.bmm(logits, copied(3, v_table, 0, rows))
+    else:
+        out_stis = torch.empty(rows, g, head_dim, device=device)
+        for r0, r1 in parts:
+            torch.bmm(logits[r0:r1], copied(3, v_table, r0, r1), out=out_stis[r0:r1])
+    out_stis = out_stis.div_(total)
     gate = gate_all[bg0:bg1, t0:t1].reshape(rows, g, 2)
     return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2]).view(nbg, t1 - t0, g, head_dim)
 
