@@ -32,8 +32,8 @@ tests/test_sdpa_layouts.py). The training layout is in this file, the three infe
   V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
-(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 320 for
-64 histories and ~ 450 for one; the threshold is 320). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md,
+(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 200 for
+64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md,
 "Release check"; ``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16
 autocast): dense 7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512
 and 20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there.

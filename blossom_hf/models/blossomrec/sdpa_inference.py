@@ -31,9 +31,10 @@ __all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERE
            "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
-#: CPU: 2 threads, attention call alone, dense / blocked ms (docs/BENCHMARKS_CPU.md): B = 1: L = 256 1.44 / 1.86,
-#: 320 1.89 / 2.18, 384 2.41 / 2.58, 512 3.87 / 3.06; B = 64: 256 65.4 / 73.2, 320 97.4 / 95.0, 384 133 / 108.
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 320, "cuda": 256}
+#: CPU: 2 threads, attention call alone, dense / blocked ms (docs/BENCHMARKS_CPU.md): B = 1: L = 320 1.89 / 2.20,
+#: 384 2.57 / 2.13, 512 3.90 / 2.51; B = 64: L = 200 41.2 / 42.6, 256 63.8 / 51.3, 320 97.4 / 67.1, 384 146 / 81
+#: (one history: dense up to ~340; 64: up to ~200).
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
 
 
 def grouped_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
