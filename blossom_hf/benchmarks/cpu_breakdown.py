@@ -184,11 +184,14 @@ def macs_table(lengths: list[int]) -> str:
 def _layout_variant(name: str, spec: str):
     """A ``sdpa_inference`` module for ``--variant NAME=SPEC``: ``file:PATH`` loads that copy of the file (e.g. one
     written by ``git show REV:blossom_hf/models/blossomrec/sdpa_inference.py``) as a sibling module of the package;
-    otherwise the installed module, with the ``"cpu"`` entries of its tables set from ``TABLE:VALUE,...``."""
+    ``dense`` times the installed dense layout instead; otherwise the installed module, with the ``"cpu"`` entries of
+    its tables set from ``TABLE:VALUE,...``."""
     import importlib.util
 
     from blossom_hf.models.blossomrec import sdpa_inference
 
+    if spec == "dense":  # the dense layout instead (where DENSE_MAX_LENGTH should stop it)
+        return sdpa_inference, {"layout": "dense"}
     if spec.startswith("file:"):
         module_spec = importlib.util.spec_from_file_location(f"blossom_hf.models.blossomrec._variant_{name}", spec[5:])
         module = importlib.util.module_from_spec(module_spec)
@@ -205,9 +208,10 @@ def _layout_variant(name: str, spec: str):
 
 
 def layout_ab(cells: list[tuple[int, int]], variants: dict[str, str], repeats: int = 7) -> list[dict]:
-    """The blocked layout alone (``blocked_inference``, random fp32 inputs of the paper-size attention: 8 query / 2
-    kv heads, D = 16, b = 16, l = 32, n = 4, W = 8) for each variant, interleaved in this process: median and
-    fastest ms per (L, B) and the largest difference of the real queries' outputs from the first variant's."""
+    """The blocked layout alone (``blocked_inference``; ``dense_inference`` for a ``dense`` variant) on random fp32
+    inputs of the paper-size attention (8 query / 2 kv heads, D = 16, b = 16, l = 32, n = 4, W = 8) for each variant,
+    interleaved in this process: median and fastest ms per (L, B) and the largest difference of the real queries'
+    outputs from the first variant's."""
     import statistics
     import time
 
@@ -231,11 +235,14 @@ def layout_ab(cells: list[tuple[int, int]], variants: dict[str, str], repeats: i
         with torch.inference_mode():
             for rep in range(repeats + 1):
                 for name, (module, settings) in modules.items():
+                    layout = module.dense_inference if settings.get("layout") == "dense" else module.blocked_inference
+                    settings = {k: v for k, v in settings.items() if k != "layout"}
                     saved = {table: getattr(module, table)["cpu"] for table in settings}
                     for table, setting in settings.items():
                         getattr(module, table)["cpu"] = setting
                     start = time.perf_counter()
-                    out = module.blocked_inference(query, key, value, compressed, gate, lengths, 0.25, pattern, None)
+                    out = layout(query, key, value, compressed, gate, lengths, 0.25, pattern, None,
+                                 *(() if layout is module.blocked_inference else (None,)))
                     elapsed = (time.perf_counter() - start) * 1000
                     for table, setting in saved.items():
                         getattr(module, table)["cpu"] = setting
@@ -268,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout-ab", nargs="+", default=None, metavar="L:B",
                         help="time the blocked layout alone for each --variant, interleaved (one JSON line per cell)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC",
-                        help="with --layout-ab: file:PATH (a copy of sdpa_inference.py) or TABLE:VALUE,... (the "
-                             "'cpu' entries of sdpa_inference's tables); NAME= alone is the installed module as is")
+                        help="with --layout-ab: file:PATH (a copy of sdpa_inference.py), TABLE:VALUE,... (the 'cpu' "
+                             "entries of sdpa_inference's tables) or dense (the dense layout); NAME= alone is the "
+                             "installed module as is")
     parser.add_argument("--repeats", type=int, default=7, help="with --layout-ab: timed calls per variant and cell")
     args = parser.parse_args(argv)
     if args.layout_ab is not None:
