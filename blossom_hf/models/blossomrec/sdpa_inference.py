@@ -31,9 +31,9 @@ __all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERE
            "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
-#: CPU: 2 threads, attention call alone, dense / blocked ms (docs/BENCHMARKS_CPU.md): B = 1: L = 320 1.89 / 2.20,
-#: 384 2.57 / 2.13, 512 3.90 / 2.51; B = 64: L = 200 41.2 / 42.6, 256 63.8 / 51.3, 320 97.4 / 67.1, 384 146 / 81
-#: (one history: dense up to ~340; 64: up to ~200).
+#: CPU: 2 threads, the layout alone, dense / blocked ms (``cpu_breakdown --layout-ab``, docs/BENCHMARKS_CPU.md): B = 1:
+#: L = 256 1.23 / 1.57, 320 1.68 / 1.73, 384 2.23 / 1.86; B = 64: L = 200 39.6 / 41.8, 256 67.6 / 52.5, 320 97.5 / 67.8
+#: (the crossover at ~320 for one history, ~210 for 64).
 DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
 
 
@@ -149,17 +149,17 @@ def gathered_inference(query, key, value, compressed_key, gate, lengths, scaling
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
-#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: a chunk's
-#: logits stay in the cores' caches, its selected blocks are copied :data:`BLOCKED_COPY_ROWS` rows at a time into
-#: buffers the allocator reuses (2 threads, attention call alone, ms for 1024 / 2048 / 4096 / 8192 rows: L = 4096,
-#: B = 1: 19.4 / 17.4 / 16.2 / 17.1; L = 1024, B = 16: 69.2 / 66.3 / 59.1 / 62.4); CUDA: large, few launches.
+#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: few chunks, the
+#: selected blocks copied :data:`BLOCKED_COPY_ROWS` rows at a time into buffers the allocator reuses (2 threads, the
+#: layout alone, ms for 2048 / 4096 / 8192 rows: L = 4096, B = 1: 17.0 / 16.6 / 16.3; L = 1024, B = 16: 57.0 / 52.2 /
+#: 54.7; L = 2048, B = 8: 60.4 / 60.4 / 60.4); CUDA: large, few launches.
 BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 4096, "cuda": 1 << 17}
 
 #: Query rows (of a chunk of :data:`BLOCKED_TILE_ROWS`) whose selected blocks the blocked layout copies and multiplies
 #: at a time, per device type (the STIS keys, ``W + log2 L`` rows per query: 8/3 as many query rows at a time). CPU:
 #: the copies (``n b D`` floats per row for K, then for V) are read by the matmul while they are in the core's cache
-#: (2 threads: 8-20 % faster per layer than copying a whole chunk's at once; STIS 2-7 %, docs/BENCHMARKS_CPU.md);
-#: CUDA: the whole chunk at once.
+#: (2 threads, the layout alone, ms for 256 / 384 / 768 rows / whole chunks: L = 4096, B = 1: 16.9 / 16.6 / 18.2 /
+#: 23.4; L = 1024, B = 16: 52.5 / 52.2 / 56.2 / 74.3); CUDA: the whole chunk at once.
 BLOCKED_COPY_ROWS: dict[str, int] = {"cpu": 384, "cuda": 1 << 30}
 
 #: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
