@@ -106,6 +106,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tens
     return out.reshape(batch, groups, num_queries, g, head_dim)
 
 
+def _every_query_real(real_query: torch.Tensor) -> bool:
+    """True where the output needs no zeroing of padded queries (no pass over it then): CPU tensors in eager mode only
+    (elsewhere the check would synchronise a GPU stream, or break a CUDA graph capture, or trace a data-dependent
+    branch)."""
+    return real_query.device.type == "cpu" and not torch.compiler.is_compiling() and bool(real_query.all())
+
+
 def sdpa_blossom_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -139,8 +146,7 @@ def sdpa_blossom_attention(
             out = gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    # (eager mode: no pass over the output where every query is real)
-    if torch.compiler.is_compiling() or not bool(real_query.all()):
+    if not _every_query_real(real_query):
         out.masked_fill_(~real_query, 0.0)  # out is this call's own tensor
     return out.to(query.dtype)
 
@@ -201,7 +207,7 @@ def sdpa_full_attention(
         mask = (keys <= positions[..., None])[:, None]  # [B, 1, Q, L]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    if not torch.compiler.is_compiling() and bool(real_query.all()):  # as sdpa_blossom_attention: no pass
+    if _every_query_real(real_query):
         return out
     return torch.where(real_query, out, 0.0)
 
