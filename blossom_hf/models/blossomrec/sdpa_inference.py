@@ -3,7 +3,8 @@
 checked against the eager reference (tests/test_sdpa_layouts.py, tests/test_attention_parity.py).
 
 The tuning tables (:data:`DENSE_MAX_LENGTH`, :data:`INFERENCE_TILE_ELEMENTS`, :data:`BLOCKED_TILE_ROWS`,
-:data:`SELECTION_TILE_ELEMENTS`) are per device type and re-exported by ``attention_sdpa`` (the same dict objects).
+:data:`BLOCKED_COPY_ROWS`, :data:`SELECTION_TILE_ELEMENTS`) are per device type and re-exported by ``attention_sdpa``
+(the same dict objects); ``python -m blossom_hf.benchmarks.cpu_breakdown --layout-ab`` times settings of them.
 Computation runs in fp32 (inputs are upcast), as in every backend.
 """
 
