@@ -17,6 +17,7 @@ import torch
 from conftest import random_histories, tiny_config
 
 import blossom_hf.models.blossomrec.attention_sdpa as sdpa_module
+import blossom_hf.models.blossomrec.sdpa_inference as sdpa_inference
 from blossom_hf import BlossomRecModel
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
 from blossom_hf.models.blossomrec.attention_patterns import (
@@ -110,11 +111,12 @@ def test_given_selection_is_used(generator, layout):
 def test_sparse_layouts_in_many_chunks(generator, monkeypatch, tile_rows, groups, sinks):
     """Small tiles: the blocked layout's chunks of query blocks (one per chunk, several, whole histories of one or
     more rows), the selection in chunks of one block of queries, the gathered layout's one query per chunk; a length
-    that is not a multiple of b, far STIS offsets (d > b) and sinks; under inference mode and under no_grad (the
-    reused gather buffers)."""
+    that is not a multiple of b, far STIS offsets (d > b) and sinks, the selected blocks copied a few rows at a time;
+    under inference mode and under no_grad (the reused gather buffers)."""
     monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", 0)
     monkeypatch.setitem(sdpa_module.INFERENCE_TILE_ELEMENTS, "cpu", 1)
     monkeypatch.setitem(sdpa_module.BLOCKED_TILE_ROWS, "cpu", tile_rows)
+    monkeypatch.setitem(sdpa_module.BLOCKED_COPY_ROWS, "cpu", 5)  # selected blocks copied 5 query rows at a time
     monkeypatch.setitem(sdpa_module.SELECTION_TILE_ELEMENTS, "cpu", 1)
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3,
                              stis_num_sinks=sinks)
@@ -193,6 +195,24 @@ def test_top_windows_match_the_stable_sort(generator, n):
     order = 39 - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[:, :n]
     want = torch.where(torch.isfinite(torch.gather(ranked, -1, order)), order, -1)
     assert torch.equal(ltis_top_windows(ranked, n), want)
+
+
+@pytest.mark.parametrize("seq_len", [17, 40, 67])
+def test_blocked_selection_is_ltis_select(generator, monkeypatch, seq_len):
+    """The blocked layout's own selection (windows reversed, the eligibility inside the scores' baddbmm, chunks of
+    one block of queries or whole histories) is ltis_select's for every real query, also where scores tie (inputs
+    on a coarse grid: exact ties inside and across the n-th place)."""
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=3)
+    lengths = torch.tensor([seq_len, seq_len // 2, 1])
+    real = (torch.arange(seq_len) < lengths[:, None])[:, None, :, None]
+    query = torch.randn(3, 4, seq_len, 8, generator=generator)
+    compressed = torch.randn(3, 2, seq_len // 4, 8, generator=generator)
+    for tile in (1, 1 << 18):
+        monkeypatch.setitem(sdpa_module.SELECTION_TILE_ELEMENTS, "cpu", tile)
+        for q, ck in ((query, compressed), (query.round(), compressed.round())):
+            want, _ = ltis_select(q, ck, lengths, 0.5, pattern, with_probs=False)
+            got = sdpa_inference._selection_table(q, ck, lengths, 0.5, pattern, None)
+            assert torch.equal(torch.where(real, got, -1), want)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS), indirect=True)

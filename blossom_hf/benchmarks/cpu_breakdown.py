@@ -7,7 +7,9 @@ the sdpa inference layouts (dense, blocked, gathered), the LTIS selection, masks
 small batched matmuls of the gathered layout, SDPA calls, the FFN, the attention layers, the model forward) and
 prints one JSON line per (L, B, mode, model) with the inclusive CPU milliseconds of each region per call (profiler
 overhead included; regions nest, so they do not sum to the total). ``--macs L ...`` prints the multiply-add table
-instead (:func:`mac_counts`). Used for docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
+instead (:func:`mac_counts`); ``--layout-ab L:B ... --variant NAME=SPEC ...`` times the sdpa blocked layout alone for
+versions of ``sdpa_inference.py`` or settings of its tables, interleaved in one process (:func:`layout_ab`). Used for
+docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ REGIONS = (
     ("blossom_hf.models.blossomrec.modeling_blossomrec", "BlossomRecModel.forward", "model forward"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "ltis_select", "selection (scores + top-n)"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_select", "selection (scores + top-n)"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_selection_rounds", "selection (scores + top-n)"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_ltis_copied", "blocked LTIS (own + selected blocks)"),
+    ("blossom_hf.models.blossomrec.sdpa_inference", "_stis_stacked", "blocked STIS"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_dense_mask", "masks and index tables"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "stis_key_index", "masks and index tables"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "stis_key_index", "masks and index tables"),
@@ -176,13 +181,118 @@ def macs_table(lengths: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _layout_variant(name: str, spec: str):
+    """A ``sdpa_inference`` module for ``--variant NAME=SPEC``: ``file:PATH`` loads that copy of the file (e.g. one
+    written by ``git show REV:blossom_hf/models/blossomrec/sdpa_inference.py``) as a sibling module of the package;
+    ``dense`` times the installed dense layout instead; otherwise the installed module, with the ``"cpu"`` entries of
+    its tables set from ``TABLE:VALUE,...``."""
+    import importlib.util
+
+    from blossom_hf.models.blossomrec import sdpa_inference
+
+    if spec == "dense":  # the dense layout instead (where DENSE_MAX_LENGTH should stop it)
+        return sdpa_inference, {"layout": "dense"}
+    if spec.startswith("file:"):
+        module_spec = importlib.util.spec_from_file_location(f"blossom_hf.models.blossomrec._variant_{name}", spec[5:])
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module, {}
+    settings = {}
+    for item in filter(None, spec.split(",")):
+        table, _, value = item.partition(":")
+        if not isinstance(getattr(sdpa_inference, table, None), dict) or not value.isdigit():
+            raise SystemExit(f"--variant {name}={spec}: expected TABLE:VALUE with a table of sdpa_inference "
+                             f"(e.g. BLOCKED_COPY_ROWS:384), got {item!r}")
+        settings[table] = int(value)
+    return sdpa_inference, settings
+
+
+def layout_ab(cells: list[tuple[int, int]], variants: dict[str, str], repeats: int = 7) -> list[dict]:
+    """The blocked layout alone (``blocked_inference``; ``dense_inference`` for a ``dense`` variant) on random fp32
+    inputs of the paper-size attention (8 query / 2 kv heads, D = 16, b = 16, l = 32, n = 4, W = 8) for each variant,
+    interleaved in this process: median and fastest ms per (L, B) and the largest difference of the real queries'
+    outputs from the first variant's."""
+    import statistics
+    import time
+
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
+
+    modules = {name: _layout_variant(name, spec) for name, spec in variants.items()}
+    pattern = BlossomPattern()
+    results = []
+    for length, batch in cells:
+        generator = torch.Generator().manual_seed(0)
+
+        def rand(*shape, generator=generator):
+            return torch.randn(*shape, generator=generator)
+
+        query, key, value = rand(batch, 8, length, 16), rand(batch, 2, length, 16), rand(batch, 2, length, 16)
+        compressed, gate = rand(batch, 2, length // 16, 16), torch.rand(batch, 8, length, 2, generator=generator)
+        lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator)
+        lengths[0] = length
+        real = (torch.arange(length) < lengths[:, None])[:, None, :, None]
+        times, outputs = {name: [] for name in modules}, {}
+        with torch.inference_mode():
+            for rep in range(repeats + 1):
+                for name, (module, settings) in modules.items():
+                    layout = module.dense_inference if settings.get("layout") == "dense" else module.blocked_inference
+                    settings = {k: v for k, v in settings.items() if k != "layout"}
+                    saved = {table: getattr(module, table)["cpu"] for table in settings}
+                    for table, setting in settings.items():
+                        getattr(module, table)["cpu"] = setting
+                    start = time.perf_counter()
+                    out = layout(query, key, value, compressed, gate, lengths, 0.25, pattern, None,
+                                 *(() if layout is module.blocked_inference else (None,)))
+                    elapsed = (time.perf_counter() - start) * 1000
+                    for table, setting in saved.items():
+                        getattr(module, table)["cpu"] = setting
+                    if rep:
+                        times[name].append(elapsed)
+                    else:  # warm-up; padded queries are zeroed by the caller, not by the layout
+                        outputs[name] = out * real
+        first = next(iter(outputs.values()))
+        results.append({"length": length, "batch": batch, "load": _load(), "ms": {
+            name: {"median": round(statistics.median(t), 2), "min": round(min(t), 2),
+                   "max_abs_diff": float((outputs[name] - first).abs().max())} for name, t in times.items()}})
+    return results
+
+
+def _load() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m blossom_hf.benchmarks.cpu_breakdown", description=HELP)
     parser.add_argument("cells", nargs="*", help="L:B:mode, mode = recommend or forward (e.g. 200:64:recommend)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--macs", type=int, nargs="+", default=None, metavar="L",
                         help="print the multiply-add table (k per position, both layers) for these L instead")
+    parser.add_argument("--layout-ab", nargs="+", default=None, metavar="L:B",
+                        help="time the blocked layout alone for each --variant, interleaved (one JSON line per cell)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC",
+                        help="with --layout-ab: file:PATH (a copy of sdpa_inference.py), TABLE:VALUE,... (the 'cpu' "
+                             "entries of sdpa_inference's tables) or dense (the dense layout); NAME= alone is the "
+                             "installed module as is")
+    parser.add_argument("--repeats", type=int, default=7, help="with --layout-ab: timed calls per variant and cell")
     args = parser.parse_args(argv)
+    if args.layout_ab is not None:
+        torch.set_num_threads(args.threads)
+        variants = dict(item.partition("=")[::2] for item in args.variant) or {"installed": ""}
+        try:
+            cells = [tuple(int(x) for x in cell.split(":")) for cell in args.layout_ab]
+        except ValueError:
+            raise SystemExit(f"--layout-ab cells are L:B, e.g. 4096:1, got {args.layout_ab}") from None
+        if any(len(cell) != 2 or min(cell) < 1 for cell in cells):
+            raise SystemExit(f"--layout-ab cells are L:B with positive L and B, got {args.layout_ab}")
+        for result in layout_ab(cells, variants, args.repeats):
+            sys.stdout.write(json.dumps({"threads": args.threads, **result}) + "\n")
+            sys.stdout.flush()
+        return 0
     if args.macs is not None:
         sys.stdout.write(macs_table(args.macs))
         return 0

@@ -16,25 +16,27 @@ tests/test_sdpa_layouts.py). The training layout is in this file, the three infe
   (:func:`attention_patterns.every_window_selected`, ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's
   b = 16, n = 4); otherwise a ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
   to keys, OR the cached own-block mask). Cost ``~L^2`` per branch, few and large kernels.
-* blocked inference (no gradient, longer histories, every position): query block by query block. The ``b``
-  queries of block ``c`` (x the ``g`` heads of a kv head) against their key pair, blocks ``c-1`` and ``c`` (a
-  strided view of K: no copy), in one batched matmul give both the LTIS own-block logits and the near STIS
-  logits (offsets ``<= b``: the window and the small powers of two); the ``n`` selected blocks are copied whole
-  per query (1 KB rows of a block table); the far STIS offsets (``> b``) are one slice of K per offset; each
-  branch's softmax runs jointly over its pieces (a shared maximum, ``exp`` floored at ``-80`` so that masked
-  entries stay on the vectorised path, value products summed, one division). The selection is computed first,
-  in chunks of queries that score only the windows they can select. Cost ``L x ((n+1) b + 2b + log2 L)`` per
-  kv head and layer, in chunks of :data:`BLOCKED_TILE_ROWS` query rows.
+* blocked inference (no gradient, longer histories, every position): query block by query block. LTIS: the ``b``
+  queries of block ``c`` (x the ``g`` heads of a kv head) against their own block in one matmul (a strided view
+  of K: no copy); the ``n`` selected blocks copied whole per query (1 KB rows of a block table, a few hundred
+  query rows at a time so that the matmul reads them from the core's cache); one softmax over both pieces (a
+  shared maximum, ``exp`` floored at ``-80`` so that masked entries stay on the vectorised path, value products
+  summed, one division). STIS: the keys ``t - d`` of every offset ``d`` are one slice of K and V, stacked, the
+  sinks appended: one product, one softmax, one product. The selection is computed first, in chunks of queries
+  that score only the windows they can select, over the windows reversed (the ``n`` rounds of ``max`` then break
+  ties to the larger ``w`` without a flip) with the eligibility as the input of the scores' ``baddbmm`` (no mask
+  or scaling pass). Cost ``L x ((n+1) b + W + log2 L)`` per kv head and layer, in chunks of
+  :data:`BLOCKED_TILE_ROWS` query rows.
 * gathered inference (no gradient, longer histories, the serving path's queries at ``positions``): per query and
   kv head the LTIS keys are read as ``n + 1`` whole blocks from a block table and the STIS keys as rows of K and
   V; per branch one ``baddbmm`` (scaled, masked logits of the g query heads), a softmax and one ``bmm``.
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
-(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 256 for
-64 histories and ~ 400 for one). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md, "Release check";
-``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16 autocast): dense
-7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512 and
-20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there as well.
+(docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 200 for
+64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md,
+"Release check"; ``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16
+autocast): dense 7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512
+and 20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 from .attention_patterns import BlossomPattern, ltis_block_index, ltis_select, query_is_real, stis_key_index
 from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
 from .sdpa_inference import (  # the tuning tables are the same dict objects as there
+    BLOCKED_COPY_ROWS,
     BLOCKED_TILE_ROWS,
     DENSE_MAX_LENGTH,
     INFERENCE_TILE_ELEMENTS,
@@ -61,8 +64,9 @@ from .sdpa_inference import (  # the tuning tables are the same dict objects as 
     grouped_queries,
 )
 
-__all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
-           "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention", "sdpa_attention_forward"]
+__all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS",
+           "SELECTION_TILE_ELEMENTS", "dense_max_length", "sdpa_blossom_attention", "sdpa_full_attention",
+           "sdpa_attention_forward"]
 
 
 def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -102,6 +106,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tens
     return out.reshape(batch, groups, num_queries, g, head_dim)
 
 
+def _every_query_real(real_query: torch.Tensor) -> bool:
+    """True where the output needs no zeroing of padded queries (no pass over it then): CPU tensors in eager mode only
+    (elsewhere the check would synchronise a GPU stream, or break a CUDA graph capture, or trace a data-dependent
+    branch)."""
+    return real_query.device.type == "cpu" and not torch.compiler.is_compiling() and bool(real_query.all())
+
+
 def sdpa_blossom_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -135,7 +146,9 @@ def sdpa_blossom_attention(
             out = gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    return out.masked_fill_(~real_query, 0.0).to(query.dtype)  # out is this call's own tensor
+    if not _every_query_real(real_query):
+        out.masked_fill_(~real_query, 0.0)  # out is this call's own tensor
+    return out.to(query.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,6 +207,8 @@ def sdpa_full_attention(
         mask = (keys <= positions[..., None])[:, None]  # [B, 1, Q, L]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
     real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
+    if _every_query_real(real_query):
+        return out
     return torch.where(real_query, out, 0.0)
 
 

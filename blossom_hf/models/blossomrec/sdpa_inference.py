@@ -3,7 +3,8 @@
 checked against the eager reference (tests/test_sdpa_layouts.py, tests/test_attention_parity.py).
 
 The tuning tables (:data:`DENSE_MAX_LENGTH`, :data:`INFERENCE_TILE_ELEMENTS`, :data:`BLOCKED_TILE_ROWS`,
-:data:`SELECTION_TILE_ELEMENTS`) are per device type and re-exported by ``attention_sdpa`` (the same dict objects).
+:data:`BLOCKED_COPY_ROWS`, :data:`SELECTION_TILE_ELEMENTS`) are per device type and re-exported by ``attention_sdpa``
+(the same dict objects); ``python -m blossom_hf.benchmarks.cpu_breakdown --layout-ab`` times settings of them.
 Computation runs in fp32 (inputs are upcast), as in every backend.
 """
 
@@ -26,10 +27,14 @@ from .attention_patterns import (
     stis_offsets,
 )
 
-__all__ = ["BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "SELECTION_TILE_ELEMENTS",
-           "blocked_inference", "dense_inference", "dense_max_length", "gathered_inference", "grouped_queries"]
+__all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS",
+           "SELECTION_TILE_ELEMENTS", "blocked_inference", "dense_inference", "dense_max_length", "gathered_inference",
+           "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
+#: CPU: 2 threads, the layout alone, dense / blocked ms (``cpu_breakdown --layout-ab``, docs/BENCHMARKS_CPU.md): B = 1:
+#: L = 256 1.23 / 1.57, 320 1.68 / 1.73, 384 2.23 / 1.86; B = 64: L = 200 39.6 / 41.8, 256 67.6 / 52.5, 320 97.5 / 67.8
+#: (the crossover at ~320 for one history, ~210 for 64).
 DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
 
 
@@ -145,14 +150,21 @@ def gathered_inference(query, key, value, compressed_key, gate, lengths, scaling
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
-#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: the chunk's
-#: gathered blocks (``n b D`` floats per row for K and for V) stay in the core's cache and the allocator reuses
-#: them; CUDA: large, few launches.
-BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 2048, "cuda": 1 << 17}
+#: Query rows (positions x kv heads) per chunk of the blocked inference layout, per device type. CPU: few chunks, the
+#: selected blocks copied :data:`BLOCKED_COPY_ROWS` rows at a time into buffers the allocator reuses (2 threads, the
+#: layout alone, ms for 2048 / 4096 / 8192 rows: L = 4096, B = 1: 17.0 / 16.6 / 16.3; L = 1024, B = 16: 57.0 / 52.2 /
+#: 54.7; L = 2048, B = 8: 60.4 / 60.4 / 60.4); CUDA: large, few launches.
+BLOCKED_TILE_ROWS: dict[str, int] = {"cpu": 4096, "cuda": 1 << 17}
+
+#: Query rows (of a chunk of :data:`BLOCKED_TILE_ROWS`) whose selected blocks the blocked layout copies and multiplies
+#: at a time, per device type (the STIS keys, ``W + log2 L`` rows per query: 8/3 as many query rows at a time). CPU:
+#: the copies (``n b D`` floats per row for K, then for V) are read by the matmul while they are in the core's cache
+#: (2 threads, the layout alone, ms for 256 / 384 / 768 rows / whole chunks: L = 4096, B = 1: 16.9 / 16.6 / 18.2 /
+#: 23.4; L = 1024, B = 16: 52.5 / 52.2 / 56.2 / 74.3); CUDA: the whole chunk at once.
+BLOCKED_COPY_ROWS: dict[str, int] = {"cpu": 384, "cuda": 1 << 30}
 
 #: score elements (queries x kv heads x windows) per chunk of the blocked layout's selection
 SELECTION_TILE_ELEMENTS: dict[str, int] = {"cpu": 1 << 18, "cuda": 1 << 26}
-
 
 _WORKSPACE = threading.local()
 
@@ -192,6 +204,8 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
     chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
     if torch.compiler.is_compiling():
         chunk = seq_len
+    if not torch.compiler.is_compiling():
+        return _selection_rounds(query, compressed_key, scaling, pattern, chunk)
     parts = []
     for start in range(0, seq_len, chunk):
         end = min(seq_len, start + chunk)
@@ -206,16 +220,55 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
-def _blocked_biases(block: int, near: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Additive masks of a query block ``c`` against its key pair (blocks ``c-1`` and ``c``, ``2b`` keys):
-    ``own [b, 1, b]`` (LTIS own block: key ``j <= i``) and ``near [2, b, 1, 2b]`` (STIS offsets ``d <= b``;
-    entry 1 for ``c = 0``, whose block ``c-1`` lies before position 0)."""
+def _reversed_eligibility(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
+    """``[L, M]`` additive eligibility over the windows reversed: column ``j`` is window ``w = M-1-j``, 0 where
+    ``w < t // b`` (the window ends before query ``t``), else ``-inf``. Padded queries are not excluded: their
+    output is discarded (zeroed), whatever they select."""
+    num_windows = seq_len // block
+    t = torch.arange(seq_len, device=device)[:, None] // block
+    w = (num_windows - 1) - torch.arange(num_windows, device=device)
+    return torch.where(w < t, 0.0, float("-inf"))
+
+
+def _selection_rounds(query, compressed_key, scaling, pattern, chunk):
+    """:func:`_selection_table` in eager mode: the same scores as :func:`attention_patterns.ltis_scores` (``τ`` times
+    the group-mean query against the compressed keys), computed over the windows reversed so that the ``n`` rounds
+    of ``max`` read them in the order that breaks ties to the larger ``w`` (as
+    :func:`attention_patterns.ltis_top_windows`), with the eligibility added in the same matmul (``baddbmm`` with a
+    cached ``[L, M]`` table of 0 / -inf): no flip, mask or scaling pass over the scores. ``[B, G, L, n]``."""
+    batch, heads, seq_len, head_dim = query.shape
+    groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
+    b, n = pattern.block_size, pattern.num_selected_blocks
+    device = query.device
+    rows = batch * groups
+    q_mean = query.float().view(batch, groups, heads // groups, seq_len, head_dim).mean(dim=2).view(
+        rows, seq_len, head_dim)
+    keys = compressed_key.float().flip(2).reshape(rows, num_windows, head_dim)  # w reversed
+    eligible = _table(_reversed_eligibility, seq_len, b, device)
+    out = torch.full((rows, seq_len, n), -1, dtype=torch.long, device=device)
+    for start in range(0, seq_len, chunk):
+        end = min(seq_len, start + chunk)
+        windows = min(num_windows, (end - 1) // b)  # no query of the chunk has a later eligible window
+        if windows == 0:
+            continue
+        first = num_windows - windows  # columns first.. are the windows windows-1 .. 0
+        scores = torch.baddbmm(eligible[start:end, first:], q_mean[:, start:end],
+                               keys[:, first:].transpose(1, 2), alpha=scaling)
+        short = start < n * b  # a query t < n b has fewer than n eligible windows: empty slots
+        for slot in range(min(n, windows)):
+            value, index = scores.max(dim=-1, keepdim=True)  # the first of equal maxima: the larger w
+            chosen = (windows - 1) - index
+            out[:, start:end, slot:slot + 1] = torch.where(value > float("-inf"), chosen, -1) if short else chosen
+            if slot + 1 < n:
+                scores.scatter_(-1, index, float("-inf"))
+    return out.view(batch, groups, seq_len, n)
+
+
+def _own_block_bias(block: int, device: torch.device) -> torch.Tensor:
+    """Additive mask ``[b, 1, b]`` of a query block's queries (in-block position ``i``) against their own block: key
+    ``j <= i``."""
     i = torch.arange(block, device=device)[:, None]
-    j = torch.arange(2 * block, device=device)[None, :]
-    own = torch.where(j[:, :block] <= i, 0.0, _MASKED)[:, None]
-    hit = ((i + block - j)[..., None] == torch.tensor(near, device=device)).any(-1)
-    near_bias = torch.stack([torch.where(hit, 0.0, _MASKED), torch.where(hit & (j >= block), 0.0, _MASKED)])
-    return own, near_bias[:, :, None]
+    return torch.where(torch.arange(block, device=device)[None, :] <= i, 0.0, _MASKED)[:, None]
 
 
 #: floor of ``logit - max`` before ``exp`` in the blocked layout: ``exp`` of a masked entry (``-1e30``) or of anything
@@ -232,12 +285,12 @@ def _exp_below(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
 def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks):
     """Every position, query block by query block (module docstring, "blocked inference"): ``[B, H, L, D]``.
 
-    Per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its key pair (blocks ``c-1``
-    and ``c``, a strided view of K) gives the LTIS own-block logits and the near STIS logits (offsets ``<= b``);
-    the ``n`` selected blocks are copied whole per query from the block table, the far STIS offsets (``> b``)
-    and the sinks are one slice of K per offset. Each branch's softmax runs jointly over its pieces (one
-    maximum, ``exp``, the value products summed, one division). In chunks of query blocks and rows
-    (:data:`BLOCKED_TILE_ROWS`)."""
+    LTIS: per query block ``c`` (``b`` queries x ``g`` heads of a kv head) one matmul against its own block (a
+    strided view of K) and, per query, the ``n`` selected blocks copied whole from the block table
+    (:data:`BLOCKED_COPY_ROWS` query rows at a time) and multiplied; one softmax over both pieces (a shared maximum,
+    ``exp``, the value products summed, one division). STIS: one slice of K and V per offset, stacked
+    (:func:`_stis_stacked`). The selection first, for every position (:func:`_selection_table`). In chunks of query
+    blocks and rows (:data:`BLOCKED_TILE_ROWS`)."""
     batch, heads, seq_len, head_dim = query.shape
     groups = key.shape[1]
     g = heads // groups
@@ -247,10 +300,8 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
     padded = num_blocks * b
     rows_bg = batch * groups
     offsets = stis_offsets(pattern.stis_window, seq_len)
-    near = tuple(d for d in offsets if d <= b)
-    far = [d for d in offsets if d > b]
     sinks = min(pattern.stis_num_sinks, seq_len)
-    front = -(-max([b, *far]) // b) * b  # zero rows before position 0 (block c-1 of c = 0, the far slices)
+    front = -(-max(b, offsets[-1]) // b) * b  # zero rows before position 0 (read by the STIS slices), whole blocks
     total = front + padded
     k_table, v_table = (F.pad(x.float(), (0, 0, front, padded - seq_len)).reshape(rows_bg, total, head_dim)
                         for x in (key, value))
@@ -263,14 +314,27 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
                      (0, 0, 0, padded - seq_len), value=-1)  # [BG, L', n]
     first_block = torch.arange(rows_bg, device=device) * (total // b) + front // b
     block_rows = selected.clamp_min(0) + first_block[:, None, None]  # rows of the block tables
-    selected_bias = torch.where(selected >= 0, 0.0, _MASKED)[..., None]  # [BG, L', n, 1]
+    # empty slots: only queries t < n b have any when the selection is ranked here
+    biased = padded if selected_blocks is not None else min(padded, n * b)
+    selected_bias = torch.where(selected[:, :biased] >= 0, 0.0, _MASKED)[..., None]  # [BG, L'|nb, n, 1]
 
-    def grouped(x):  # [B, H, L, E] -> [BG, L', g, E]
-        x = x.float().reshape(batch, groups, g, seq_len, x.shape[-1]).permute(0, 1, 3, 2, 4)
-        return F.pad(x, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, x.shape[-1])
+    def grouped(x, scale=None):  # [B, H, L, E] -> contiguous [BG, L', g, E] (x scale), one pass
+        width = x.shape[-1]
+        source = x.float().reshape(batch, groups, g, seq_len, width).permute(0, 1, 3, 2, 4)
+        if torch.compiler.is_compiling():  # traced graphs take no strided out= tensor
+            source = source * scale if scale is not None else source
+            return F.pad(source, (0, 0, 0, 0, 0, padded - seq_len)).reshape(rows_bg, padded, g, width)
+        grouped_x = torch.empty(rows_bg, padded, g, width, device=device)
+        target = grouped_x.view(batch, groups, padded, g, width)
+        if scale is None:
+            target[:, :, :seq_len].copy_(source)
+        else:
+            torch.mul(source, scale, out=target[:, :, :seq_len])
+        target[:, :, seq_len:] = 0.0
+        return grouped_x
 
-    q_all, gate_all = grouped(query) * scaling, grouped(gate)
-    own_bias, near_bias = _table(_blocked_biases, b, near, device)
+    q_all, gate_all = grouped(query, scaling), grouped(gate)  # the chunks' row views need no copy
+    own_bias = _table(_own_block_bias, b, device)
     # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
     out = torch.empty(batch, padded, groups, g, head_dim, device=device)
     out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
@@ -288,7 +352,7 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
         _workspace(i, largest * b * head_dim, device).view(largest, b * head_dim) for i in range(2))
     for bg0, bg1, c0, c1 in chunks:
         chunk = _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias,
-                               own_bias, near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers,
+                               own_bias, bg0, bg1, c0, c1, b, n, front, sinks, offsets, buffers,
                                selected_blocks is None)
         if bg1 - bg0 == 1:
             out_bg[bg0 // groups, bg0 % groups, c0 * b:c1 * b] = chunk[0]
@@ -297,73 +361,130 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
     return out.view(batch, padded, heads, head_dim)[:, :seq_len].transpose(1, 2)
 
 
-def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias,
-                   near_bias, bg0, bg1, c0, c1, b, n, front, far, sinks, offsets, buffers, ranked):
+def _blocked_chunk(q_all, gate_all, k_table, v_table, k_blocks, v_blocks, block_rows, selected_bias, own_bias, bg0,
+                   bg1, c0, c1, b, n, front, sinks, offsets, buffers, ranked):
     """Output ``[bg1-bg0, (c1-c0) b, g, D]`` of the query blocks ``c0 .. c1-1`` of the rows ``bg0 .. bg1-1``."""
     nbg, nc = bg1 - bg0, c1 - c0
     t0, t1 = c0 * b, c1 * b
     head_dim = q_all.shape[-1]
     g = q_all.shape[2]
     rows = nbg * nc * b
-    device = q_all.device
     q = q_all[bg0:bg1, t0:t1]  # [nbg, nc*b, g, D], pre-scaled
-    # key pairs (blocks c-1, c) as strided views: k as [.., D, 2b] (transposed), v as [.., 2b, D]
-    pair_k = k_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b)  # [nbg, nc, D, 2b]
-    pair_v = v_table[bg0:bg1, front + t0 - b:front + t1].unfold(1, 2 * b, b).transpose(-1, -2)  # [nbg, nc, 2b, D]
-    near = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), pair_k).view(nbg, nc, b, g, 2 * b)
-
-    # ---- LTIS: own block (from the pair logits) + the n selected blocks (copied whole) ----
-    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
-    if buffers is None:  # traced graphs: no out= buffers
-        k_sel, v_sel = (table.index_select(0, index).view(rows, n * b, head_dim) for table in (k_blocks, v_blocks))
-    else:
-        k_sel, v_sel = (torch.index_select(table, 0, index, out=buffer[:index.numel()]).view(rows, n * b, head_dim)
-                        for table, buffer in zip((k_blocks, v_blocks), buffers, strict=True))
     q_rows = q.reshape(rows, g, head_dim)
-    sel = torch.bmm(q_rows, k_sel.transpose(1, 2)).view(nbg, nc * b, g, n, b)
+    # ---- LTIS: the own block (a strided view of K: one matmul per query block) + the n selected blocks ----
+    own_k = k_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim).transpose(-1, -2)  # [.., D, b]
+    own_v = v_table[bg0:bg1, front + t0:front + t1].view(nbg, nc, b, head_dim)
+    own = torch.matmul(q.reshape(nbg, nc, b * g, head_dim), own_k).view(nbg, nc, b, g, b)
+    out_ltis = _ltis_copied(q_rows, own, own_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n,
+                            k_blocks, v_blocks, buffers, ranked)
+    # ---- STIS: one slice of K and V per offset ----
+    return _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets)
+
+
+def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1, front, sinks, offsets):
+    """STIS of a chunk and the gated sum with ``out_ltis`` -> ``[bg1-bg0, t1-t0, g, D]``: the keys ``t - d`` of
+    every offset ``d`` (``W + log2 L`` per query; the ``front`` zero rows stand for positions before 0, masked) and
+    the sinks, copied from the flattened K (and V) table in one row gather per few hundred query rows; one
+    product, one softmax, one product. (Against the near offsets taken from a matmul with the key pair, blocks
+    ``c-1`` and ``c``, as a strided view: equal for one history, 5-12 % faster for 8-16, 2 threads; a stack of
+    the shifted slices instead of the row gather took the cat kernel's slow path for 64-byte pieces, 17 % slower
+    at L = 4096: docs/BENCHMARKS_CPU.md.)"""
+    rows, g, head_dim = q_rows.shape
+    nbg = bg1 - bg0
+    device = q_rows.device
+    t = torch.arange(t0, t1, device=device)
+    offset = torch.tensor(offsets, device=device)
+    keys = [t[:, None] - offset]  # [Q, K]: key positions (negative ones read the front zero rows, masked)
+    valid = [keys[0] >= 0]
+    if sinks:
+        s = torch.arange(sinks, device=device)
+        keys.append(s.expand(t1 - t0, sinks))
+        covered = ((t[:, None] - s)[..., None] == offset).any(-1)
+        valid.append((s <= t[:, None]) & ~covered)
+    total_rows = k_table.shape[1]
+    # rows of the flattened [BG * (front + L'), D] tables
+    index = (torch.arange(bg0, bg1, device=device)[:, None, None] * total_rows + front
+             + torch.cat(keys, dim=-1)).reshape(-1)
+    num_keys = index.numel() // rows
+    step = rows if torch.compiler.is_compiling() else min(rows, _device_entry(BLOCKED_COPY_ROWS, device) * 8 // 3)
+    parts = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+    def copied(slot, table, r0, r1):  # the STIS keys (or values) of query rows r0 .. r1-1: [r1-r0, K, D]
+        rows_index = index[r0 * num_keys:r1 * num_keys]
+        if torch.compiler.is_compiling():  # traced graphs: no out= buffers
+            return table.view(-1, head_dim).index_select(0, rows_index).view(r1 - r0, num_keys, head_dim)
+        return torch.index_select(table.view(-1, head_dim), 0, rows_index,
+                                  out=_workspace(slot, rows_index.numel() * head_dim, device).view(-1, head_dim)
+                                  ).view(r1 - r0, num_keys, head_dim)
+
+    if len(parts) == 1:
+        logits = torch.bmm(q_rows, copied(2, k_table, 0, rows).transpose(1, 2))  # [rows, g, K]
+    else:
+        logits = torch.empty(rows, g, num_keys, device=device)
+        for r0, r1 in parts:
+            torch.bmm(q_rows[r0:r1], copied(2, k_table, r0, r1).transpose(1, 2), out=logits[r0:r1])
+    masked = bool(sinks) or t0 < offsets[-1]
+    if masked:
+        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [Q, 1, K]
+        logits.view(nbg, t1 - t0, g, -1).add_(bias)
+        logits = _exp_below(logits, logits.amax(-1, keepdim=True))
+    else:
+        logits = logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    total = logits.sum(-1, keepdim=True)
+    if len(parts) == 1:
+        out_stis = torch.bmm(logits, copied(3, v_table, 0, rows))
+    else:
+        out_stis = torch.empty(rows, g, head_dim, device=device)
+        for r0, r1 in parts:
+            torch.bmm(logits[r0:r1], copied(3, v_table, r0, r1), out=out_stis[r0:r1])
+    out_stis = out_stis.div_(total)
+    gate = gate_all[bg0:bg1, t0:t1].reshape(rows, g, 2)
+    return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2]).view(nbg, t1 - t0, g, head_dim)
+
+
+def _ltis_copied(q_rows, own_logits, own_v, own_bias, block_rows, selected_bias, bg0, bg1, t0, t1, b, n, k_blocks,
+                 v_blocks, buffers, ranked):
+    """LTIS output ``[rows, g, D]`` of a chunk with the ``n`` selected blocks copied whole per query (into
+    ``buffers`` where given) and one small matmul per query and kv head; the softmax shift is the maximum."""
+    nbg, nc, _, g, _ = own_logits.shape
+    rows, head_dim = q_rows.shape[0], q_rows.shape[-1]
+    index = block_rows[bg0:bg1, t0:t1].reshape(-1)
+    step = rows if buffers is None else min(rows, _device_entry(BLOCKED_COPY_ROWS, q_rows.device))
+    parts = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+    def copied(table, buffer, r0, r1):  # the selected blocks of query rows r0 .. r1-1: [r1-r0, n b, D]
+        if buffer is None:  # traced graphs: no out= buffers
+            return table.index_select(0, index[r0 * n:r1 * n]).view(r1 - r0, n * b, head_dim)
+        return torch.index_select(table, 0, index[r0 * n:r1 * n], out=buffer[:(r1 - r0) * n]).view(
+            r1 - r0, n * b, head_dim)
+
+    k_buffer, v_buffer = (None, None) if buffers is None else buffers
+    if len(parts) == 1:
+        sel = torch.bmm(q_rows, copied(k_blocks, k_buffer, 0, rows).transpose(1, 2))
+    else:  # blocks copied a few hundred rows at a time, each read while it is in the core's cache
+        sel = torch.empty(rows, g, n * b, device=q_rows.device)
+        for r0, r1 in parts:
+            torch.bmm(q_rows[r0:r1], copied(k_blocks, k_buffer, r0, r1).transpose(1, 2), out=sel[r0:r1])
+    sel = sel.view(nbg, nc * b, g, n, b)
     # a real query t >= n b has n eligible windows, so n selected blocks (a padded query's output is discarded,
     # whatever its slots hold); a given selection may leave any slot empty
     short = (min(t1, n * b) if ranked else t1) - t0
     if short > 0:
         sel[:, :short] += selected_bias[bg0:bg1, t0:t0 + short, None]
     sel = sel.view(rows, g, n, b)
-    own = near[..., b:] + own_bias  # [nbg, nc, b, g, b]
+    own = own_logits + own_bias  # [nbg, nc, b, g, b]
     top = torch.maximum(own.amax(-1).view(rows, g), sel.amax(dim=(-2, -1)))  # [rows, g]
     own = _exp_below(own, top.view(nbg, nc, b, g, 1))
-    sel = _exp_below(sel, top[..., None, None])
+    if short > 0:
+        sel = _exp_below(sel, top[..., None, None])
+    else:  # no masked entry: the floor would only ever lift real logits more than 80 below the row's maximum
+        sel = sel.sub_(top[..., None, None]).exp_()
     total = own.sum(-1).view(rows, g) + sel.sum(dim=(-2, -1))
-    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), pair_v[:, :, b:]).view(rows, g, head_dim)
-    out_ltis = torch.baddbmm(out_ltis, sel.view(rows, g, n * b), v_sel).div_(total[..., None])
-
-    # ---- STIS: near offsets (pair logits) + far offsets and sinks (one slice of K per offset) ----
-    first = (torch.arange(c0, c1, device=device) == 0).long()
-    stis = near + near_bias[first]  # [nbg, nc, b, g, 2b]
-    top = stis.amax(-1).view(nbg, nc * b, g)
-    if far or sinks:
-        t = torch.arange(t0, t1, device=device)
-        parts_k = [k_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
-        parts_v = [v_table[bg0:bg1, front + t0 - d:front + t1 - d] for d in far]
-        valid = [t[:, None] >= torch.tensor(far, device=device)] if far else []
-        if sinks:
-            parts_k += [k_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-            parts_v += [v_table[bg0:bg1, front + s:front + s + 1].expand(-1, t1 - t0, -1) for s in range(sinks)]
-            s = torch.arange(sinks, device=device)
-            covered = ((t[:, None] - s)[..., None] == torch.tensor(offsets, device=device)).any(-1)
-            valid.append((s <= t[:, None]) & ~covered)
-        k_far, v_far = (torch.stack(parts, dim=2).view(rows, -1, head_dim) for parts in (parts_k, parts_v))
-        bias = torch.where(torch.cat(valid, dim=-1), 0.0, _MASKED)[:, None]  # [nc*b, 1, K]
-        far_logits = torch.bmm(q_rows, k_far.transpose(1, 2)).view(nbg, nc * b, g, -1).add_(bias)
-        top = torch.maximum(top, far_logits.amax(-1))
-        far_logits = _exp_below(far_logits, top[..., None])
-    stis = _exp_below(stis, top.view(nbg, nc, b, g, 1))
-    total = stis.sum(-1).view(nbg, nc * b, g)
-    out_stis = torch.matmul(stis.view(nbg, nc, b * g, 2 * b), pair_v).view(nbg, nc * b, g, head_dim)
-    if far or sinks:
-        total = total + far_logits.sum(-1)
-        out_stis = torch.baddbmm(out_stis.view(rows, g, head_dim), far_logits.view(rows, g, -1), v_far)
-    out_stis = out_stis.view(nbg, nc * b, g, head_dim).div_(total[..., None])
-    gate = gate_all[bg0:bg1, t0:t1]
-    return torch.addcmul(out_ltis.view(nbg, nc * b, g, head_dim) * gate[..., 0:1], out_stis, gate[..., 1:2])
+    out_ltis = torch.matmul(own.view(nbg, nc, b * g, b), own_v).view(rows, g, head_dim)
+    sel = sel.view(rows, g, n * b)
+    for r0, r1 in parts:
+        out_ltis[r0:r1].baddbmm_(sel[r0:r1], copied(v_blocks, v_buffer, r0, r1))
+    return out_ltis.div_(total[..., None])
 
 
 def _ltis_keys(tables, front, positions, selected, seq_len, batch, groups, pattern):
