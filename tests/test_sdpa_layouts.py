@@ -17,7 +17,7 @@ import torch
 from conftest import random_histories, tiny_config
 
 import blossom_hf.models.blossomrec.attention_sdpa as sdpa_module
-import blossom_hf.models.blossomrec.sdpa_inference as sdpa_inference
+import blossom_hf.models.blossomrec.sdpa_blocked as sdpa_blocked
 from blossom_hf import BlossomRecModel
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
 from blossom_hf.models.blossomrec.attention_patterns import (
@@ -211,7 +211,7 @@ def test_blocked_selection_is_ltis_select(generator, monkeypatch, seq_len):
         monkeypatch.setitem(sdpa_module.SELECTION_TILE_ELEMENTS, "cpu", tile)
         for q, ck in ((query, compressed), (query.round(), compressed.round())):
             want, _ = ltis_select(q, ck, lengths, 0.5, pattern, with_probs=False)
-            got = sdpa_inference._selection_table(q, ck, lengths, 0.5, pattern, None)
+            got = sdpa_blocked._selection_table(q, ck, lengths, 0.5, pattern, None)
             assert torch.equal(torch.where(real, got, -1), want)
 
 

@@ -8,7 +8,7 @@ small batched matmuls of the gathered layout, SDPA calls, the FFN, the attention
 prints one JSON line per (L, B, mode, model) with the inclusive CPU milliseconds of each region per call (profiler
 overhead included; regions nest, so they do not sum to the total). ``--macs L ...`` prints the multiply-add table
 instead (:func:`mac_counts`); ``--layout-ab L:B ... --variant NAME=SPEC ...`` times the sdpa blocked layout alone for
-versions of ``sdpa_inference.py`` or settings of its tables, interleaved in one process (:func:`layout_ab`). Used for
+versions of ``sdpa_blocked.py`` or settings of its tables, interleaved in one process (:func:`layout_ab`). Used for
 docs/BENCHMARKS_CPU.md; nothing here is asserted by a test.
 """
 
@@ -33,9 +33,10 @@ REGIONS = (
     ("blossom_hf.models.blossomrec.modeling_blossomrec", "BlossomRecModel.forward", "model forward"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "ltis_select", "selection (scores + top-n)"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_select", "selection (scores + top-n)"),
-    ("blossom_hf.models.blossomrec.sdpa_inference", "_selection_rounds", "selection (scores + top-n)"),
-    ("blossom_hf.models.blossomrec.sdpa_inference", "_ltis_copied", "blocked LTIS (own + selected blocks)"),
-    ("blossom_hf.models.blossomrec.sdpa_inference", "_stis_stacked", "blocked STIS"),
+    ("blossom_hf.models.blossomrec.sdpa_blocked", "ltis_select", "selection (scores + top-n)"),
+    ("blossom_hf.models.blossomrec.sdpa_blocked", "_selection_rounds", "selection (scores + top-n)"),
+    ("blossom_hf.models.blossomrec.sdpa_blocked", "_ltis_copied", "blocked LTIS (own + selected blocks)"),
+    ("blossom_hf.models.blossomrec.sdpa_blocked", "_stis_stacked", "blocked STIS"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "ltis_dense_mask", "masks and index tables"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "stis_key_index", "masks and index tables"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "stis_key_index", "masks and index tables"),
@@ -67,7 +68,7 @@ def labelled_regions():
     it) in profiler regions; restores everything on exit."""
     import importlib
 
-    from blossom_hf.models.blossomrec import attention_sdpa, sdpa_inference
+    from blossom_hf.models.blossomrec import attention_sdpa, sdpa_blocked, sdpa_inference
 
     restore = []
     for module_name, attribute, label in REGIONS:
@@ -79,7 +80,7 @@ def labelled_regions():
         setattr(owner, name, _labelled(original, label))
         restore.append((owner, name, original))
     functional = attention_sdpa.F
-    sdpa_modules = (attention_sdpa, sdpa_inference)
+    sdpa_modules = (attention_sdpa, sdpa_inference, sdpa_blocked)
 
     class _Functional:
         def __getattr__(self, name):
@@ -182,13 +183,14 @@ def macs_table(lengths: list[int]) -> str:
 
 
 def _layout_variant(name: str, spec: str):
-    """A ``sdpa_inference`` module for ``--variant NAME=SPEC``: ``file:PATH`` loads that copy of the file (e.g. one
-    written by ``git show REV:blossom_hf/models/blossomrec/sdpa_inference.py``) as a sibling module of the package;
+    """A module with ``blocked_inference`` for ``--variant NAME=SPEC``: ``file:PATH`` loads that copy of
+    ``sdpa_blocked.py`` (e.g. one written by ``git show REV:blossom_hf/models/blossomrec/sdpa_blocked.py``; before the
+    blocked layout had its own file, ``sdpa_inference.py``) as a sibling module of the package;
     ``dense`` times the installed dense layout instead; otherwise the installed module, with the ``"cpu"`` entries of
     its tables set from ``TABLE:VALUE,...``."""
     import importlib.util
 
-    from blossom_hf.models.blossomrec import sdpa_inference
+    from blossom_hf.models.blossomrec import sdpa_blocked, sdpa_inference
 
     if spec == "dense":  # the dense layout instead (where DENSE_MAX_LENGTH should stop it)
         return sdpa_inference, {"layout": "dense"}
@@ -200,11 +202,11 @@ def _layout_variant(name: str, spec: str):
     settings = {}
     for item in filter(None, spec.split(",")):
         table, _, value = item.partition(":")
-        if not isinstance(getattr(sdpa_inference, table, None), dict) or not value.isdigit():
-            raise SystemExit(f"--variant {name}={spec}: expected TABLE:VALUE with a table of sdpa_inference "
+        if not isinstance(getattr(sdpa_blocked, table, None), dict) or not value.isdigit():
+            raise SystemExit(f"--variant {name}={spec}: expected TABLE:VALUE with a table of sdpa_blocked "
                              f"(e.g. BLOCKED_COPY_ROWS:384), got {item!r}")
         settings[table] = int(value)
-    return sdpa_inference, settings
+    return sdpa_blocked, settings
 
 
 def layout_ab(cells: list[tuple[int, int]], variants: dict[str, str], repeats: int = 7) -> list[dict]:
@@ -235,14 +237,15 @@ def layout_ab(cells: list[tuple[int, int]], variants: dict[str, str], repeats: i
         with torch.inference_mode():
             for rep in range(repeats + 1):
                 for name, (module, settings) in modules.items():
-                    layout = module.dense_inference if settings.get("layout") == "dense" else module.blocked_inference
+                    dense = settings.get("layout") == "dense"
+                    layout = module.dense_inference if dense else module.blocked_inference
                     settings = {k: v for k, v in settings.items() if k != "layout"}
                     saved = {table: getattr(module, table)["cpu"] for table in settings}
                     for table, setting in settings.items():
                         getattr(module, table)["cpu"] = setting
                     start = time.perf_counter()
                     out = layout(query, key, value, compressed, gate, lengths, 0.25, pattern, None,
-                                 *(() if layout is module.blocked_inference else (None,)))
+                                 *((None,) if dense else ()))
                     elapsed = (time.perf_counter() - start) * 1000
                     for table, setting in saved.items():
                         getattr(module, table)["cpu"] = setting
@@ -275,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout-ab", nargs="+", default=None, metavar="L:B",
                         help="time the blocked layout alone for each --variant, interleaved (one JSON line per cell)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC",
-                        help="with --layout-ab: file:PATH (a copy of sdpa_inference.py), TABLE:VALUE,... (the 'cpu' "
-                             "entries of sdpa_inference's tables) or dense (the dense layout); NAME= alone is the "
+                        help="with --layout-ab: file:PATH (a copy of sdpa_blocked.py), TABLE:VALUE,... (the 'cpu' "
+                             "entries of sdpa_blocked's tables) or dense (the dense layout); NAME= alone is the "
                              "installed module as is")
     parser.add_argument("--repeats", type=int, default=7, help="with --layout-ab: timed calls per variant and cell")
     args = parser.parse_args(argv)

@@ -2,8 +2,8 @@
 (docs/MODEL.md, "Attention layer") through ``scaled_dot_product_attention`` and batched matmuls.
 
 Four layouts; every one is checked against the eager reference (tests/test_attention_parity.py,
-tests/test_sdpa_layouts.py). The training layout is in this file, the three inference layouts in
-``sdpa_inference.py``:
+tests/test_sdpa_layouts.py). The training layout is in this file, the dense and gathered inference
+layouts in ``sdpa_inference.py``, the blocked one in ``sdpa_blocked.py``:
 
 * training (a gradient is needed): each branch gathers its own key set per query, built by
   ``attention_patterns`` (:func:`stis_key_index`, :func:`ltis_block_index`): STIS ``W + log2(L) + S`` keys,
@@ -51,13 +51,12 @@ import torch.nn.functional as F
 
 from .attention_patterns import BlossomPattern, ltis_block_index, ltis_select, query_is_real, stis_key_index
 from .registry import BlossomAttentionKwargs, dispatch_attention_type, register_attention_backend
-from .sdpa_inference import (  # the tuning tables are the same dict objects as there
-    BLOCKED_COPY_ROWS,
-    BLOCKED_TILE_ROWS,
+
+# the tuning tables are the same dict objects as there
+from .sdpa_blocked import BLOCKED_COPY_ROWS, BLOCKED_TILE_ROWS, SELECTION_TILE_ELEMENTS, blocked_inference
+from .sdpa_inference import (
     DENSE_MAX_LENGTH,
     INFERENCE_TILE_ELEMENTS,
-    SELECTION_TILE_ELEMENTS,
-    blocked_inference,
     dense_inference,
     dense_max_length,
     gathered_inference,
