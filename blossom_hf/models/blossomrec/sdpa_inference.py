@@ -67,8 +67,21 @@ def _table(builder, *args) -> torch.Tensor:
     return builder(*args) if torch.compiler.is_compiling() else _cached_table(builder, *args)
 
 
+def _grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``scaled_dot_product_attention`` of ``q [N, H, Q, D]`` against ``k, v [N, G, L, D]`` (query head ``h`` reads kv
+    head ``h // (H/G)``, as ``enable_gqa``). On CUDA the kv heads are expanded instead of passing ``enable_gqa``: with
+    it, fp32 inputs (which every layout computes in) take SDPA's math kernel, which materialises the ``[N, H, Q, L]``
+    scores; expanded, the memory-efficient kernel runs (K and V copied ``H/G`` times: small next to the scores)."""
+    groups = k.shape[1]
+    if q.is_cuda and q.shape[1] != groups:
+        g = q.shape[1] // groups
+        k, v = (x.repeat_interleave(g, dim=1) for x in (k, v))
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+
+
 def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
-                     positions):
+                    positions):
     """Whole-history SDPA per branch, for every query or the ones at ``positions``. LTIS: causal (no mask over
     every position) when every eligible window is selected, else one boolean mask per kv head from the block
     selection; STIS: the cached ``[L, L]`` mask (its rows at ``positions``)."""
@@ -79,21 +92,20 @@ def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, p
     stis = _table(stis_dense_mask, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
     if positions is not None:
         stis = stis[positions][:, None]  # [B, 1, Q, L]
-    out_stis = F.scaled_dot_product_attention(q, k, v, attn_mask=stis, scale=scaling, enable_gqa=True)
+    out_stis = _grouped_sdpa(q, k, v, attn_mask=stis, scale=scaling)
     selected = _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks,
                                     positions)
     if selected is None and positions is None:
-        out_ltis = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+        out_ltis = _grouped_sdpa(q, k, v, is_causal=True, scale=scaling)
     elif selected is None:
         causal = torch.arange(seq_len, device=query.device) <= positions[..., None]  # [B, Q, L]
-        out_ltis = F.scaled_dot_product_attention(q, k, v, attn_mask=causal[:, None], scale=scaling,
-                                                  enable_gqa=True)
+        out_ltis = _grouped_sdpa(q, k, v, attn_mask=causal[:, None], scale=scaling)
     else:
         mask = ltis_dense_mask(selected, seq_len, block, positions)  # [B, G, Q, L]
-        out_ltis = F.scaled_dot_product_attention(
+        out_ltis = _grouped_sdpa(
             q.reshape(batch * groups, g, num_queries, head_dim), k.reshape(batch * groups, 1, seq_len, head_dim),
             v.reshape(batch * groups, 1, seq_len, head_dim),
-            attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len), scale=scaling, enable_gqa=True,
+            attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len), scale=scaling,
         ).reshape(batch, heads, num_queries, head_dim)
     gate = gate.float()
     return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2])

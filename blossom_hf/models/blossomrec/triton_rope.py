@@ -2,8 +2,8 @@
 tensor, or for the layer's query and key together, with :func:`layers_blossomrec.apply_rotary_reference` (the
 PyTorch ops) as its naive reference.
 
-The PyTorch form upcasts ``x`` to fp32, forms ``rotate_half`` by a negation and a ``cat``, multiplies twice, adds
-and casts back: about seven full-size element-wise kernels forward and ten backward per tensor (the largest
+The PyTorch form upcasts ``x`` to fp32, computes the two halves with four products and two sums, joins them with a
+``cat`` and casts back: several element-wise kernels forward, more backward, per tensor (before this kernel the largest
 non-attention cost of a layer step, docs/triton_notes.md, "v4"). This kernel reads ``x`` once in its own dtype,
 computes ``y1 = x1 c1 - x2 s1``, ``y2 = x2 c2 + x1 s2`` in fp32 registers and writes ``y`` once in ``x``'s dtype;
 the backward is the same kernel with the transposed rotation (``dx1 = dy1 c1 + dy2 s2``, ``dx2 = dy2 c2 - dy1 s1``).
