@@ -33,10 +33,11 @@ layouts in ``sdpa_inference.py``, the blocked one in ``sdpa_blocked.py``:
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
 (docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 200 for
-64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 with this layout (docs/BENCHMARKS.md,
-"Release check"; ``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16
-autocast): dense 7.5 / 7.8 ms against sparse 10.7 / 11.4 ms at L = 200, but 11.9 / 12.1 against 8.7 / 9.2 at L = 512
-and 20.8 / 20.2 against 12.6 / 10.2 at L = 1024, so the dense layout stops at 256 there.
+64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 (docs/BENCHMARKS.md,
+"Release check 2"; ``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16
+autocast; the dense layout's SDPA calls expand the kv heads there, so that fp32 takes the memory-efficient kernel):
+dense 8.8 / 8.6 ms against sparse 11.6 / 11.2 ms at L = 512, but 14.2 / 13.8 against 10.9 / 10.9 at L = 1024, so the
+dense layout stops at 640 there.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """

@@ -31,8 +31,11 @@ __all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_inference", "de
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 #: CPU: 2 threads, the layout alone, dense / blocked ms (``cpu_breakdown --layout-ab``, docs/BENCHMARKS_CPU.md): B = 1:
 #: L = 256 1.23 / 1.57, 320 1.68 / 1.73, 384 2.23 / 1.86; B = 64: L = 200 39.6 / 41.8, 256 67.6 / 52.5, 320 97.5 / 67.8
-#: (the crossover at ~320 for one history, ~210 for 64).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 256}
+#: (the crossover at ~320 for one history, ~210 for 64). CUDA (H200, the serving path at 65k tokens, fp32 / bf16
+#: autocast, dense / sparse ms, ``scripts/dev/sdpa_layouts_vs_triton.py``, docs/BENCHMARKS.md "Release check 2"):
+#: L = 200 6.58 / 12.49, 6.40 / 12.88; 384 7.23 / 10.62, 8.22 / 11.36; 512 8.82 / 11.60, 8.61 / 11.20; 1024
+#: 14.17 / 10.90, 13.81 / 10.85 (the crossover at ~740).
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 640}
 
 
 def grouped_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
