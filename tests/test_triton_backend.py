@@ -1,11 +1,11 @@
 """The fused Triton backend against the eager reference, on the CPU through Triton's interpreter.
 
 Triton fixes compiled-vs-interpreted when it is first imported, so this module needs ``TRITON_INTERPRET=1``
-before that import: run alone, it sets the variable itself (below); collected after modules that already
-imported triton, it re-runs itself in a fresh interpreter (``test_interpreter_suite_in_subprocess``) and
-skips the in-process copies. Shapes are small (B <= 3, L <= 40, D = 16/24) because the interpreter runs
-every program in numpy. Both kernel strategies ("tile" and "gather", see ``attention_triton.plan``) are
-checked on the same inputs.
+before that import (tests/triton_interpreter.py sets it when the module runs alone); collected after modules that
+already imported triton, it re-runs itself and test_triton_layer_ops.py in one fresh interpreter
+(``test_interpreter_suite_in_subprocess``) and skips the in-process copies. Shapes are small (B <= 3, L <= 40,
+D = 16/24) because the interpreter runs every program in numpy. Both kernel strategies ("tile" and "gather", see
+``attention_triton.plan``) are checked on the same inputs.
 
 Comparisons run on fresh random inputs (seed printed; ``BLOSSOM_TEST_SEED`` replays one). Where a near-tie
 in the LTIS scores could make two correct implementations select differently, the eager reference is
@@ -26,35 +26,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_histories, tiny_config
+from triton_interpreter import IN_PROCESS, INTERPRETER_FILES, needs_interpreter
 
-# Triton picks compiled vs interpreted kernels when it is first imported (``import transformers``'s model
-# classes import it), so the interpreter must be on before that. Run alone, this module switches it on
-# here; collected after modules that already imported triton, it re-runs itself in a fresh interpreter
-# (``test_interpreter_suite_in_subprocess``) and skips the in-process copies.
-if "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-
-triton = pytest.importorskip("triton")
-
-
-def _interpreter_active() -> bool:
-    zeros = getattr(triton.language, "zeros", None)
-    return type(zeros).__name__ == "InterpretedFunction"
-
-
-IN_PROCESS = _interpreter_active()
-needs_interpreter = pytest.mark.skipif(not IN_PROCESS, reason="runs in the subprocess copy of this module")
-
-from conftest import random_histories, tiny_config  # noqa: E402
-
-from blossom_hf import BlossomRecModel  # noqa: E402
-from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention  # noqa: E402
-from blossom_hf.models.blossomrec.attention_patterns import (  # noqa: E402
+from blossom_hf import BlossomRecModel
+from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
+from blossom_hf.models.blossomrec.attention_patterns import (
     BlossomPattern,
     ltis_scores,
     ltis_select,
 )
-from blossom_hf.models.blossomrec.attention_triton import (  # noqa: E402
+from blossom_hf.models.blossomrec.attention_triton import (
     TILE_MAX_SEQ_LEN,
     plan,
     triton_availability,
@@ -62,7 +44,7 @@ from blossom_hf.models.blossomrec.attention_triton import (  # noqa: E402
     triton_ltis_select,
     triton_serving_attention,
 )
-from blossom_hf.models.blossomrec.triton_common import interpret_requested  # noqa: E402
+from blossom_hf.models.blossomrec.triton_common import interpret_requested
 
 STRATEGIES = ("tile", "gather")
 
@@ -72,7 +54,8 @@ STRATEGIES = ("tile", "gather")
                     reason="the interpreter is active in this process: the tests below run directly")
 def test_interpreter_suite_in_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1", BLOSSOM_TRITON_SUBPROCESS="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve())]
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(str(here / f) for f in INTERPRETER_FILES)]
     proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                           timeout=1800)
     print(proc.stdout[-4000:])
@@ -411,108 +394,6 @@ def test_serving_path_under_autograd_uses_the_differentiable_gathered_path(gener
     assert fused.layers[-1].self_attn.q_proj.weight.grad is not None
     notes = [r for r in caplog.records if "differentiable gathered key sets" in r.getMessage()]
     assert len(notes) == 1, "logged once"
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("per_row_table", [False, True])
-@needs_interpreter
-def test_fused_rope_matches_the_pytorch_ops(generator, dtype, per_row_table):
-    """triton_rope's kernel (forward and its transposed-rotation backward; one tensor, and the query + key pair in
-    one launch) against apply_rotary_reference, on the projections' non-contiguous view layout; per_row_table: the
-    serving path's [B, 1, Q, D] query tables."""
-    from blossom_hf.models.blossomrec.layers_blossomrec import BlossomRecRotaryEmbedding, apply_rotary_reference
-    from blossom_hf.models.blossomrec.triton_rope import FusedRotary, FusedRotaryPair
-
-    batch, seq_len, heads, head_dim = 2, 7, 3, 24
-    cos, sin = BlossomRecRotaryEmbedding(_RopeConfig(head_dim))(seq_len + 5, torch.device("cpu"))
-    x = torch.randn(batch, seq_len, heads, head_dim, generator=generator).to(dtype).transpose(1, 2)  # [B, h, Q, D]
-    if per_row_table:
-        positions = torch.randint(0, seq_len + 5, (batch, seq_len), generator=generator)
-        cos, sin = cos[positions][:, None], sin[positions][:, None]
-    else:
-        cos, sin = cos[:seq_len], sin[:seq_len]
-    xa, xb = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
-    got, want = FusedRotary.apply(xa, cos, sin), apply_rotary_reference(xb, cos, sin)
-    assert got.dtype == dtype and got.stride() == x.stride()
-    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(got.float(), want.float(), **tol)
-    grad = torch.randn(got.shape, generator=generator).to(dtype)
-    (ga,), (gb,) = torch.autograd.grad(got, [xa], grad), torch.autograd.grad(want, [xb], grad)
-    torch.testing.assert_close(ga.float(), gb.float(), **tol)
-    # the layer's pair form: query (these tables) and a key of other shape (the full [L, D] table) in one launch
-    full_cos, full_sin = BlossomRecRotaryEmbedding(_RopeConfig(head_dim))(seq_len + 5, torch.device("cpu"))
-    key = torch.randn(batch, seq_len + 5, 2, head_dim, generator=generator).to(dtype).transpose(1, 2)
-    ka, kb = key.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
-    xa = x.detach().clone().requires_grad_()
-    got_q, got_k = FusedRotaryPair.apply(xa, cos, sin, ka, full_cos, full_sin)
-    want_k = apply_rotary_reference(kb, full_cos, full_sin)
-    torch.testing.assert_close(got_q.float(), want.float(), **tol)
-    torch.testing.assert_close(got_k.float(), want_k.float(), **tol)
-    grad_k = torch.randn(got_k.shape, generator=generator).to(dtype)
-    ga, gka = torch.autograd.grad((got_q, got_k), [xa, ka], (grad, grad_k))
-    (gkb,) = torch.autograd.grad(want_k, [kb], grad_k)
-    torch.testing.assert_close(ga.float(), gb.float(), **tol)
-    torch.testing.assert_close(gka.float(), gkb.float(), **tol)
-
-
-class _RopeConfig:
-    def __init__(self, head_dim: int):
-        self.head_dim, self.rope_theta = head_dim, 10000.0
-
-
-@pytest.mark.parametrize("block_size,window,head_dim", [(4, 8, 16), (3, 7, 24), (4, 4, 16), (16, 32, 16)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@needs_interpreter
-def test_fused_compressor_windows_match_the_pytorch_ops(generator, block_size, window, head_dim, dtype):
-    """triton_layer_ops' windows kernel (masked keys + P, flattened) and its backward (d key by the sum over the
-    window slots holding each position, d P by one sum) against ltis_window_keys + P, on the projections'
-    transposed key layout with padded rows (a length 0, a length beyond L, a partial last block). Forward: the same
-    roundings, so exactly equal; gradients: fp32 within 1e-6, fp16 within one fp16 rounding (d P accumulates in
-    fp32 here, in fp16's own sum there)."""
-    from blossom_hf.models.blossomrec.attention_patterns import ltis_window_keys
-    from blossom_hf.models.blossomrec.triton_layer_ops import CompressorWindows
-
-    batch, groups, seq_len = 4, 2, 4 * block_size + 2
-    pattern = BlossomPattern(block_size=block_size, compression_window=window, num_selected_blocks=2, stis_window=2)
-    key = torch.randn(batch, seq_len, groups, head_dim, generator=generator).to(dtype).transpose(1, 2)
-    position = torch.randn(groups, window, head_dim, generator=generator)
-    lengths = torch.tensor([seq_len, 0, seq_len + 3, seq_len // 2 + 1])
-    ka, kb = key.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
-    pa, pb = position.clone().requires_grad_(), position.clone().requires_grad_()
-    got = CompressorWindows.apply(ka, lengths, pa, block_size, window)
-    want = (ltis_window_keys(kb, lengths, pattern) + pb[None, :, None].to(dtype)).flatten(-2)
-    assert got.dtype == dtype and got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    grad = torch.randn(got.shape, generator=generator).to(dtype)
-    gka, gpa = torch.autograd.grad(got, [ka, pa], grad)
-    gkb, gpb = torch.autograd.grad(want, [kb, pb], grad)
-    assert gka.dtype == dtype and gka.stride() == key.stride(), "d key in the key's layout"
-    assert gpa.dtype == torch.float32
-    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
-    torch.testing.assert_close(gka.float(), gkb.float(), **tol)
-    torch.testing.assert_close(gpa, gpb, rtol=1e-5 if dtype == torch.float32 else 4e-3, atol=1e-5 if dtype ==
-                               torch.float32 else 4e-3 * float(gpb.abs().max()))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@needs_interpreter
-def test_fused_gate_matches_the_pytorch_ops(generator, dtype):
-    """triton_layer_ops' gate kernel (fp32 sigmoid of the logits as the [B, H, Q, 2] view) and its backward
-    (d logits in the logits' layout and dtype) against sigmoid(logits.float()).view().transpose()."""
-    from blossom_hf.models.blossomrec.triton_layer_ops import GateSigmoid
-
-    batch, num_queries, heads = 2, 5, 3
-    logits = (3 * torch.randn(batch, num_queries, 2 * heads, generator=generator)).to(dtype)
-    la, lb = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    got = GateSigmoid.apply(la, heads)
-    want = torch.sigmoid(lb.float()).view(batch, num_queries, heads, 2).transpose(1, 2)
-    assert got.dtype == torch.float32 and got.shape == want.shape and got.stride() == want.stride()
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    grad = torch.randn(batch, heads, num_queries, 2, generator=generator)  # contiguous, as the backends give it
-    (ga,), (gb,) = torch.autograd.grad(got, [la], grad), torch.autograd.grad(want, [lb], grad)
-    assert ga.dtype == dtype and ga.is_contiguous()
-    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(ga.float(), gb.float(), **tol)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
