@@ -1,13 +1,12 @@
 """Saves and exports never leave a folder half-written (issue 10, items 2 and 7): staging + swap, read-only
 targets refused before anything changes, a failed write keeps the old folder, SIGKILL at fixed moments of an
-export (fault injection in a subprocess) loses nothing and the next export works, non-finite weights are
-never written."""
+export (fault injection in a forked process, tests/forked.py) loses nothing and the next export works,
+non-finite weights are never written."""
 
 from __future__ import annotations
 
 import errno
 import json
-import multiprocessing
 import os
 import signal
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config
+from forked import FORKED, run_forked
 
 from blossom_hf import BlossomRecModel, ItemVocabulary
 from blossom_hf.hub import HubExportError, check_sample_scores, export_hub_folder
@@ -185,26 +185,7 @@ KILLER = textwrap.dedent(
 )
 
 
-def _run_killer(argv: list[str], tmp_path: Path) -> tuple[int, str]:
-    """Run KILLER with ``argv`` in a process of its own; returns its exit code and its output.
-
-    The process is forked from a multiprocessing fork server that imported blossom_hf.hub once (for the
-    whole test session), not a fresh interpreter each time: the same kill, without five interpreter start-ups.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["blossom_hf.hub"])
-    output = tmp_path / "killer.log"
-    code = (f"import sys\nsys.argv = {['-c', *argv]!r}\n"
-            f"sys.stdout = sys.stderr = open({str(output)!r}, 'w', buffering=1)\n" + KILLER)  # fmt: skip
-    process = context.Process(target=exec, args=(code, {"__name__": "__main__"}))
-    process.start()
-    process.join(timeout=300)
-    if process.exitcode is None:
-        process.kill()
-        process.join()
-    return process.exitcode, output.read_text() if output.is_file() else ""
-
-
+@FORKED
 @pytest.mark.parametrize("moment", ["writing", "staged", "after-exchange", "between-renames", "save"])
 def test_an_export_killed_at_any_moment_loses_nothing(tmp_path, moment):
     model = _model()
@@ -213,7 +194,8 @@ def test_an_export_killed_at_any_moment_loses_nothing(tmp_path, moment):
     target = tmp_path / "export" / "blossomrec-tiny"
     export_hub_folder(model, target, RECORD)
     old = _snapshot(target)
-    returncode, output = _run_killer([moment, str(source), str(target), json.dumps(RECORD)], tmp_path)
+    returncode, output = run_forked(KILLER, [moment, str(source), str(target), json.dumps(RECORD)],
+                                    tmp_path / "killer.log")
     assert returncode == -signal.SIGKILL, f"not killed ({returncode}): {output[-2000:]}"
     if moment == "after-exchange":
         new = _snapshot(target)

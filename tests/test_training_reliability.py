@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_config
+from forked import FORKED, run_forked
 from hub_testing import write_interactions
 
 from blossom_hf import BlossomRecModel, cli
@@ -198,17 +199,19 @@ def test_replace_dir_without_an_atomic_exchange_renames_twice(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"], "no .old folder nor staging left"
 
 
+TRAIN_SCRIPT = "import sys\nfrom blossom_hf import cli\nsys.exit(cli.main(['train', *sys.argv[1:]]))\n"
+
+
+@FORKED
 @pytest.mark.parametrize("point", ["checkpoint-save", "checkpoint-rename"])
 def test_sigkill_during_a_checkpoint_save_loses_nothing_and_resume_works(tmp_path, csv_log, point, caplog):
     output = tmp_path / "run"
     argv = train_argv(csv_log, output, "--epochs", "2")  # 30 histories, batch 16: 2 steps per epoch
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "BLOSSOM_FAULT_INJECTION": f"{point}:4", "PYTHONPATH": path,
-           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
-    killed = subprocess.run([sys.executable, "-m", "blossom_hf", "train", *argv], env=env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert "fault injection: killing the process at " + point in killed.stderr
+    # `blossom-hf train` in a process of its own (forked: tests/forked.py), killed by the fault injection
+    returncode, log = run_forked(TRAIN_SCRIPT, argv, tmp_path / "train.log",
+                                 env={"BLOSSOM_FAULT_INJECTION": f"{point}:4", "CUDA_VISIBLE_DEVICES": ""})
+    assert returncode == -signal.SIGKILL, log[-2000:]
+    assert "fault injection: killing the process at " + point in log
     assert [p.name for p in complete_checkpoints(output)] == ["checkpoint-2"]
     assert not (output / "checkpoint-4").exists(), "no partial checkpoint under the final name"
     staged = output / STAGING_DIR / "checkpoint-4"
