@@ -62,7 +62,9 @@ def _set_flags(flags: dict) -> None:
 
 def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool):
     """The benchmark's model rows (blossom_hf.benchmarks.gpu.model_case / inference_case, bf16 autocast) as a
-    step function, so that variants can be interleaved in one process."""
+    step function, so that variants can be interleaved in one process. (Written out here rather than imported: the
+    A/B runs this file against older checkouts of the library as its baseline, whose benchmark module has no
+    step-returning form.)"""
     from blossom_hf import BlossomRecConfig, BlossomRecModel
     from blossom_hf.benchmarks.gpu import CATALOGUE, _model_inputs
 
