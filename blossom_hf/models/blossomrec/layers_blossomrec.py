@@ -80,26 +80,26 @@ FUSED_COMPRESSOR_WINDOWS = True
 #: CUDA tensors compute the gate ``sigmoid(logits.float())`` in one Triton kernel each way
 #: (``triton_layer_ops.GateSigmoid``; the backward writes ``d logits`` in their layout and dtype directly).
 FUSED_GATE = True
-_ROPE: list = []  # [the triton_rope / triton_layer_ops functions] once imported, or [None] where triton is missing
+_LAYER_OPS: list = []  # [the triton_rope / triton_layer_ops functions] once imported, or [None] where triton is missing
 
 
-def _fused_rotary():
+def _fused_layer_ops():
     """The fused kernels of the layer (RoPE, compressor windows, gate), or None where triton cannot run them."""
-    if not _ROPE:
+    if not _LAYER_OPS:
         from .triton_common import interpret_requested, triton
 
         if triton is None or interpret_requested():
-            _ROPE.append(None)
+            _LAYER_OPS.append(None)
             logger.info("RoPE, the compressor windows and the gate on CUDA run as PyTorch ops (%s), not the fused "
                         "kernels", "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
         else:
             from .triton_layer_ops import CompressorWindows, GateSigmoid, launch_gate
             from .triton_rope import FusedRotary, FusedRotaryPair, launch_rope
 
-            _ROPE.append(SimpleNamespace(FusedRotary=FusedRotary, FusedRotaryPair=FusedRotaryPair,
+            _LAYER_OPS.append(SimpleNamespace(FusedRotary=FusedRotary, FusedRotaryPair=FusedRotaryPair,
                                          launch_rope=launch_rope, CompressorWindows=CompressorWindows,
                                          GateSigmoid=GateSigmoid, launch_gate=launch_gate))
-    return _ROPE[0]
+    return _LAYER_OPS[0]
 
 
 def _eager_mode() -> bool:
@@ -116,7 +116,7 @@ def blossom_gate(logits: torch.Tensor, heads: int) -> torch.Tensor:
     """The (alpha, beta) gate ``sigmoid(logits.float())`` of ``logits [B, Q, 2H]`` as ``[B, H, Q, 2]`` fp32: on
     CUDA one fused kernel each way (:data:`FUSED_GATE`), else the PyTorch ops."""
     batch, num_queries, _ = logits.shape
-    if FUSED_GATE and logits.is_cuda and _eager_mode() and (ops := _fused_rotary()) is not None:
+    if FUSED_GATE and logits.is_cuda and _eager_mode() and (ops := _fused_layer_ops()) is not None:
         if torch.is_grad_enabled() and logits.requires_grad:
             return ops.GateSigmoid.apply(logits, heads)
         return ops.launch_gate(logits, heads)
@@ -128,10 +128,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """RoPE on ``x [B, heads, L, D]`` with ``cos, sin [L, D]`` or ``[B, 1, L, D]`` (fp32 tables): computed in fp32,
     returned in x's dtype. On CUDA one fused Triton kernel each way (:data:`FUSED_ROPE`); on the CPU, under
     ``torch.compile``/export/tracing (which fuse the ops themselves) and for odd head dims, the PyTorch ops."""
-    if _fusable(x, cos, sin) and (rope := _fused_rotary()) is not None:
+    if _fusable(x, cos, sin) and (ops := _fused_layer_ops()) is not None:
         if torch.is_grad_enabled() and x.requires_grad:
-            return rope.FusedRotary.apply(x, cos, sin)
-        return rope.launch_rope(x, cos, sin)  # no autograd node needed (inference)
+            return ops.FusedRotary.apply(x, cos, sin)
+        return ops.launch_rope(x, cos, sin)  # no autograd node needed (inference)
     return apply_rotary_reference(x, cos, sin)
 
 
@@ -140,10 +140,10 @@ def apply_rotary_pair(query: torch.Tensor, key: torch.Tensor, q_cos: torch.Tenso
     """:func:`apply_rotary` of the query (tables ``q_cos, q_sin``) and the key (``cos, sin``): on CUDA one launch
     for both, each way."""
     if (_fusable(query, q_cos, q_sin) and _fusable(key, cos, sin) and query.shape[-1] == key.shape[-1]
-            and (rope := _fused_rotary()) is not None):
+            and (ops := _fused_layer_ops()) is not None):
         if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
-            return rope.FusedRotaryPair.apply(query, q_cos, q_sin, key, cos, sin)
-        return rope.launch_rope(query, q_cos, q_sin, x2=key, cos2=cos, sin2=sin)
+            return ops.FusedRotaryPair.apply(query, q_cos, q_sin, key, cos, sin)
+        return ops.launch_rope(query, q_cos, q_sin, x2=key, cos2=cos, sin2=sin)
     return apply_rotary(query, q_cos, q_sin), apply_rotary(key, cos, sin)
 
 
@@ -168,7 +168,7 @@ class BlossomRecBlockCompressor(nn.Module):
         strided slice adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
         position = self.intra_window_position
         if (FUSED_COMPRESSOR_WINDOWS and key.is_cuda and position.device == key.device and _eager_mode()
-                and (ops := _fused_rotary()) is not None):  # one kernel each way, same values
+                and (ops := _fused_layer_ops()) is not None):  # one kernel each way, same values
             flat = ops.CompressorWindows.apply(key, lengths, position, pattern.block_size, pattern.compression_window)
         else:
             windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_patterns import every_window_selected, ltis_every_eligible, ltis_select, stis_offsets
-from .sdpa_inference import _MASKED, _table  # the shared mask constant and cached tables
+from .sdpa_inference import _MASKED, _table, device_entry  # the shared mask constant, cached tables, table lookup
 
 __all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "SELECTION_TILE_ELEMENTS", "blocked_inference"]
 
@@ -54,10 +54,6 @@ def _workspace(slot: int, numel: int, device: torch.device) -> torch.Tensor:
     return buffer[:numel]
 
 
-def _device_entry(table: dict[str, int], device: torch.device) -> int:
-    return table.get(device.type, table["cuda"])
-
-
 def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_blocks):
     """``selected [B, G, L, n]`` of every position, or ``None`` when every eligible window is selected. In chunks of
     queries; a chunk ending at ``e`` scores only the windows ``w < (e-1) // b`` (no query of it has a later
@@ -69,7 +65,7 @@ def _selection_table(query, compressed_key, lengths, scaling, pattern, selected_
         return None
     groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
     b, n = pattern.block_size, pattern.num_selected_blocks
-    tile = _device_entry(SELECTION_TILE_ELEMENTS, query.device)
+    tile = device_entry(SELECTION_TILE_ELEMENTS, query.device)
     chunk = max(b, tile // max(1, batch * groups * num_windows) // b * b)
     if torch.compiler.is_compiling():
         chunk = seq_len
@@ -207,7 +203,7 @@ def blocked_inference(query, key, value, compressed_key, gate, lengths, scaling,
     # [B, L', H, D] memory order: the caller's [B, H, L, D] -> [B, L, H, D] transpose is then free
     out = torch.empty(batch, padded, groups, g, head_dim, device=device)
     out_bg = out.permute(0, 2, 1, 3, 4)  # [B, G, L', g, D]
-    tile = _device_entry(BLOCKED_TILE_ROWS, device)
+    tile = device_entry(BLOCKED_TILE_ROWS, device)
     if torch.compiler.is_compiling():
         bg_step, c_step = rows_bg, num_blocks
     elif padded >= tile:
@@ -275,7 +271,7 @@ def _stis_stacked(q_rows, out_ltis, gate_all, k_table, v_table, bg0, bg1, t0, t1
     index = (torch.arange(bg0, bg1, device=device)[:, None, None] * total_rows + front
              + torch.cat(keys, dim=-1)).reshape(-1)
     num_keys = index.numel() // rows
-    step = rows if torch.compiler.is_compiling() else min(rows, _device_entry(BLOCKED_COPY_ROWS, device) * 8 // 3)
+    step = rows if torch.compiler.is_compiling() else min(rows, device_entry(BLOCKED_COPY_ROWS, device) * 8 // 3)
     parts = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
     def copied(slot, table, r0, r1):  # the STIS keys (or values) of query rows r0 .. r1-1: [r1-r0, K, D]
@@ -318,7 +314,7 @@ def _ltis_copied(q_rows, own_logits, own_v, own_bias, block_rows, selected_bias,
     nbg, nc, _, g, _ = own_logits.shape
     rows, head_dim = q_rows.shape[0], q_rows.shape[-1]
     index = block_rows[bg0:bg1, t0:t1].reshape(-1)
-    step = rows if buffers is None else min(rows, _device_entry(BLOCKED_COPY_ROWS, q_rows.device))
+    step = rows if buffers is None else min(rows, device_entry(BLOCKED_COPY_ROWS, q_rows.device))
     parts = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
     def copied(table, buffer, r0, r1):  # the selected blocks of query rows r0 .. r1-1: [r1-r0, n b, D]

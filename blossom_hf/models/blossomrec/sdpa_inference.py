@@ -25,7 +25,8 @@ from .attention_patterns import (
     stis_offsets,
 )
 
-__all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_inference", "dense_max_length", "gathered_inference",
+__all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_inference", "dense_max_length", "device_entry",
+           "gathered_inference",
            "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
@@ -44,9 +45,14 @@ def grouped_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
     return query.reshape(batch, groups, heads // groups, num_queries, head_dim).transpose(2, 3)
 
 
+def device_entry(table: dict[str, int], device: torch.device) -> int:
+    """``table``'s entry for ``device``'s type (other types: the "cuda" entry), for every tuning table."""
+    return table.get(device.type, table["cuda"])
+
+
 def dense_max_length(device: torch.device) -> int:
     """Longest history for which inference on ``device`` uses the dense-masked layout (:data:`DENSE_MAX_LENGTH`)."""
-    return DENSE_MAX_LENGTH.get(device.type, DENSE_MAX_LENGTH["cuda"])
+    return device_entry(DENSE_MAX_LENGTH, device)
 
 
 def _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks, positions):
@@ -145,7 +151,7 @@ def gathered_inference(query, key, value, compressed_key, gate, lengths, scaling
     tables = tuple(F.pad(x.float(), (0, 0, front, num_blocks * b - seq_len)).reshape(
         batch * groups, front + num_blocks * b, head_dim).contiguous() for x in (key, value))
     keys_per_query = (n + 1) * b + len(offsets) + min(pattern.stis_num_sinks, seq_len)
-    tile = INFERENCE_TILE_ELEMENTS.get(query.device.type, INFERENCE_TILE_ELEMENTS["cuda"])
+    tile = device_entry(INFERENCE_TILE_ELEMENTS, query.device)
     chunk = max(1, tile // max(1, batch * groups * keys_per_query * 2 * head_dim))
     if torch.compiler.is_compiling():
         chunk = num_queries
