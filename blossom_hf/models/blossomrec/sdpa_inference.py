@@ -26,8 +26,7 @@ from .attention_patterns import (
 )
 
 __all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_inference", "dense_max_length", "device_entry",
-           "gathered_inference",
-           "grouped_queries"]
+           "gathered_inference", "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 #: CPU: 2 threads, the layout alone, dense / blocked ms (``cpu_breakdown --layout-ab``, docs/BENCHMARKS_CPU.md): B = 1:
