@@ -11,6 +11,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_name] = "1"
 
+# The compiled CPU kernel (blossom_hf/models/blossomrec/cpu_kernel.py) is cached in a folder of the test run's
+# own, shared by the workers, not in the user's ~/.cache.
+os.environ.setdefault("BLOSSOM_HF_CACHE", os.path.join(__import__("tempfile").gettempdir(),
+                                                       f"blossom_hf_tests_{os.getuid()}"))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -57,7 +57,7 @@ def test_eager_and_sdpa_agree(generator, attention_type, groups, seq_len, paddin
     torch.testing.assert_close(out_s.last_hidden_state, out_e.last_hidden_state, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out_s.loss, out_e.loss, rtol=1e-5, atol=1e-6)
     _assert_grads_close(grads_s, grads_e)
-    with torch.no_grad():  # the inference layout of the sdpa backend (dense masks per kv head)
+    with torch.no_grad():  # the sdpa backend without a gradient: the CPU kernel (or its PyTorch inference layouts)
         torch.testing.assert_close(sdpa(ids).logits[:, 1:], out_e.logits[:, 1:], rtol=1e-5, atol=1e-5)
 
 

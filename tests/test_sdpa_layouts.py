@@ -1,5 +1,7 @@
 """The sdpa backend's inference layouts (dense; beyond the threshold blocked for every position and gathered for the
-serving path's query subset) against the eager reference, on fresh random inputs (fp32).
+serving path's query subset; and the compiled CPU kernel, tests/test_cpu_kernel.py has its own) against the eager
+reference, on fresh random inputs (fp32). The CPU kernel is off in this file unless a test asks for it (layout
+"kernel"), so that the PyTorch layouts stay tested on the CPU.
 
 Tolerances: outputs rtol 1e-5 / atol 1e-5 (different summation orders of the same fp32 numbers). The inference
 layouts run without a gradient only (a gradient takes the training layout, whose forward and backward
@@ -17,6 +19,7 @@ import torch
 from conftest import random_histories, tiny_config
 
 import blossom_hf.models.blossomrec.attention_sdpa as sdpa_module
+import blossom_hf.models.blossomrec.cpu_kernel as cpu_kernel
 import blossom_hf.models.blossomrec.sdpa_blocked as sdpa_blocked
 from blossom_hf import BlossomRecModel
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
@@ -28,13 +31,30 @@ from blossom_hf.models.blossomrec.attention_patterns import (
     ltis_top_windows,
 )
 
-# DENSE_MAX_LENGTH["cpu"] that forces each layout ("sparse": blocked for every position, gathered for query subsets)
-LAYOUTS = {"dense": 10**9, "sparse": 0}
+# DENSE_MAX_LENGTH["cpu"] that forces each PyTorch layout ("sparse": blocked for every position, gathered for query
+# subsets); "kernel": the compiled CPU kernel instead (skipped where no C compiler is found)
+LAYOUTS = {"dense": 10**9, "sparse": 0, "kernel": None}
+
+
+@pytest.fixture(autouse=True)
+def pytorch_layouts(monkeypatch):
+    """The PyTorch layouts unless a test selects the CPU kernel."""
+    monkeypatch.setattr(cpu_kernel, "CPU_KERNEL", False)
+
+
+def use_layout(monkeypatch, name):
+    if name == "kernel":
+        if cpu_kernel._compiler() is None:
+            pytest.skip("no C compiler: the CPU kernel cannot be built (the sdpa backend uses the PyTorch layouts)")
+        monkeypatch.setattr(cpu_kernel, "CPU_KERNEL", True)
+    else:
+        monkeypatch.setattr(cpu_kernel, "CPU_KERNEL", False)
+        monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", LAYOUTS[name])
 
 
 @pytest.fixture
 def layout(request, monkeypatch):
-    monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", LAYOUTS[request.param])
+    use_layout(monkeypatch, request.param)
     return request.param
 
 
@@ -251,11 +271,14 @@ def test_bundled_checkpoint_top10_identical_across_backends_and_layouts(monkeypa
         histories.append([items[i] for i in picks])
     lists = {"eager": [r.items for r in model.recommend(histories, k=10)]}
     model.set_attn_implementation("sdpa")
-    for name, threshold in LAYOUTS.items():
-        monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", threshold)
+    for name in LAYOUTS:
+        if name == "kernel" and cpu_kernel._compiler() is None:
+            continue  # no C compiler here
+        use_layout(monkeypatch, name)
         lists[name] = [r.items for r in model.recommend(histories, k=10)]
     assert lists["dense"] == lists["eager"]
     assert lists["sparse"] == lists["eager"]
+    assert lists.get("kernel", lists["eager"]) == lists["eager"]
     assert [r for r in lists["eager"][:len(samples)]] == [s["items"] for s in samples]
 
 

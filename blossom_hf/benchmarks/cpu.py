@@ -8,12 +8,13 @@ same width and random weights (ML-1M catalogue by default), and times, in one pr
 * ``recommend``: ``model.recommend(histories, k=10)`` on B raw histories of L items (the serving path);
 * ``forward``: ``model(input_ids)`` under ``torch.inference_mode`` (every position's hidden state).
 
-for the backends ``sdpa`` and ``eager`` of each model. The eager backend materialises ``[B, H, L, L]`` scores:
-cells whose scores would exceed ``--eager-max-elements`` are skipped and marked so. Medians of ``--repeats``
-timed calls after one warm-up call; threads as set with ``--threads`` (default: torch's current setting).
-The 1-minute load average before and after each (mode, L, B) cell is recorded beside it (a shared machine's other
-work shows there). Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``, written after every cell,
-so a long run that is stopped keeps its finished cells). No number here is asserted by a test.
+for the backends ``sdpa`` and ``eager`` of each model, and BlossomRec's sdpa backend once more with its compiled CPU
+kernel switched off (``sdpa-pytorch``: the PyTorch layouts; ``--no-pytorch-layouts`` skips it). The eager backend
+materialises ``[B, H, L, L]`` scores: cells whose scores would exceed ``--eager-max-elements`` are skipped and marked
+so. Medians of ``--repeats`` timed calls after one warm-up call; threads as set with ``--threads`` (default: torch's
+current setting). The 1-minute load average before and after each (mode, L, B) cell is recorded beside it (a shared
+machine's other work shows there). Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``, written after
+every cell, so a long run that is stopped keeps its finished cells). No number here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 HELP = "CPU serving benchmark: recommend()/forward latency of BlossomRec vs the dense model (sdpa, eager)"
 
-VARIANTS = (("blossom", "sdpa"), ("full", "sdpa"), ("blossom", "eager"), ("full", "eager"))
+VARIANTS = (("blossom", "sdpa"), ("blossom", "sdpa-pytorch"), ("full", "sdpa"), ("blossom", "eager"),
+            ("full", "eager"))
 
 
 def _machine() -> dict:
@@ -57,6 +59,16 @@ def _machine() -> dict:
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "load_average": load,
     }
+
+
+def _kernel() -> dict:
+    """The sdpa backend's CPU kernel on this machine (built for the paper-size shape: head_dim 16, b 16, g 4)."""
+    from blossom_hf.models.blossomrec import cpu_kernel
+
+    reason = cpu_kernel.kernel_status(16, 16, 4)
+    entry = cpu_kernel._LIBRARIES.get((16, 16, 4))
+    return {"available": reason is None, "reason": reason, "compiler": cpu_kernel._compiler(),
+            "openmp": bool(isinstance(entry, tuple) and entry[1]), "openmp_runtime": cpu_kernel._openmp_runtime()}
 
 
 def _build(attention_type: str, length: int, vocab_size: int, seed: int):
@@ -90,11 +102,15 @@ def run(
     vocab_size: int = 3707,
     eager_max_elements: int = 1 << 28,
     seed: int = 0,
+    pytorch_layouts: bool = True,
     progress: bool = True,
     on_cell: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Time every (mode, L, B, model, backend) cell; returns one record per cell (``median_ms`` None = skipped).
     ``on_cell(records so far)`` is called after each (L, B) cell."""
+    from blossom_hf.models.blossomrec import cpu_kernel
+
+    kernel_setting = cpu_kernel.CPU_KERNEL
     records: list[dict] = []
     cells = [(length, batch) for length in lengths for batch in batch_sizes]
     generator = torch.Generator().manual_seed(seed)
@@ -108,13 +124,16 @@ def run(
             calls: dict[tuple[str, str], Callable[[], object]] = {}
             skipped: dict[tuple[str, str], str] = {}
             for kind, backend in VARIANTS:
+                if backend == "sdpa-pytorch" and not pytorch_layouts:
+                    continue
                 if backend == "eager" and batch * heads * length * length > eager_max_elements:
                     skipped[(kind, backend)] = f"eager [B, H, L, L] scores > {eager_max_elements} elements"
                     continue
                 model = models[kind]
 
                 def call(model=model, backend=backend, mode=mode, histories=histories, ids=ids, batch=batch):
-                    model.set_attn_implementation(backend)
+                    model.set_attn_implementation(backend.split("-")[0])
+                    cpu_kernel.CPU_KERNEL = backend != "sdpa-pytorch"
                     with torch.inference_mode():
                         if mode == "recommend":
                             return model.recommend(histories, k=10, batch_size=max(batch, 1))
@@ -131,9 +150,12 @@ def run(
             for _ in range(reps):
                 for key, call in calls.items():
                     times[key].append(_time(call))
+            cpu_kernel.CPU_KERNEL = kernel_setting
             load_after = _load()
             for kind, backend in VARIANTS:
                 key = (kind, backend)
+                if key not in times and key not in skipped:
+                    continue
                 record = {"mode": mode, "length": length, "batch": batch, "model": kind, "backend": backend,
                           "load_before": load_before, "load_after": load_after}
                 if key in times:
@@ -157,9 +179,10 @@ def markdown_table(records: list[dict]) -> str:
     for r in records:
         rows.setdefault((r["mode"], r["length"], r["batch"]), {})[(r["model"], r["backend"])] = r
     header = ("| mode | L | B | blossom sdpa ms (min) | full sdpa ms (min) | blossom/full sdpa, median (min) | "
+              "blossom sdpa, PyTorch layouts ms (min) | its blossom/full, median (min) | "
               "blossom eager ms (min) | full eager ms (min) | blossom/full eager, median (min) | "
               "blossom sdpa histories/s | load avg (1 min) before/after |")
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 13]
 
     def fmt(r):
         return "skipped" if r is None or r.get("median_ms") is None else f"{r['median_ms']:.2f} ({r['min_ms']:.2f})"
@@ -170,12 +193,13 @@ def markdown_table(records: list[dict]) -> str:
         return f"{a['median_ms'] / b['median_ms']:.2f} ({a['min_ms'] / b['min_ms']:.2f})"
 
     for (mode, length, batch), cell in rows.items():
-        bs, fs = cell.get(("blossom", "sdpa")), cell.get(("full", "sdpa"))
+        bs, fs, bp = cell.get(("blossom", "sdpa")), cell.get(("full", "sdpa")), cell.get(("blossom", "sdpa-pytorch"))
         be, fe = cell.get(("blossom", "eager")), cell.get(("full", "eager"))
         throughput = "-" if bs is None or bs.get("median_ms") is None else f"{bs['histories_per_s']:.1f}"
         any_record = next(iter(cell.values()))
         load = f"{any_record.get('load_before')} / {any_record.get('load_after')}"
-        lines.append(f"| {mode} | {length} | {batch} | {fmt(bs)} | {fmt(fs)} | {ratio(bs, fs)} | {fmt(be)} | "
+        lines.append(f"| {mode} | {length} | {batch} | {fmt(bs)} | {fmt(fs)} | {ratio(bs, fs)} | {fmt(bp)} | "
+                     f"{ratio(bp, fs)} | {fmt(be)} | "
                      f"{fmt(fe)} | {ratio(be, fe)} | {throughput} | {load} |")
     return "\n".join(lines) + "\n"
 
@@ -193,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the records and the machine here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument("--no-pytorch-layouts", action="store_true",
+                        help="skip the run of BlossomRec's sdpa backend with its CPU kernel switched off")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     for name in ("lengths", "batch_sizes"):
@@ -205,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     machine = _machine()
+    machine["cpu_kernel"] = _kernel()
     try:
         import transformers
 
@@ -227,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return table
 
     records = run(args.lengths, args.batch_sizes, args.modes, repeats=args.repeats, vocab_size=args.vocab_size,
-                  eager_max_elements=args.eager_max_elements, seed=args.seed, progress=not args.no_progress,
+                  eager_max_elements=args.eager_max_elements, seed=args.seed,
+                  pytorch_layouts=not args.no_pytorch_layouts, progress=not args.no_progress,
                   on_cell=write)
     machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     sys.stdout.write(write(records))
