@@ -160,6 +160,47 @@ def test_model_forward_and_serving_path_match_eager(generator, seq_len):
     torch.testing.assert_close(low.float(), reference.float(), rtol=2e-2, atol=2e-2)
 
 
+@needs_compiler
+@pytest.mark.parametrize("shape", [(2, 8, 37, 16), (3, 4, 1, 8), (2, 2, 100, 12)], ids=str)
+def test_rotary_gives_the_same_bits(generator, shape, two_threads):
+    """RoPE in one compiled pass: bit-identical to the PyTorch ops (every product and sum rounded on its own), for
+    every-position tables ``[T, D]`` and the serving path's ``[B, 1, T, D]``; the PyTorch ops where a gradient is
+    needed or the dtype is not fp32."""
+    from blossom_hf.models.blossomrec.layers_blossomrec import apply_rotary, apply_rotary_reference
+
+    batch, heads, length, dim = shape
+    x = torch.randn(batch, length, heads, dim, generator=generator).transpose(1, 2)  # the projections' layout
+    for tables in ((length, dim), (batch, 1, length, dim)):
+        cos, sin = torch.randn(*tables, generator=generator), torch.randn(*tables, generator=generator)
+        with torch.inference_mode():
+            got = cpu_kernel.rotary(x, cos, sin)
+            assert got is not None
+            assert torch.equal(got, apply_rotary_reference(x, cos, sin))
+            assert torch.equal(apply_rotary(x, cos, sin), got)
+    leaf = x.clone().requires_grad_()
+    assert cpu_kernel.rotary(leaf, cos, sin) is None
+    assert cpu_kernel.rotary(x.bfloat16(), cos, sin) is None
+
+
+@needs_compiler
+@pytest.mark.parametrize("block,window,seq_len", [(4, 8, 37), (16, 32, 200), (10, 30, 50), (4, 4, 9)])
+def test_compressor_windows_give_the_same_bits(generator, block, window, seq_len):
+    """The compressor's windows + P in one compiled pass: bit-identical to ltis_window_keys + P (padded keys and
+    positions before 0 as zero keys)."""
+    from blossom_hf.models.blossomrec.attention_patterns import ltis_window_keys
+
+    batch, groups, dim = 3, 2, 8
+    key = torch.randn(batch, seq_len, groups, dim, generator=generator).transpose(1, 2)
+    position = torch.randn(groups, window, dim, generator=generator)
+    lengths = torch.randint(1, seq_len + 1, (batch,), generator=generator)
+    pattern = BlossomPattern(block_size=block, compression_window=window)
+    with torch.inference_mode():
+        got = cpu_kernel.compressor_windows(key, lengths, position, block, window)
+    want = (ltis_window_keys(key, lengths, pattern) + position[None, :, None]).flatten(-2)
+    assert got is not None and torch.equal(got, want)
+    assert cpu_kernel.compressor_windows(key, lengths, position.requires_grad_(), block, window) is None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # build, cache and fallback
 # ---------------------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ from .cpu_kernel_source import SOURCE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CPU_KERNEL", "MAX_SELECTED", "cpu_kernel_attention", "kernel_available", "kernel_status"]
+__all__ = ["CPU_KERNEL", "MAX_SELECTED", "compressor_windows", "cpu_kernel_attention", "kernel_available",
+           "kernel_status", "rotary"]
 
 #: Use the compiled kernel for CPU inference where available (``BLOSSOM_HF_CPU_KERNEL=0`` in the environment sets it
 #: to False at import). With False the sdpa backend runs its PyTorch layouts (docs/cpu_kernel.md compares the two).
@@ -82,8 +83,12 @@ _ARGTYPES = [_I64, _I64, _I64,                # units, threads
              _I64, _I64, _I64, _I64, _I64,    # G, Q, L, n, windows
              _PTR, _I64, _I64, _F32]          # offsets, num_offsets, sinks, scaling
 
+_ROPE_ARGTYPES = [_I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64]
+_WINDOWS_ARGTYPES = [_I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64]
+
 _LOCK = threading.Lock()
 _LIBRARIES: dict[tuple[int, int, int], object] = {}  # (head_dim, block, group) -> (function, openmp), or an error
+_OPS: dict[int, object] = {}  # head_dim -> (rope, windows, openmp) of a loaded library, or an error string
 _NOTED: set[str] = set()
 _POOL: list = [None, 0]  # [ThreadPoolExecutor, its size]
 _OFFSETS: dict[tuple[int, int], torch.Tensor] = {}
@@ -200,7 +205,11 @@ def _build(head_dim: int, block: int, group: int) -> object:
         function.argtypes = _ARGTYPES
         function.restype = None
         library.blossom_openmp.restype = ctypes.c_int
-        return function, bool(library.blossom_openmp())
+        library.blossom_rope.argtypes, library.blossom_windows.argtypes = _ROPE_ARGTYPES, _WINDOWS_ARGTYPES
+        library.blossom_rope.restype = library.blossom_windows.restype = None
+        openmp = bool(library.blossom_openmp())
+        _OPS.setdefault(head_dim, (library.blossom_rope, library.blossom_windows, openmp))
+        return function, openmp
     return "; ".join(dict.fromkeys(errors)) or "the build failed"
 
 
@@ -247,6 +256,77 @@ def _function(head_dim: int, block: int, group: int) -> object:
         if key not in _LIBRARIES:
             _LIBRARIES[key] = _build(*key)
         return _LIBRARIES[key]
+
+
+def _layer_ops(head_dim: int):
+    """``(rope, windows, openmp)`` of a library built for ``head_dim`` (any block and group size), or None."""
+    if not CPU_KERNEL:
+        return None
+    ops = _OPS.get(int(head_dim))
+    if ops is None:
+        with _LOCK:
+            built = _LIBRARIES.get((int(head_dim), 1, 1))
+            if built is None:
+                built = _LIBRARIES[(int(head_dim), 1, 1)] = _build(int(head_dim), 1, 1)
+        ops = _OPS.get(int(head_dim), built if isinstance(built, str) else None)
+        if ops is None:
+            ops = _OPS[int(head_dim)] = "the library has no layer ops"
+    if isinstance(ops, str):
+        _note_once("BlossomRec's CPU kernel is not available (%s): RoPE and the compressor windows run as PyTorch "
+                   "ops", ops)
+        return None
+    return ops
+
+
+def _eager_cpu_inference(*tensors: torch.Tensor) -> bool:
+    """CPU fp32 tensors, no gradient needed, not inside a traced graph: where the layer ops run compiled."""
+    return (CPU_KERNEL and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and not _traced())
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """RoPE of ``x [B, H, T, D]`` with fp32 tables ``[T, D]`` or ``[B, 1, T, D]`` in one pass, the same bits as
+    :func:`layers_blossomrec.apply_rotary_reference`; None where it does not apply (the caller runs the PyTorch
+    ops): not CPU fp32 inference, an odd head dim, other table shapes, or no kernel."""
+    batch, heads, length, dim = x.shape
+    if dim % 2 or not _eager_cpu_inference(x, cos, sin) or cos.shape != sin.shape or cos.stride() != sin.stride():
+        return None
+    if cos.dim() == 2 and cos.shape == (length, dim):
+        cos_batch = 0
+    elif cos.dim() == 4 and cos.shape == (batch, 1, length, dim):
+        cos_batch = cos.stride(0)
+    else:
+        return None
+    if x.stride(-1) != 1 or cos.stride(-1) != 1 or x.numel() == 0:
+        return None
+    ops = _layer_ops(dim)
+    if ops is None:
+        return None
+    out = torch.empty(batch, heads, length, dim)
+    ops[0](max(1, torch.get_num_threads()) if ops[2] else 1, x.data_ptr(), *x.stride()[:3], cos.data_ptr(),
+           sin.data_ptr(), cos_batch, cos.stride(-2), out.data_ptr(), batch, heads, length)
+    return out
+
+
+def compressor_windows(key: torch.Tensor, lengths: torch.Tensor, position: torch.Tensor, block: int,
+                       window: int) -> torch.Tensor | None:
+    """``flatten(window keys + P)`` ``[B, G, M, l*D]`` of the LTIS compressor in one pass (the same bits as
+    :func:`attention_patterns.ltis_window_keys` plus ``P``); None where it does not apply (see :func:`rotary`)."""
+    batch, groups, length, dim = key.shape
+    if not _eager_cpu_inference(key, position) or key.stride(-1) != 1 or position.shape != (groups, window, dim):
+        return None
+    windows = length // block
+    if windows == 0:
+        return None
+    ops = _layer_ops(dim)
+    if ops is None:
+        return None
+    position = position.contiguous()
+    real = lengths.to(torch.long).contiguous()
+    out = torch.empty(batch, groups, windows, window * dim)
+    ops[1](max(1, torch.get_num_threads()) if ops[2] else 1, key.data_ptr(), *key.stride()[:3], real.data_ptr(),
+           position.data_ptr(), out.data_ptr(), batch, groups, length, windows, block, window)
+    return out
 
 
 def kernel_status(head_dim: int, block: int, group: int, num_selected: int = 4) -> str | None:

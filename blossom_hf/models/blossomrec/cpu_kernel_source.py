@@ -52,22 +52,18 @@ static inline float exp_nonpositive(float x) {
 #define LANES 16 /* rows are padded to a multiple of LANES entries, so that no loop has a scalar remainder */
 #define ROUND_UP(x) (((x) + LANES - 1) / LANES * LANES)
 
-/* rows[h][0 .. count) <- exp(rows[h][j] - max_j rows[h][j]); total[h] <- their sum. The entries count .. up to the
- * next multiple of LANES are set to -1e30 first (their weights, exp(-87) = 1.6e-38 each, add nothing visible to a
- * total >= 1, and are never read back). */
-static inline void softmax_rows(float *rows, int64_t stride, int64_t count, float *total) {
+/* rows[h][0 .. count) <- exp(rows[h][j] - top[h]) (top[h]: the row's maximum); total[h] <- their sum. One vector of
+ * -1e30 is stored at rows[h][count] first (rows have LANES entries of slack), so that the loop runs over whole
+ * vectors: the padding's weights, exp(-87) = 1.6e-38 each, add nothing visible to a total >= 1 and are never read
+ * back. The heads are interleaved: GROUP independent exp chains per step. */
+static inline void softmax_rows(float *rows, int64_t stride, int64_t count, const float *top, float *total) {
     const int64_t padded = ROUND_UP(count);
-    float top[GROUP], acc[GROUP][8];
+    float acc[GROUP][8];
     for (int h = 0; h < GROUP; h++) {
-        float *row = rows + h * stride;
-        for (int64_t j = count; j < padded; j++) row[j] = -1e30f;
-        float m = -1e30f;
-#pragma omp simd reduction(max : m)
-        for (int64_t j = 0; j < padded; j++) m = row[j] > m ? row[j] : m;
-        top[h] = m;
+        float *tail = rows + h * stride + count;
+        for (int z = 0; z < LANES; z++) tail[z] = -1e30f;
         for (int z = 0; z < 8; z++) acc[h][z] = 0.0f;
     }
-    /* the heads interleaved: GROUP independent exp chains per step */
     for (int64_t j = 0; j < padded; j += 8)
         for (int h = 0; h < GROUP; h++) {
             float *row = rows + h * stride + j;
@@ -85,8 +81,10 @@ static inline void softmax_rows(float *rows, int64_t stride, int64_t count, floa
     }
 }
 
-/* dst[h][i] = <qs[h], key i of the block tile kt [HEAD_DIM][BLOCK]> for the GROUP (pre-scaled) query heads */
-static inline void tile_logits(const float *qs, const float *kt, float *dst, int64_t dst_stride) {
+/* dst[h][i] = <qs[h], key i of the block tile kt [HEAD_DIM][BLOCK]> for the GROUP (pre-scaled) query heads; where
+ * top is given, top[h] = max(top[h], dst[h][i] for i < valid) */
+static inline void tile_logits(const float *qs, const float *kt, float *dst, int64_t dst_stride, int64_t valid,
+                               float *top) {
     float acc[GROUP][BLOCK];
     for (int h = 0; h < GROUP; h++)
         for (int i = 0; i < BLOCK; i++) acc[h][i] = 0.0f;
@@ -98,6 +96,13 @@ static inline void tile_logits(const float *qs, const float *kt, float *dst, int
         }
     for (int h = 0; h < GROUP; h++)
         for (int i = 0; i < BLOCK; i++) dst[h * dst_stride + i] = acc[h][i];
+    if (top)
+        for (int h = 0; h < GROUP; h++) {
+            float m = top[h];
+#pragma omp simd reduction(max : m)
+            for (int i = 0; i < BLOCK; i++) m = i < valid && acc[h][i] > m ? acc[h][i] : m;
+            top[h] = m;
+        }
 }
 
 /* <qs[h], key> of every head, from a key row */
@@ -217,8 +222,8 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
     const int64_t H = G * GROUP;
     const int64_t NB = (L + BLOCK - 1) / BLOCK;
     /* per head: tile c-1, then from BLOCK on the fine keys (tile c, the n selected tiles), padded */
-    const int64_t ltis_stride = ROUND_UP(BLOCK + ROUND_UP((n + 1) * BLOCK));
-    const int64_t stis_stride = ROUND_UP(num_offsets + sinks);
+    const int64_t ltis_stride = ROUND_UP(BLOCK + (n + 1) * BLOCK) + LANES;
+    const int64_t stis_stride = ROUND_UP(num_offsets + sinks) + LANES;
     const int64_t units_per_row = positions ? Q : (Q + BLOCK - 1) / BLOCK;
     float *work = (float *)malloc(sizeof(float) * (GROUP * ltis_stride + GROUP * stis_stride + 3 * GROUP * HEAD_DIM +
                                                    BLOCK * HEAD_DIM + BLOCK * (windows > 0 ? windows : 1)));
@@ -278,11 +283,27 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
                 for (int64_t w = eligible - 1; w >= 0 && num_selected < n; w--) blocks[num_selected++] = w;
             }
             /* ---- tiles c-1 and c (the own block, and the STIS keys from (c-1)*BLOCK on) ---- */
+            float ltis_top[GROUP], stis_top[GROUP];
+            for (int h = 0; h < GROUP; h++) ltis_top[h] = stis_top[h] = -1e30f;
             const int64_t near = c > 0 ? (c - 1) * BLOCK : 0;
-            if (c > 0) tile_logits(qs, ktile + (c - 1) * HEAD_DIM * BLOCK, ltis, ltis_stride);
-            tile_logits(qs, ktile + c * HEAD_DIM * BLOCK, ltis + BLOCK, ltis_stride);
+            const int64_t own = t - c * BLOCK + 1; /* the own block's keys c*BLOCK .. t */
+            if (c > 0) tile_logits(qs, ktile + (c - 1) * HEAD_DIM * BLOCK, ltis, ltis_stride, 0, NULL);
+            tile_logits(qs, ktile + c * HEAD_DIM * BLOCK, ltis + BLOCK, ltis_stride, own, ltis_top);
             const int64_t near_column = c > 0 ? 0 : BLOCK; /* column of key `near` in `ltis` */
-            /* ---- STIS logits, read before the LTIS softmax overwrites the tiles ---- */
+            /* ---- LTIS: the own block's keys (at ltis[BLOCK ..]), then the selected blocks' ---- */
+            float *fine = ltis + BLOCK;
+            int64_t num_fine = own;
+            for (int64_t i = 0; i < own; i++) rows[i] = vrow + (c * BLOCK + i) * svt;
+            for (int64_t s = 0; s < num_selected; s++) {
+                const int64_t j = blocks[s];
+                const int64_t keys = L - j * BLOCK < BLOCK ? L - j * BLOCK : BLOCK;
+                /* written in place (the columns past `keys`, if any, are overwritten next) */
+                tile_logits(qs, ktile + j * HEAD_DIM * BLOCK, fine + num_fine, ltis_stride, keys, ltis_top);
+                for (int64_t i = 0; i < keys; i++) rows[num_fine + i] = vrow + (j * BLOCK + i) * svt;
+                num_fine += keys;
+            }
+            /* ---- STIS logits: near keys from tiles c-1 and c (columns < BLOCK + own are intact), far ones from
+             * K's rows ---- */
             int64_t num_stis = 0;
             for (int64_t o = 0; o < num_offsets; o++) {
                 const int64_t key = t - offsets[o];
@@ -302,24 +323,15 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
                 row_logits(qs, krow + s * skt, stis + num_stis, stis_stride);
                 stis_rows[num_stis++] = vrow + s * svt;
             }
-            /* ---- LTIS: the own block's keys c*BLOCK .. t (already at ltis[BLOCK ..]), then the selected ---- */
-            float *fine = ltis + BLOCK;
-            int64_t num_fine = t - c * BLOCK + 1;
-            for (int64_t i = 0; i < num_fine; i++) rows[i] = vrow + (c * BLOCK + i) * svt;
-            for (int64_t s = 0; s < num_selected; s++) {
-                const int64_t j = blocks[s];
-                const int64_t keys = L - j * BLOCK < BLOCK ? L - j * BLOCK : BLOCK;
-                float tile[GROUP * BLOCK];
-                tile_logits(qs, ktile + j * HEAD_DIM * BLOCK, tile, BLOCK);
-                for (int h = 0; h < GROUP; h++)
-                    for (int64_t i = 0; i < keys; i++) fine[h * ltis_stride + num_fine + i] = tile[h * BLOCK + i];
-                for (int64_t i = 0; i < keys; i++) rows[num_fine + i] = vrow + (j * BLOCK + i) * svt;
-                num_fine += keys;
-            }
+            for (int h = 0; h < GROUP; h++)
+                for (int64_t j = 0; j < num_stis; j++) {
+                    const float x = stis[h * stis_stride + j];
+                    stis_top[h] = x > stis_top[h] ? x : stis_top[h];
+                }
             float ltis_total[GROUP], stis_total[GROUP];
-            softmax_rows(fine, ltis_stride, num_fine, ltis_total);
+            softmax_rows(fine, ltis_stride, num_fine, ltis_top, ltis_total);
             weighted_values(fine, ltis_stride, rows, num_fine, ltis_out);
-            softmax_rows(stis, stis_stride, num_stis, stis_total);
+            softmax_rows(stis, stis_stride, num_stis, stis_top, stis_total);
             weighted_values(stis, stis_stride, stis_rows, num_stis, stis_out);
             for (int h = 0; h < GROUP; h++) {
                 const float alpha = grow[h * sgh + qi * sgt] / ltis_total[h];
@@ -361,5 +373,90 @@ void blossom_attend(int64_t unit_begin, int64_t unit_end, int64_t threads, ARGUM
 #endif
     (void)threads;
     attend_units(unit_begin, unit_end, PASS);
+}
+
+/* ---- two element-wise pieces of the layer, for CPU inference (each one pass instead of several PyTorch ops) ---- */
+
+/* RoPE, half-split: out = [x1 c1 - x2 s1, x2 c2 + x1 s2] with every product and sum rounded to fp32 on its own, as
+ * the PyTorch ops do it (layers_blossomrec.apply_rotary_reference): the same bits. x [B, H, T, HEAD_DIM] (strides of
+ * its first three dims; the last contiguous), cos/sin [T, HEAD_DIM] or [B, 1, T, HEAD_DIM] (strides scb (0 for
+ * [T, HEAD_DIM]) and sct), out [B, H, T, HEAD_DIM] contiguous. */
+#if defined(__clang__)
+#define NO_CONTRACT
+#else
+#define NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#endif
+NO_CONTRACT static void rope_rows(int64_t r0, int64_t r1, const float *x, int64_t sxb, int64_t sxh, int64_t sxt,
+                                  const float *cs, const float *sn, int64_t scb, int64_t sct, float *out, int64_t H,
+                                  int64_t T) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    const int half = HEAD_DIM / 2;
+    for (int64_t r = r0; r < r1; r++) { /* r = (b * H + h) * T + t */
+        const int64_t t = r % T, h = (r / T) % H, b = r / (T * H);
+        const float *xr = x + b * sxb + h * sxh + t * sxt;
+        const float *c = cs + b * scb + t * sct, *s = sn + b * scb + t * sct;
+        float *o = out + r * HEAD_DIM;
+#pragma omp simd
+        for (int d = 0; d < half; d++) {
+            const float a = xr[d] * c[d], bb = xr[d + half] * s[d];
+            o[d] = a - bb;
+        }
+#pragma omp simd
+        for (int d = 0; d < half; d++) {
+            const float a = xr[d + half] * c[d + half], bb = xr[d] * s[d + half];
+            o[d + half] = a + bb;
+        }
+    }
+}
+
+void blossom_rope(int64_t threads, const float *x, int64_t sxb, int64_t sxh, int64_t sxt, const float *cs,
+                  const float *sn, int64_t scb, int64_t sct, float *out, int64_t B, int64_t H, int64_t T) {
+    const int64_t rows = B * H * T;
+#ifdef _OPENMP
+    if (threads > 1 && rows >= 1024) {
+        const int64_t chunk = 256;
+#pragma omp parallel for num_threads((int)threads) schedule(static)
+        for (int64_t r = 0; r < rows; r += chunk)
+            rope_rows(r, r + chunk < rows ? r + chunk : rows, x, sxb, sxh, sxt, cs, sn, scb, sct, out, H, T);
+        return;
+    }
+#endif
+    (void)threads;
+    rope_rows(0, rows, x, sxb, sxh, sxt, cs, sn, scb, sct, out, H, T);
+}
+
+/* The LTIS compressor's input: out[b, g, w] = flatten(window keys + P[g]), window w = positions
+ * w*block - (window - block) .. w*block + block - 1, a position before 0 or at/after the row's length contributing a
+ * zero key (attention_patterns.ltis_window_keys; the sum is one fp32 addition, as there: the same bits).
+ * key [B, G, L, HEAD_DIM] (strides; last contiguous), position [G, window, HEAD_DIM] contiguous,
+ * out [B, G, M, window * HEAD_DIM] contiguous. */
+void blossom_windows(int64_t threads, const float *key, int64_t skb, int64_t skg, int64_t skt, const int64_t *lengths,
+                     const float *position, float *out, int64_t B, int64_t G, int64_t L, int64_t M, int64_t block,
+                     int64_t window) {
+    const int64_t rows = B * G * M;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)threads) schedule(static) if (threads > 1 && rows >= 64)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t w = r % M, g = (r / M) % G, b = r / (M * G);
+        const int64_t length = lengths[b] < L ? lengths[b] : L;
+        const int64_t first = w * block - (window - block);
+        for (int64_t j = 0; j < window; j++) {
+            const int64_t pos = first + j;
+            const float *pr = position + (g * window + j) * HEAD_DIM;
+            float *o = out + (r * window + j) * HEAD_DIM;
+            if (pos >= 0 && pos < length) {
+                const float *kr = key + b * skb + g * skg + pos * skt;
+#pragma omp simd
+                for (int d = 0; d < HEAD_DIM; d++) o[d] = kr[d] + pr[d];
+            } else {
+#pragma omp simd
+                for (int d = 0; d < HEAD_DIM; d++) o[d] = 0.0f + pr[d];
+            }
+        }
+    }
+    (void)threads;
 }
 """

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from . import cpu_kernel
+
 # importing the backend files registers "eager", "sdpa" and "triton" (each file holds its own registration)
 from .attention_eager import eager_attention_forward  # noqa: F401
 from .attention_patterns import BlossomPattern, every_window_selected, ltis_window_keys
@@ -126,12 +128,15 @@ def blossom_gate(logits: torch.Tensor, heads: int) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on ``x [B, heads, L, D]`` with ``cos, sin [L, D]`` or ``[B, 1, L, D]`` (fp32 tables): computed in fp32,
-    returned in x's dtype. On CUDA one fused Triton kernel each way (:data:`FUSED_ROPE`); on the CPU, under
-    ``torch.compile``/export/tracing (which fuse the ops themselves) and for odd head dims, the PyTorch ops."""
+    returned in x's dtype. On CUDA one fused Triton kernel each way (:data:`FUSED_ROPE`); CPU inference in fp32 one
+    compiled pass (``cpu_kernel.rotary``, the same bits; where the CPU kernel is available); otherwise (training on the
+    CPU, ``torch.compile``/export/tracing, which fuse the ops themselves, odd head dims) the PyTorch ops."""
     if _fusable(x, cos, sin) and (ops := _fused_layer_ops()) is not None:
         if torch.is_grad_enabled() and x.requires_grad:
             return ops.FusedRotary.apply(x, cos, sin)
         return ops.launch_rope(x, cos, sin)  # no autograd node needed (inference)
+    if x.device.type == "cpu" and (out := cpu_kernel.rotary(x, cos, sin)) is not None:
+        return out
     return apply_rotary_reference(x, cos, sin)
 
 
@@ -163,14 +168,16 @@ class BlossomRecBlockCompressor(nn.Module):
     def forward(self, key: torch.Tensor, lengths: torch.Tensor, pattern: BlossomPattern) -> torch.Tensor:
         """``key [B, G, L, D]`` -> ``k~ [B, G, M, D]``: the definition as written (docs/MODEL.md, LTIS step 2),
         materialised windows then the MLP (on CUDA the windows + P come from one Triton kernel each way,
-        :data:`FUSED_COMPRESSOR_WINDOWS`; the same values). (A per-block form without the windows, ``fc1`` as
+        :data:`FUSED_COMPRESSOR_WINDOWS`; in CPU inference from one compiled pass, ``cpu_kernel.compressor_windows``,
+        where the CPU kernel is available; the same values). (A per-block form without the windows, ``fc1`` as
         ``l / b`` column slices and a shifted sum, was measured 0.4-0.65 ms slower per layer step on an H200: its
         strided slice adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
         position = self.intra_window_position
         if (FUSED_COMPRESSOR_WINDOWS and key.is_cuda and position.device == key.device and _eager_mode()
                 and (ops := _fused_layer_ops()) is not None):  # one kernel each way, same values
             flat = ops.CompressorWindows.apply(key, lengths, position, pattern.block_size, pattern.compression_window)
-        else:
+        elif key.device.type != "cpu" or (flat := cpu_kernel.compressor_windows(
+                key, lengths, position, pattern.block_size, pattern.compression_window)) is None:
             windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
             windows = windows + position[None, :, None].to(windows.dtype)
             flat = windows.flatten(-2)
