@@ -69,7 +69,8 @@ _MAX_TILE = 1 << 16
 #: loop on torch's workers costs a few us), other builds (a share on the thread pool costs ~20-40 us)
 SINGLE_THREAD_QUERIES = {"openmp": 64, "threads": 512}
 
-_FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math")
+_FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp-simd", "-ffp-contract=fast", "-fno-math-errno",
+          "-fno-trapping-math")
 _ARCH_FLAGS = ("-march=native",)
 
 _I64, _PTR, _F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
