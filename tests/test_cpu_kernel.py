@@ -76,8 +76,9 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}G{}L{}D{}b{}n{}W{}S{}".format(*s))
 @pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
 def test_kernel_matches_eager(generator, monkeypatch, shape, threads):
-    """Every position and the serving path's query subset (last real position, and a middle one) against eager;
-    padded queries come out as zeros."""
+    """Every position and query subsets (the serving path's last real position and a middle one: logits from K's rows;
+    20 random real positions per row: from the transposed K tiles) against eager; padded queries come out as
+    zeros."""
     if threads == 2:
         monkeypatch.setitem(cpu_kernel.SINGLE_THREAD_QUERIES, "openmp", 0)
         monkeypatch.setitem(cpu_kernel.SINGLE_THREAD_QUERIES, "threads", 0)
@@ -93,11 +94,16 @@ def test_kernel_matches_eager(generator, monkeypatch, shape, threads):
             got = sdpa_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
             got_sub = sdpa_blossom_attention(_take(q, positions), k, v, ck, _take(gate, positions), lengths,
                                              scaling=scaling, pattern=pattern, positions=positions)
+            many = (torch.rand(len(lengths), cpu_kernel.TILED_QUERIES + 4, generator=generator)
+                    * lengths[:, None]).long()
+            got_many = sdpa_blossom_attention(_take(q, many), k, v, ck, _take(gate, many), lengths, scaling=scaling,
+                                              pattern=pattern, positions=many)
     finally:
         if threads == 2:
             torch.set_num_threads(before)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_sub, _take(want, positions), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_many, _take(want, many), rtol=1e-5, atol=1e-5)
     padded = torch.arange(q.shape[2])[None, :] >= lengths[:, None]
     assert bool((got.transpose(1, 2)[padded] == 0).all())
 

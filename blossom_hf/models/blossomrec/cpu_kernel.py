@@ -64,6 +64,9 @@ def _switch_from_environment() -> bool:
 CPU_KERNEL = _switch_from_environment()
 #: largest ``ltis_num_selected_blocks`` the kernel takes (its per-query arrays)
 MAX_SELECTED = 64
+#: with positions given, more queries per row than this read the keys from a transposed copy of K (one multiply-add per
+#: vector of a block's logits); fewer (the serving path's one) compute them from K's rows, without the copy
+TILED_QUERIES = 16
 #: largest ``group size x max(head_dim, block size)`` (the kernel's per-query tiles live on the stack)
 _MAX_TILE = 1 << 16
 #: fewer (batch rows x kv heads x queries) than this run in the calling thread alone: OpenMP builds (a parallel
@@ -122,7 +125,8 @@ def _target(name: str) -> Path:
             return preferred
     except OSError:
         pass
-    return Path(tempfile.gettempdir()) / f"blossom_hf_{os.getuid()}" / "cpu_kernel" / name
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"blossom_hf_{user}" / "cpu_kernel" / name
 
 
 def _compiler() -> str | None:
@@ -402,16 +406,19 @@ def cpu_kernel_attention(query, key, value, compressed_key, gate, lengths, scali
     if out.numel() == 0:
         return out.transpose(1, 2)
     q, k, v, gate = (_last_dim_contiguous(x) for x in (query, key, value, gate))
+    pos = None if positions is None else positions.to(torch.long).expand(batch, num_queries).contiguous()
     rows = batch * groups
     num_blocks = -(-seq_len // b)
-    padded = k if num_blocks * b == seq_len else F.pad(k, (0, 0, 0, num_blocks * b - seq_len))
-    k_tiles = padded.reshape(batch, groups, num_blocks, b, head_dim).transpose(-1, -2).contiguous()
+    if pos is None or num_queries > TILED_QUERIES:  # the transposed copy of K pays for itself
+        padded = k if num_blocks * b == seq_len else F.pad(k, (0, 0, 0, num_blocks * b - seq_len))
+        k_tiles = padded.reshape(batch, groups, num_blocks, b, head_dim).transpose(-1, -2).contiguous()
+    else:  # the serving path's few queries per row: logits from K's rows
+        k_tiles = None
     windows = compressed_key.shape[2]
     ranked = selected_blocks is None and windows > n
     ck_t = compressed_key.float().reshape(rows, windows, head_dim).transpose(1, 2).contiguous() if ranked else None
     selected = None if selected_blocks is None else selected_blocks.to(torch.long).expand(
         batch, groups, num_queries, n).contiguous()
-    pos = None if positions is None else positions.to(torch.long).expand(batch, num_queries).contiguous()
     real = lengths.to(torch.long).contiguous()
     offsets = _offsets(pattern.stis_window, seq_len)
     sinks = min(pattern.stis_num_sinks, seq_len)
@@ -419,7 +426,8 @@ def cpu_kernel_attention(query, key, value, compressed_key, gate, lengths, scali
 
     def run(first: int, last: int, threads: int = 1) -> None:
         function(first, last, threads, q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
-                 *v.stride()[:3], k_tiles.data_ptr(), None if ck_t is None else ck_t.data_ptr(),
+                 *v.stride()[:3], None if k_tiles is None else k_tiles.data_ptr(),
+                 None if ck_t is None else ck_t.data_ptr(),
                  None if selected is None else selected.data_ptr(), None if pos is None else pos.data_ptr(),
                  real.data_ptr(), gate.data_ptr(), *gate.stride()[:3], out.data_ptr(), groups, num_queries, seq_len,
                  n, windows, offsets.data_ptr(), offsets.numel(), sinks, float(scaling))

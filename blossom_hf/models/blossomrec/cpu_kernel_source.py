@@ -105,6 +105,26 @@ static inline void tile_logits(const float *qs, const float *kt, float *dst, int
         }
 }
 
+/* tile_logits from K's rows (no transposed copy: the serving path's few queries), block `block` of the row's keys
+ * starting at krow, the keys past L (keys > rows) left out of the maximum and set to -1e30 */
+static inline void tile_logits_rows(const float *qs, const float *krow, int64_t skt, int64_t block, int64_t rows,
+                                    float *dst, int64_t dst_stride, int64_t valid, float *top) {
+    for (int64_t i = 0; i < BLOCK; i++) {
+        const int64_t key = block * BLOCK + i;
+        for (int h = 0; h < GROUP; h++) {
+            float a = -1e30f;
+            if (key < rows) {
+                const float *kr = krow + key * skt;
+                a = 0.0f;
+#pragma omp simd reduction(+ : a)
+                for (int d = 0; d < HEAD_DIM; d++) a += qs[h * HEAD_DIM + d] * kr[d];
+            }
+            dst[h * dst_stride + i] = a;
+            if (top && i < valid && a > top[h]) top[h] = a;
+        }
+    }
+}
+
 /* <qs[h], key> of every head, from a key row */
 static inline void row_logits(const float *qs, const float *key, float *dst, int64_t dst_stride) {
     for (int h = 0; h < GROUP; h++) {
@@ -202,7 +222,7 @@ static inline int64_t top_windows(const float *scores, int64_t eligible, int64_t
 
 /* Units [unit_begin, unit_end). Strides are in elements; the last dimension of every tensor is contiguous.
  *   q [B, H, Q, HEAD_DIM], k and v [B, G, L, HEAD_DIM], gate [B, H, Q, 2]: strides of their first three dims;
- *   kt [B*G, NB, HEAD_DIM, BLOCK] contiguous (K^T block tiles, zero past L);
+ *   kt [B*G, NB, HEAD_DIM, BLOCK] contiguous (K^T block tiles, zero past L), or NULL (logits from K's rows);
  *   ckt [B*G, HEAD_DIM, windows] contiguous, or NULL with `selected` given;
  *   selected [B*G, Q, n] contiguous (-1 = empty slot) or NULL (rank the windows here);
  *   positions [B, Q] contiguous (the queries' positions) or NULL (query i is position i, Q = L);
@@ -246,7 +266,7 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
         const int64_t length = lengths[b];
         const float *qrow = q + b * sqb + gamma * GROUP * sqh, *grow = gate + b * sgb + gamma * GROUP * sgh;
         const float *krow = k + b * skb + gamma * skg, *vrow = v + b * svb + gamma * svg;
-        const float *ktile = kt + bg * NB * HEAD_DIM * BLOCK;
+        const float *ktile = kt ? kt + bg * NB * HEAD_DIM * BLOCK : NULL;
         /* every query of the unit has the same eligible windows w < t / BLOCK */
         const int64_t t0 = positions ? positions[b * Q + first] : first;
         const int64_t eligible = t0 / BLOCK < windows ? t0 / BLOCK : windows;
@@ -287,8 +307,13 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
             for (int h = 0; h < GROUP; h++) ltis_top[h] = stis_top[h] = -1e30f;
             const int64_t near = c > 0 ? (c - 1) * BLOCK : 0;
             const int64_t own = t - c * BLOCK + 1; /* the own block's keys c*BLOCK .. t */
-            if (c > 0) tile_logits(qs, ktile + (c - 1) * HEAD_DIM * BLOCK, ltis, ltis_stride, 0, NULL);
-            tile_logits(qs, ktile + c * HEAD_DIM * BLOCK, ltis + BLOCK, ltis_stride, own, ltis_top);
+            if (ktile) {
+                if (c > 0) tile_logits(qs, ktile + (c - 1) * HEAD_DIM * BLOCK, ltis, ltis_stride, 0, NULL);
+                tile_logits(qs, ktile + c * HEAD_DIM * BLOCK, ltis + BLOCK, ltis_stride, own, ltis_top);
+            } else {
+                if (c > 0) tile_logits_rows(qs, krow, skt, c - 1, L, ltis, ltis_stride, 0, NULL);
+                tile_logits_rows(qs, krow, skt, c, L, ltis + BLOCK, ltis_stride, own, ltis_top);
+            }
             const int64_t near_column = c > 0 ? 0 : BLOCK; /* column of key `near` in `ltis` */
             /* ---- LTIS: the own block's keys (at ltis[BLOCK ..]), then the selected blocks' ---- */
             float *fine = ltis + BLOCK;
@@ -298,7 +323,10 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
                 const int64_t j = blocks[s];
                 const int64_t keys = L - j * BLOCK < BLOCK ? L - j * BLOCK : BLOCK;
                 /* written in place (the columns past `keys`, if any, are overwritten next) */
-                tile_logits(qs, ktile + j * HEAD_DIM * BLOCK, fine + num_fine, ltis_stride, keys, ltis_top);
+                if (ktile)
+                    tile_logits(qs, ktile + j * HEAD_DIM * BLOCK, fine + num_fine, ltis_stride, keys, ltis_top);
+                else
+                    tile_logits_rows(qs, krow, skt, j, L, fine + num_fine, ltis_stride, keys, ltis_top);
                 for (int64_t i = 0; i < keys; i++) rows[num_fine + i] = vrow + (j * BLOCK + i) * svt;
                 num_fine += keys;
             }

@@ -181,7 +181,10 @@ class BlossomRecBlockCompressor(nn.Module):
             windows = ltis_window_keys(key, lengths, pattern)  # [B, G, M, l, D]
             windows = windows + position[None, :, None].to(windows.dtype)
             flat = windows.flatten(-2)
-        return self.fc2(F.relu(self.fc1(flat)))  # [B, G, M, D]
+        hidden = self.fc1(flat)
+        # in place where no gradient is recorded (inference: one pass less over the M x l*D activations)
+        hidden = F.relu(hidden) if torch.is_grad_enabled() else hidden.relu_()
+        return self.fc2(hidden)  # [B, G, M, D]
 
 
 class BlossomRecAttention(nn.Module):
