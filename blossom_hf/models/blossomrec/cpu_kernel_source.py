@@ -188,35 +188,26 @@ static void selection_scores(const float *qm, int64_t rows, const float *ckt, in
     }
 }
 
+/* (value, w) into the list best/blocks, sorted by decreasing value, at free (or displaced) slot p: it moves up past
+ * strictly smaller values only, so that among equal values the one inserted first (the larger w) stays first */
+static inline void insert_descending(float *best, int64_t *blocks, int64_t p, float value, int64_t w) {
+    while (p > 0 && best[p - 1] < value) {
+        best[p] = best[p - 1];
+        blocks[p] = blocks[p - 1];
+        p--;
+    }
+    best[p] = value;
+    blocks[p] = w;
+}
+
 /* The n largest of scores[0 .. eligible) by decreasing value, ties to the larger index (scanned from the top,
  * replaced only by a strictly larger score); eligible > n. Returns n. */
 static inline int64_t top_windows(const float *scores, int64_t eligible, int64_t n, int64_t *blocks) {
     float best[MAX_SELECTED];
-    int64_t count = 0;
-    for (int64_t w = eligible - 1; w >= eligible - n; w--) {
-        const float value = scores[w];
-        int64_t p = count++;
-        while (p > 0 && best[p - 1] < value) {
-            best[p] = best[p - 1];
-            blocks[p] = blocks[p - 1];
-            p--;
-        }
-        best[p] = value;
-        blocks[p] = w;
-    }
-    for (int64_t w = eligible - n - 1; w >= 0; w--) {
-        const float value = scores[w];
-        if (value > best[n - 1]) {
-            int64_t p = n - 1;
-            while (p > 0 && best[p - 1] < value) {
-                best[p] = best[p - 1];
-                blocks[p] = blocks[p - 1];
-                p--;
-            }
-            best[p] = value;
-            blocks[p] = w;
-        }
-    }
+    for (int64_t w = eligible - 1, count = 0; w >= eligible - n; w--, count++)
+        insert_descending(best, blocks, count, scores[w], w);
+    for (int64_t w = eligible - n - 1; w >= 0; w--)
+        if (scores[w] > best[n - 1]) insert_descending(best, blocks, n - 1, scores[w], w);
     return n;
 }
 
