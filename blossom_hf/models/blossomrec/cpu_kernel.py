@@ -1,18 +1,20 @@
 """BlossomRec attention for CPU inference in one compiled pass per query (C source: ``cpu_kernel_source.py``;
 docs/cpu_kernel.md).
 
-The sdpa backend's CPU inference (no gradient) runs this kernel where it is available and faster than the PyTorch
-layouts (:func:`attention_sdpa.sdpa_blossom_attention` decides): per query and kv head it ranks the windows, reads
-the own and selected blocks and the STIS keys straight from K, V and a transposed copy of K, and writes
-``alpha * LTIS + beta * STIS``, without materialising any gathered key set. Same function as the eager reference
-(tests/test_cpu_kernel.py: fp32, within 1e-5).
+The sdpa backend's CPU inference (no gradient, eager mode) runs this kernel wherever it is available, at every
+history length (it is faster than the PyTorch layouts at every length measured, docs/cpu_kernel.md): per query and kv
+head it ranks the windows, reads the own and selected blocks and the STIS keys straight from K, V and a transposed
+copy of K (from K's rows for the serving path's few queries per row), and writes ``alpha * LTIS + beta * STIS``,
+without materialising any gathered key set. Same function as the eager reference (tests/test_cpu_kernel.py: fp32,
+within 1e-5). The same library also holds two element-wise passes of CPU inference: RoPE (:func:`rotary`, both
+models) and the compressor's windows (:func:`compressor_windows`), bit-identical to the PyTorch ops.
 
 Building: the C source is compiled once per ``(head_dim, block size, group size)`` with the system C compiler (``$CC``,
-else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native``), into the cache folder (``$BLOSSOM_HF_CACHE``, else
-``$XDG_CACHE_HOME/blossom_hf``, else ``~/.cache/blossom_hf``; ``cpu_kernel/``; where that cannot be written, a per-user
-folder of the system's temporary folder), named by a hash of the source, the flags, the compiler and the CPU, and
-written under a temporary name then renamed, so that an interrupted build or
-two processes building at once never leave a half-written library. A build takes well under a second.
+else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -ffp-contract=fast``), into the cache folder
+(``$BLOSSOM_HF_CACHE``, else ``$XDG_CACHE_HOME/blossom_hf``, else ``~/.cache/blossom_hf``; ``cpu_kernel/``; where that
+cannot be written, a per-user folder of the system's temporary folder), named by a hash of the source, the flags, the
+compiler and the CPU, and written under a temporary name then renamed, so that an interrupted build or two processes
+building at once never leave a half-written library. A build takes well under a second.
 
 Where no compiler is found, the build fails, the configuration is out of range (``n > 64``) or the kernel is
 switched off (:data:`CPU_KERNEL` ``= False``, or ``BLOSSOM_HF_CPU_KERNEL=0``), the sdpa backend runs its PyTorch
