@@ -46,6 +46,10 @@ REGIONS = (
     ("blossom_hf.models.blossomrec.sdpa_inference", "_ltis_keys", "gathers"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "_stis_keys", "gathers"),
     ("blossom_hf.models.blossomrec.sdpa_inference", "_attend_small", "small matmuls + softmax"),
+    # the compiled CPU kernel (cpu_kernel.py; ctypes calls, invisible to the profiler otherwise) and its layer ops
+    ("blossom_hf.models.blossomrec.attention_sdpa", "cpu_kernel_attention", "cpu kernel"),
+    ("blossom_hf.models.blossomrec.cpu_kernel", "rotary", "cpu kernel: rope"),
+    ("blossom_hf.models.blossomrec.cpu_kernel", "compressor_windows", "cpu kernel: compressor windows"),
     # the layouts as attention_sdpa (which picks one per call) sees them
     ("blossom_hf.models.blossomrec.attention_sdpa", "dense_inference", "dense layout"),
     ("blossom_hf.models.blossomrec.attention_sdpa", "blocked_inference", "blocked layout"),
