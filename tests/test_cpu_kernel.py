@@ -75,32 +75,26 @@ SHAPES = [
 @needs_compiler
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}G{}L{}D{}b{}n{}W{}S{}".format(*s))
 @pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
-def test_kernel_matches_eager(generator, monkeypatch, shape, threads):
+def test_kernel_matches_eager(generator, monkeypatch, request, shape, threads):
     """Every position and query subsets (the serving path's last real position and a middle one: logits from K's rows;
     20 random real positions per row: from the transposed K tiles) against eager; padded queries come out as
     zeros."""
     if threads == 2:
         monkeypatch.setitem(cpu_kernel.SINGLE_THREAD_QUERIES, "openmp", 0)
         monkeypatch.setitem(cpu_kernel.SINGLE_THREAD_QUERIES, "threads", 0)
-        before = torch.get_num_threads()
-        torch.set_num_threads(2)
-    try:
-        pattern, (q, k, v, ck, gate), lengths = _case(generator, *shape)
-        scaling = q.shape[-1] ** -0.5
-        want = eager_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
-        assert cpu_kernel.kernel_available(q, k, pattern)
-        positions = torch.stack([lengths - 1, lengths // 2], dim=1)
-        with torch.inference_mode():
-            got = sdpa_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
-            got_sub = sdpa_blossom_attention(_take(q, positions), k, v, ck, _take(gate, positions), lengths,
-                                             scaling=scaling, pattern=pattern, positions=positions)
-            many = (torch.rand(len(lengths), cpu_kernel.TILED_QUERIES + 4, generator=generator)
-                    * lengths[:, None]).long()
-            got_many = sdpa_blossom_attention(_take(q, many), k, v, ck, _take(gate, many), lengths, scaling=scaling,
-                                              pattern=pattern, positions=many)
-    finally:
-        if threads == 2:
-            torch.set_num_threads(before)
+        request.getfixturevalue("two_threads")
+    pattern, (q, k, v, ck, gate), lengths = _case(generator, *shape)
+    scaling = q.shape[-1] ** -0.5
+    want = eager_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
+    assert cpu_kernel.kernel_available(q, k, pattern)
+    positions = torch.stack([lengths - 1, lengths // 2], dim=1)
+    many = (torch.rand(len(lengths), cpu_kernel.TILED_QUERIES + 4, generator=generator) * lengths[:, None]).long()
+    with torch.inference_mode():
+        got = sdpa_blossom_attention(q, k, v, ck, gate, lengths, scaling=scaling, pattern=pattern)
+        got_sub = sdpa_blossom_attention(_take(q, positions), k, v, ck, _take(gate, positions), lengths,
+                                         scaling=scaling, pattern=pattern, positions=positions)
+        got_many = sdpa_blossom_attention(_take(q, many), k, v, ck, _take(gate, many), lengths, scaling=scaling,
+                                          pattern=pattern, positions=many)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_sub, _take(want, positions), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_many, _take(want, many), rtol=1e-5, atol=1e-5)
