@@ -164,6 +164,15 @@ def _raw_id(value, row: int | None) -> RawId:
     raise TypeError(f"{where}item id {value!r} has type {type(value).__name__}; item ids are integers or strings")
 
 
+def _raw_ids(values: list, row: int) -> list[RawId]:
+    """:func:`_raw_id` of every value of one history. A history of plain Python ints (or of plain strs), the common
+    case, is returned as a copy without a per-item call (the same values, about 20x faster)."""
+    kind = type(values[0]) if values else int
+    if (kind is int or kind is str) and all(type(x) is kind for x in values):
+        return list(values)
+    return [_raw_id(x, row) for x in values]
+
+
 def _is_zero_dim(value) -> bool:
     return hasattr(value, "dtype") and hasattr(value, "item") and tuple(getattr(value, "shape", (1,))) == ()
 
@@ -198,10 +207,10 @@ def as_histories(histories) -> list[list[RawId]]:
         )
     rows = _rows_of_array(histories)
     if rows is not None:
-        return [[_raw_id(x, row) for x in history] for row, history in enumerate(rows)]
+        return [_raw_ids(history, row) for row, history in enumerate(rows)]
     items = list(histories)
     if all(_is_scalar_id(x) for x in items):
-        return [[_raw_id(x, 0) for x in items]] if items else []
+        return [_raw_ids(items, 0)] if items else []
     out = []
     for row, history in enumerate(items):
         if isinstance(history, Mapping) or isinstance(history, str | bytes) or not isinstance(history, Iterable):
@@ -212,7 +221,7 @@ def as_histories(histories) -> list[list[RawId]]:
         if array_rows is not None and len(array_rows) != 1:
             raise ValueError(f"history {row} is a 2-D array; each history must be 1-D")
         values = array_rows[0] if array_rows is not None else list(history)
-        out.append([_raw_id(x, row) for x in values])
+        out.append(_raw_ids(values, row))
     return out
 
 
