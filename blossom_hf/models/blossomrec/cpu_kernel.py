@@ -47,7 +47,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .attention_patterns import BlossomPattern, stis_offsets
 from .cpu_kernel_source import SOURCE
@@ -91,11 +90,13 @@ _ARGTYPES = [_I64, _I64, _I64,                # units, threads
              _PTR, _I64, _I64, _F32]          # offsets, num_offsets, sinks, scaling
 
 _ROPE_ARGTYPES = [_I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64]
+_TILES_ARGTYPES = [_I64, _PTR, _I64, _I64, _I64, _PTR, _I64, _I64, _I64]
 _WINDOWS_ARGTYPES = [_I64, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64]
 
 _LOCK = threading.Lock()
 _LIBRARIES: dict[tuple[int, int, int], object] = {}  # (head_dim, block, group) -> (function, openmp), or an error
 _OPS: dict[int, object] = {}  # head_dim -> (rope, windows, openmp) of a loaded library, or an error string
+_TILES: dict[tuple[int, int, int], object] = {}  # (head_dim, block, group) -> blossom_tiles of that library
 _NOTED: set[str] = set()
 _POOL: list = [None, 0]  # [ThreadPoolExecutor, its size]
 _OFFSETS: dict[tuple[int, int], torch.Tensor] = {}
@@ -214,7 +215,9 @@ def _build(head_dim: int, block: int, group: int) -> object:
         function.restype = None
         library.blossom_openmp.restype = ctypes.c_int
         library.blossom_rope.argtypes, library.blossom_windows.argtypes = _ROPE_ARGTYPES, _WINDOWS_ARGTYPES
-        library.blossom_rope.restype = library.blossom_windows.restype = None
+        library.blossom_tiles.argtypes = _TILES_ARGTYPES
+        library.blossom_rope.restype = library.blossom_windows.restype = library.blossom_tiles.restype = None
+        _TILES[(head_dim, block, group)] = library.blossom_tiles
         openmp = bool(library.blossom_openmp())
         _OPS.setdefault(head_dim, (library.blossom_rope, library.blossom_windows, openmp))
         return function, openmp
@@ -404,6 +407,7 @@ def cpu_kernel_attention(query, key, value, compressed_key, gate, lengths, scali
     group = heads // groups
     b, n = pattern.block_size, pattern.num_selected_blocks
     function, openmp = _function(head_dim, b, group)
+    tiles = _TILES[(head_dim, b, group)]
     out = torch.empty(batch, num_queries, heads, head_dim)
     if out.numel() == 0:
         return out.transpose(1, 2)
@@ -411,14 +415,15 @@ def cpu_kernel_attention(query, key, value, compressed_key, gate, lengths, scali
     pos = None if positions is None else positions.to(torch.long).expand(batch, num_queries).contiguous()
     rows = batch * groups
     num_blocks = -(-seq_len // b)
+    threads = max(1, torch.get_num_threads())
     if pos is None or num_queries > TILED_QUERIES:  # the transposed copy of K pays for itself
-        padded = k if num_blocks * b == seq_len else F.pad(k, (0, 0, 0, num_blocks * b - seq_len))
-        k_tiles = padded.reshape(batch, groups, num_blocks, b, head_dim).transpose(-1, -2).contiguous()
+        k_tiles = torch.empty(rows, num_blocks, head_dim, b)
+        tiles(threads if openmp else 1, k.data_ptr(), *k.stride()[:3], k_tiles.data_ptr(), batch, groups, seq_len)
     else:  # the serving path's few queries per row: logits from K's rows
         k_tiles = None
     windows = compressed_key.shape[2]
     ranked = selected_blocks is None and windows > n
-    ck_t = compressed_key.float().reshape(rows, windows, head_dim).transpose(1, 2).contiguous() if ranked else None
+    ck = compressed_key.float().contiguous() if ranked else None
     selected = None if selected_blocks is None else selected_blocks.to(torch.long).expand(
         batch, groups, num_queries, n).contiguous()
     real = lengths.to(torch.long).contiguous()
@@ -429,12 +434,11 @@ def cpu_kernel_attention(query, key, value, compressed_key, gate, lengths, scali
     def run(first: int, last: int, threads: int = 1) -> None:
         function(first, last, threads, q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(),
                  *v.stride()[:3], None if k_tiles is None else k_tiles.data_ptr(),
-                 None if ck_t is None else ck_t.data_ptr(),
+                 None if ck is None else ck.data_ptr(),
                  None if selected is None else selected.data_ptr(), None if pos is None else pos.data_ptr(),
                  real.data_ptr(), gate.data_ptr(), *gate.stride()[:3], out.data_ptr(), groups, num_queries, seq_len,
                  n, windows, offsets.data_ptr(), offsets.numel(), sinks, float(scaling))
 
-    threads = max(1, torch.get_num_threads())
     if threads == 1 or units < 2 or rows * num_queries < SINGLE_THREAD_QUERIES["openmp" if openmp else "threads"]:
         run(0, units)
     elif openmp:  # torch's own OpenMP workers

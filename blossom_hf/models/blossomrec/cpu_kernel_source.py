@@ -154,14 +154,14 @@ static inline void weighted_values(const float *weights, int64_t stride, const f
 }
 
 /* Selection scores of `rows` queries (their head means qm [rows][HEAD_DIM]) against the windows w < eligible:
- * scores[i * windows + w] = scaling * <qm[i], k~_w>, k~ given transposed (ckt [HEAD_DIM][windows]). */
-static void selection_scores(const float *qm, int64_t rows, const float *ckt, int64_t windows, int64_t eligible,
+ * scores[i * windows + w] = scaling * <qm[i], k~_w>, k~ given by rows (ck [windows][HEAD_DIM]). */
+static void selection_scores(const float *qm, int64_t rows, const float *ck, int64_t windows, int64_t eligible,
                              float scaling, float *scores) {
     for (int64_t w0 = 0; w0 < eligible; w0 += 16) {
         const int64_t width = eligible - w0 < 16 ? eligible - w0 : 16;
         float col[HEAD_DIM][16];
         for (int d = 0; d < HEAD_DIM; d++)
-            for (int z = 0; z < 16; z++) col[d][z] = z < width ? ckt[d * windows + w0 + z] : 0.0f;
+            for (int z = 0; z < 16; z++) col[d][z] = z < width ? ck[(w0 + z) * HEAD_DIM + d] : 0.0f;
         if (rows == BLOCK) {
             float acc[BLOCK][16];
             for (int i = 0; i < BLOCK; i++)
@@ -214,19 +214,19 @@ static inline int64_t top_windows(const float *scores, int64_t eligible, int64_t
 /* Units [unit_begin, unit_end). Strides are in elements; the last dimension of every tensor is contiguous.
  *   q [B, H, Q, HEAD_DIM], k and v [B, G, L, HEAD_DIM], gate [B, H, Q, 2]: strides of their first three dims;
  *   kt [B*G, NB, HEAD_DIM, BLOCK] contiguous (K^T block tiles, zero past L), or NULL (logits from K's rows);
- *   ckt [B*G, HEAD_DIM, windows] contiguous, or NULL with `selected` given;
+ *   ck [B*G, windows, HEAD_DIM] contiguous (the compressed keys), or NULL with `selected` given;
  *   selected [B*G, Q, n] contiguous (-1 = empty slot) or NULL (rank the windows here);
  *   positions [B, Q] contiguous (the queries' positions) or NULL (query i is position i, Q = L);
  *   lengths [B] (real items per row; queries at or past it are written as zeros);
  *   out [B, Q, H, HEAD_DIM] contiguous. */
 #define ARGUMENTS                                                                                                     \
     const float *q, int64_t sqb, int64_t sqh, int64_t sqt, const float *k, int64_t skb, int64_t skg, int64_t skt,     \
-        const float *v, int64_t svb, int64_t svg, int64_t svt, const float *kt, const float *ckt,                     \
+        const float *v, int64_t svb, int64_t svg, int64_t svt, const float *kt, const float *ck,                      \
         const int64_t *selected, const int64_t *positions, const int64_t *lengths, const float *gate, int64_t sgb,    \
         int64_t sgh, int64_t sgt, float *out, int64_t G, int64_t Q, int64_t L, int64_t n, int64_t windows,            \
         const int64_t *offsets, int64_t num_offsets, int64_t sinks, float scaling
 #define PASS                                                                                                          \
-    q, sqb, sqh, sqt, k, skb, skg, skt, v, svb, svg, svt, kt, ckt, selected, positions, lengths, gate, sgb, sgh, sgt, \
+    q, sqb, sqh, sqt, k, skb, skg, skt, v, svb, svg, svt, kt, ck, selected, positions, lengths, gate, sgb, sgh, sgt,  \
         out, G, Q, L, n, windows, offsets, num_offsets, sinks, scaling
 
 static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
@@ -261,7 +261,7 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
         /* every query of the unit has the same eligible windows w < t / BLOCK */
         const int64_t t0 = positions ? positions[b * Q + first] : first;
         const int64_t eligible = t0 / BLOCK < windows ? t0 / BLOCK : windows;
-        const int ranked = !selected && ckt && eligible > n && t0 < length;
+        const int ranked = !selected && ck && eligible > n && t0 < length;
         if (ranked) {
             for (int64_t i = 0; i < last - first; i++)
                 for (int d = 0; d < HEAD_DIM; d++) {
@@ -269,7 +269,7 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
                     for (int h = 0; h < GROUP; h++) a += qrow[h * sqh + (first + i) * sqt + d];
                     qm[i * HEAD_DIM + d] = a / GROUP;
                 }
-            selection_scores(qm, last - first, ckt + bg * HEAD_DIM * windows, windows, eligible, scaling, scores);
+            selection_scores(qm, last - first, ck + bg * windows * HEAD_DIM, windows, eligible, scaling, scores);
         }
         for (int64_t qi = first; qi < last; qi++) {
             const int64_t t = positions ? positions[b * Q + qi] : qi;
@@ -362,6 +362,26 @@ static void attend_units(int64_t unit_begin, int64_t unit_end, ARGUMENTS) {
     }
     free(work);
     free(rows);
+}
+
+/* kt[bg, j, d, i] = k[b, g, j*BLOCK + i, d] (zero past L): the transposed block tiles blossom_attend reads, in one
+ * pass (k [B, G, L, HEAD_DIM] with the strides of its first three dims, kt [B*G, NB, HEAD_DIM, BLOCK] contiguous) */
+void blossom_tiles(int64_t threads, const float *k, int64_t skb, int64_t skg, int64_t skt, float *kt, int64_t B,
+                   int64_t G, int64_t L) {
+    const int64_t NB = (L + BLOCK - 1) / BLOCK, tiles = B * G * NB;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)threads) schedule(static) if (threads > 1 && tiles >= 64)
+#endif
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        const int64_t j = tile % NB, g = (tile / NB) % G, b = tile / (NB * G);
+        float *dst = kt + tile * HEAD_DIM * BLOCK;
+        for (int64_t i = 0; i < BLOCK; i++) {
+            const int64_t key = j * BLOCK + i;
+            const float *src = k + b * skb + g * skg + key * skt;
+            for (int d = 0; d < HEAD_DIM; d++) dst[d * BLOCK + i] = key < L ? src[d] : 0.0f;
+        }
+    }
+    (void)threads;
 }
 
 /* 1 when built with OpenMP (cpu_kernel.py links the OpenMP runtime torch itself loaded, so that this kernel's
