@@ -12,9 +12,13 @@ for the backends ``sdpa`` and ``eager`` of each model, and BlossomRec's sdpa bac
 kernel switched off (``sdpa-pytorch``: the PyTorch layouts; ``--no-pytorch-layouts`` skips it). The eager backend
 materialises ``[B, H, L, L]`` scores: cells whose scores would exceed ``--eager-max-elements`` are skipped and marked
 so. Medians of ``--repeats`` timed calls after one warm-up call; threads as set with ``--threads`` (default: torch's
-current setting). The 1-minute load average before and after each (mode, L, B) cell is recorded beside it (a shared
-machine's other work shows there). Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``, written after
-every cell, so a long run that is stopped keeps its finished cells). No number here is asserted by a test.
+current setting). Interleaving means every timed call follows another variant's call, whose memory traffic (the eager
+variants' ``L x L`` scores above all) has evicted this model's weights from the caches; ``--warm`` times, for each
+variant in turn, a call that directly follows an untimed call of the same variant (a server answering one model's
+requests one after another). The 1-minute load average before and after each (mode, L, B) cell is recorded beside
+it (a shared machine's other work shows there). Writes a markdown table (stdout, ``--markdown``) and JSON (``--json``,
+written after every cell, so a long run that is stopped keeps its finished cells). No number here is asserted by a
+test.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ def run(
     eager_max_elements: int = 1 << 28,
     seed: int = 0,
     pytorch_layouts: bool = True,
+    warm: bool = False,
     progress: bool = True,
     on_cell: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
@@ -149,6 +154,8 @@ def run(
                 times[key].clear()
             for _ in range(reps):
                 for key, call in calls.items():
+                    if warm:
+                        call()  # untimed: the timed call then finds this variant's weights in the caches
                     times[key].append(_time(call))
             cpu_kernel.CPU_KERNEL = kernel_setting
             load_after = _load()
@@ -157,7 +164,7 @@ def run(
                 if key not in times and key not in skipped:
                     continue
                 record = {"mode": mode, "length": length, "batch": batch, "model": kind, "backend": backend,
-                          "load_before": load_before, "load_after": load_after}
+                          "warm": warm, "load_before": load_before, "load_after": load_after}
                 if key in times:
                     wall = [t[0] for t in times[key]]
                     median = statistics.median(wall)
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     parser.add_argument("--no-pytorch-layouts", action="store_true",
                         help="skip the run of BlossomRec's sdpa backend with its CPU kernel switched off")
+    parser.add_argument("--warm", action="store_true",
+                        help="time each call right after an untimed call of the same variant (warm caches)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     for name in ("lengths", "batch_sizes"):
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = run(args.lengths, args.batch_sizes, args.modes, repeats=args.repeats, vocab_size=args.vocab_size,
                   eager_max_elements=args.eager_max_elements, seed=args.seed,
-                  pytorch_layouts=not args.no_pytorch_layouts, progress=not args.no_progress,
+                  pytorch_layouts=not args.no_pytorch_layouts, warm=args.warm, progress=not args.no_progress,
                   on_cell=write)
     machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     sys.stdout.write(write(records))
