@@ -4,7 +4,7 @@
 CPU inference (no gradient, eager mode) runs the compiled kernel of ``cpu_kernel.py`` wherever it is available (a C
 compiler is present; docs/cpu_kernel.md): every position and the serving path's query subset, at every history
 length (2 threads, paper-size model, the attention call alone: 3.1-5.6x faster than the PyTorch layouts below, from
-L = 200 to 4096; whole ``recommend()``/``forward`` calls 1.1-2.2x, docs/BENCHMARKS_CPU.md). Where it is not (no
+L = 200 to 4096; whole ``recommend()``/``forward`` calls 1.1-2.1x, docs/BENCHMARKS_CPU.md). Where it is not (no
 compiler, ``BLOSSOM_HF_CPU_KERNEL=0``, an unsupported shape; logged once), and on every other device, the layouts
 below run.
 
