@@ -233,6 +233,22 @@ def test_unwritable_cache_folder_builds_in_the_temporary_folder(fresh_build, mon
     assert len(list((tmp_path / "tmp").rglob("blossom_cpu_d8_b4_g2_*.so"))) == 1
 
 
+@needs_compiler
+def test_build_without_openmp_runs_and_says_so(generator, fresh_build, monkeypatch, caplog):
+    """Where torch's OpenMP runtime is not found, the kernel is built without OpenMP (thread-pool path), the log says
+    so once, and the numbers are the same."""
+    monkeypatch.setattr(cpu_kernel, "_openmp_runtime", lambda: None)
+    with caplog.at_level(logging.INFO, logger=cpu_kernel.__name__):
+        assert cpu_kernel.kernel_status(8, 4, 2) is None
+    assert cpu_kernel._LIBRARIES[(8, 4, 2)][1] is False
+    assert any("runs without OpenMP" in r.getMessage() for r in caplog.records)
+    pattern, (q, k, v, ck, gate), lengths = _case(generator, 2, 4, 2, 40, 8, 4, 2, 3, 0)
+    with torch.inference_mode():
+        got = sdpa_blossom_attention(q, k, v, ck, gate, lengths, scaling=0.3, pattern=pattern)
+    want = eager_blossom_attention(q, k, v, ck, gate, lengths, scaling=0.3, pattern=pattern)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _fake_compiler(folder, body):
     script = folder / "fake-cc"
     script.write_text("#!/bin/sh\n" + body)

@@ -187,6 +187,10 @@ def test_recommend_history_types(model):
         model.recommend(np.array([3.0, 4.0]), k=4)
     with pytest.raises(TypeError, match="item id 3.0 is a float"):
         model.recommend([[3.0, 4]], k=4)
+    with pytest.raises(TypeError, match="item id 4.0 is a float"):  # after plain ints (their fast path)
+        model.recommend([[3, 4.0]], k=4)
+    with pytest.raises(TypeError, match="item id True is a bool"):
+        model.recommend([[3, True, 5]], k=4)
     with pytest.raises(TypeError, match="histories is a mapping"):
         model.recommend({"user": [3, 4]}, k=4)
     with pytest.raises(TypeError, match="history 1 is a dict"):

@@ -71,7 +71,7 @@ TILED_QUERIES = 16
 #: largest ``group size x max(head_dim, block size)`` (the kernel's per-query tiles live on the stack)
 _MAX_TILE = 1 << 16
 #: fewer (batch rows x kv heads x queries) than this run in the calling thread alone: OpenMP builds (a parallel
-#: loop on torch's workers costs a few us), other builds (a share on the thread pool costs ~20-40 us)
+#: loop on torch's workers is cheap), other builds (a share handed to the thread pool costs more)
 SINGLE_THREAD_QUERIES = {"openmp": 64, "threads": 512}
 
 _FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp-simd", "-ffp-contract=fast", "-fno-math-errno",
@@ -83,7 +83,7 @@ _ARGTYPES = [_I64, _I64, _I64,                # units, threads
              _PTR, _I64, _I64, _I64,          # q and its strides
              _PTR, _I64, _I64, _I64,          # k
              _PTR, _I64, _I64, _I64,          # v
-             _PTR, _PTR, _PTR, _PTR, _PTR,    # kt, ckt, selected, positions, lengths
+             _PTR, _PTR, _PTR, _PTR, _PTR,    # kt, ck, selected, positions, lengths
              _PTR, _I64, _I64, _I64,          # gate
              _PTR,                            # out
              _I64, _I64, _I64, _I64, _I64,    # G, Q, L, n, windows
@@ -189,7 +189,7 @@ def _build(head_dim: int, block: int, group: int) -> object:
         return "no C compiler found (set CC, or install gcc or clang)"
     source = SOURCE.encode()
     defines = (f"-DHEAD_DIM={head_dim}", f"-DBLOCK={block}", f"-DGROUP={group}")
-    version = _compiler_version(compiler)
+    version, cpu = _compiler_version(compiler), _cpu_identity()
     runtime = _openmp_runtime()
     attempts = ([(("-fopenmp",), runtime, _ARCH_FLAGS)] if runtime else []) + [
         ((), None, _ARCH_FLAGS), ((), None, ())]
@@ -197,7 +197,7 @@ def _build(head_dim: int, block: int, group: int) -> object:
     for openmp, link, arch in attempts:
         flags = (*_FLAGS, *openmp, *arch, *defines)
         digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(), version.encode(),
-                                            _cpu_identity().encode(), str(link).encode()])).hexdigest()[:16]
+                                            cpu.encode(), str(link).encode()])).hexdigest()[:16]
         name = f"blossom_cpu_d{head_dim}_b{block}_g{group}_{digest}.so"
         target = _target(name)
         if not target.is_file():
@@ -219,6 +219,10 @@ def _build(head_dim: int, block: int, group: int) -> object:
         library.blossom_rope.restype = library.blossom_windows.restype = library.blossom_tiles.restype = None
         _TILES[(head_dim, block, group)] = library.blossom_tiles
         openmp = bool(library.blossom_openmp())
+        if not openmp:  # the slower thread-pool path (module docstring, "Threads")
+            _note_once("BlossomRec's CPU kernel runs without OpenMP (%s): its threads come from a thread pool, which "
+                       "competes with torch's OpenMP workers", "; ".join(errors) if errors else
+                       "torch's OpenMP runtime was not found among the loaded libraries", level=logging.INFO)
         _OPS.setdefault(head_dim, (library.blossom_rope, library.blossom_windows, openmp))
         return function, openmp
     return "; ".join(dict.fromkeys(errors)) or "the build failed"
