@@ -111,13 +111,20 @@ def test_backends_agree_training(seq_len, batch, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("layout", ["dense", "sparse"])  # sparse: blocked (every position), gathered (serving)
+# dense: in the default causal query chunks; dense-one-call: the whole history per SDPA call; dense-chunks-48: chunks
+# of 48 rows (not a multiple of the kernels' tiles); sparse: blocked (every position), gathered (serving)
+@pytest.mark.parametrize("layout", ["dense", "dense-one-call", "dense-chunks-48", "sparse"])
 @pytest.mark.parametrize("seq_len,batch", [(7, 4), (50, 8), (200, 8), (512, 4), (1024, 2)])
 def test_sdpa_inference_layouts_on_cuda(monkeypatch, seq_len, batch, layout, dtype):
-    """Both sdpa inference layouts (forced through DENSE_MAX_LENGTH["cuda"]) against eager, forward and serving."""
+    """The sdpa inference layouts (forced through DENSE_MAX_LENGTH["cuda"], DENSE_QUERY_CHUNK_ROWS["cuda"]) against
+    eager, forward and serving."""
     import blossom_hf.models.blossomrec.attention_sdpa as sdpa_module
+    import blossom_hf.models.blossomrec.sdpa_inference as sdpa_inference
 
-    monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cuda", 10**9 if layout == "dense" else 0)
+    monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cuda", 0 if layout == "sparse" else 10**9)
+    rows = {"dense-one-call": 0, "dense-chunks-48": 48}
+    if layout in rows:
+        monkeypatch.setitem(sdpa_inference.DENSE_QUERY_CHUNK_ROWS, "cuda", rows[layout])
     model = _model(seq_len, "blossom").eval()
     ids = _batch(batch, seq_len, model.config.vocab_size, seed=seq_len + 2)
     with torch.no_grad(), torch.autocast("cuda", dtype=DTYPES[dtype] or torch.float32, enabled=dtype != "fp32"):

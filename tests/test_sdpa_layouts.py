@@ -18,9 +18,11 @@ import pytest
 import torch
 from conftest import random_histories, tiny_config
 
+import blossom_hf.models.blossomrec.attention_patterns as attention_patterns
 import blossom_hf.models.blossomrec.attention_sdpa as sdpa_module
 import blossom_hf.models.blossomrec.cpu_kernel as cpu_kernel
 import blossom_hf.models.blossomrec.sdpa_blocked as sdpa_blocked
+import blossom_hf.models.blossomrec.sdpa_inference as sdpa_inference
 from blossom_hf import BlossomRecModel
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
 from blossom_hf.models.blossomrec.attention_patterns import (
@@ -32,8 +34,9 @@ from blossom_hf.models.blossomrec.attention_patterns import (
 )
 
 # DENSE_MAX_LENGTH["cpu"] that forces each PyTorch layout ("sparse": blocked for every position, gathered for query
-# subsets); "kernel": the compiled CPU kernel instead (skipped where no C compiler is found)
-LAYOUTS = {"dense": 10**9, "sparse": 0, "kernel": None}
+# subsets; "dense-chunks": the dense layout in causal query chunks of 4 rows, as CUDA runs it with 256);
+# "kernel": the compiled CPU kernel instead (skipped where no C compiler is found)
+LAYOUTS = {"dense": 10**9, "dense-chunks": 10**9, "sparse": 0, "kernel": None}
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +53,7 @@ def use_layout(monkeypatch, name):
     else:
         monkeypatch.setattr(cpu_kernel, "CPU_KERNEL", False)
         monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", LAYOUTS[name])
+        monkeypatch.setitem(sdpa_inference.DENSE_QUERY_CHUNK_ROWS, "cpu", 4 if name == "dense-chunks" else 0)
 
 
 @pytest.fixture
@@ -205,10 +209,13 @@ def test_top_windows_ties_and_ineligible():
     assert torch.equal(ltis_top_windows(ranked[:, :2], 3)[:, 2], torch.full((5,), -1)), "n > M pads with -1"
 
 
+@pytest.mark.parametrize("path", ["device default", "sort"])  # CPU: rounds of max for n <= 16; "sort": as on a GPU
 @pytest.mark.parametrize("n", [1, 4, 16, 17])  # rounds of max (n <= 16), the stable sort beyond
-def test_top_windows_match_the_stable_sort(generator, n):
+def test_top_windows_match_the_stable_sort(generator, monkeypatch, n, path):
     """Random scores on a coarse grid (many ties), -inf entries and whole -inf rows: the selection is the stable
     descending sort over w reversed (ties to the larger w), -1 for slots without a finite score."""
+    if path == "sort":
+        monkeypatch.setattr(attention_patterns, "_max_rounds", lambda ranked, k: False)
     ranked = (torch.randn(64, 40, generator=generator) * 2).round()
     ranked[torch.rand(64, 40, generator=generator) < 0.3] = float("-inf")
     ranked[:3] = float("-inf")
@@ -277,6 +284,7 @@ def test_bundled_checkpoint_top10_identical_across_backends_and_layouts(monkeypa
         use_layout(monkeypatch, name)
         lists[name] = [r.items for r in model.recommend(histories, k=10)]
     assert lists["dense"] == lists["eager"]
+    assert lists["dense-chunks"] == lists["eager"]
     assert lists["sparse"] == lists["eager"]
     assert lists.get("kernel", lists["eager"]) == lists["eager"]
     assert [r for r in lists["eager"][:len(samples)]] == [s["items"] for s in samples]

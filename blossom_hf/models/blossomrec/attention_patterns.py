@@ -39,6 +39,7 @@ __all__ = [
     "ltis_block_index",
     "ltis_key_index",
     "ltis_dense_mask",
+    "ltis_own_block_mask",
     "ltis_every_eligible",
     "masked_softmax",
     "query_is_real",
@@ -204,10 +205,11 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of the ``n`` largest entries of ``ranked [..., M]`` (``-inf`` = ineligible), by decreasing value,
     ties to the larger index; ``-1`` where fewer than ``n`` entries are finite.
 
-    Eager mode, ``n <= 16``: ``n`` rounds of ``max`` over ``w`` reversed (``max`` returns the first of equal
-    maxima, i.e. the larger ``w``), the winner set to ``-inf`` after each round: the rule exactly, a few passes
-    over the scores and no sort (``torch.topk`` of 5 of 256 costs 1-2 us per row on a CPU). Larger ``n``: a stable
-    sort. In traced graphs top-k over ``w`` reversed.
+    CPU tensors in eager mode, ``n <= 16``: ``n`` rounds of ``max`` over ``w`` reversed (``max`` returns the first
+    of equal maxima, i.e. the larger ``w``), the winner set to ``-inf`` after each round: the rule exactly, a few
+    passes over the scores and no sort (``torch.topk`` of 5 of 256 costs 1-2 us per row on a CPU). Other devices
+    and larger ``n``: a stable sort over ``w`` reversed (one kernel on a GPU, where the rounds' ~20 small launches
+    cost more host time than the sort costs GPU time). In traced graphs top-k over ``w`` reversed.
     """
     num_windows = ranked.shape[-1]
     k = min(n, num_windows)
@@ -215,18 +217,23 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
         # Traced graphs (torch.compile/export, ONNX) use top-k over w reversed: ONNX's TopK puts the lower index
         # first among equal values, i.e. the larger w (aten.sort.stable has no ONNX form).
         order = (num_windows - 1) - ranked.flip(-1).topk(k, dim=-1).indices
-    elif 0 < k <= 16:
+    elif _max_rounds(ranked, k):
         selected, order = _top_rounds(ranked.flip(-1), k), None
     else:
         order = (num_windows - 1) - torch.sort(ranked.flip(-1), dim=-1, descending=True, stable=True).indices[..., :k]
     if order is not None:
         top_values = torch.gather(ranked, -1, order)
-        selected = torch.where(torch.isfinite(top_values), order, torch.full_like(order, -1))
+        selected = torch.where(torch.isfinite(top_values), order, -1)
     if selected.shape[-1] < n:
         pad = torch.full((*selected.shape[:-1], n - selected.shape[-1]), -1, dtype=torch.long,
                          device=selected.device)
         selected = torch.cat([selected, pad], dim=-1)
     return selected
+
+
+def _max_rounds(ranked: torch.Tensor, k: int) -> bool:
+    """Whether :func:`ltis_top_windows` takes ``k`` rounds of ``max`` (CPU, ``k <= 16``) rather than the stable sort."""
+    return 0 < k <= 16 and ranked.device.type == "cpu"
 
 
 def _top_rounds(flipped: torch.Tensor, k: int) -> torch.Tensor:
@@ -324,18 +331,35 @@ def ltis_key_index(
 
 
 def ltis_dense_mask(
-    selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
+    selected: torch.Tensor,
+    seq_len: int,
+    block_size: int,
+    positions: torch.Tensor | None = None,
+    own_block: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend): the keys of the selected
-    blocks (one flag per block, expanded to its ``b`` keys) or the own block's keys ``c*b .. t``."""
+    blocks (one flag per block, expanded to its ``b`` keys) or the own block's keys ``c*b .. t``. ``own_block``: that
+    last part, if the caller holds it (:func:`ltis_own_block_mask` of the same arguments, e.g. cached per ``L``)."""
     num_blocks = -(-seq_len // block_size)
     chosen = torch.zeros(*selected.shape[:-1], num_blocks + 1, dtype=torch.bool, device=selected.device)
     chosen.scatter_(-1, torch.where(selected >= 0, selected, num_blocks), True)  # -1 -> a spare column
     keys = chosen[..., :num_blocks, None].expand(*chosen.shape[:-1], num_blocks, block_size)
     keys = keys.reshape(*chosen.shape[:-1], num_blocks * block_size)[..., :seq_len]
-    t = _positions(seq_len, selected.device, positions)[:, None, :, None]  # [B|1, 1, Q, 1]
-    j = torch.arange(seq_len, device=selected.device)
-    return keys | ((j // block_size == t // block_size) & (j <= t))
+    if own_block is None:
+        own_block = ltis_own_block_mask(seq_len, block_size, selected.device, positions)
+        own_block = own_block if positions is None else own_block[:, None]  # [L, L] or [B|1, 1, Q, L]
+    return keys | own_block
+
+
+def ltis_own_block_mask(
+    seq_len: int, block_size: int, device: torch.device | str = "cpu", positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The own-block part of the LTIS key set, keys ``c*b .. t`` of query ``t`` (``c = t // b``): ``[L, L]`` bool,
+    or ``[B|1, Q, L]`` at ``positions``."""
+    t = _positions(seq_len, device, positions)[..., None]  # [B|1, Q, 1]
+    j = torch.arange(seq_len, device=device)
+    own = (j // block_size == t // block_size) & (j <= t)
+    return own[0] if positions is None else own
 
 
 def ltis_every_eligible(

@@ -16,13 +16,17 @@ dense and gathered inference layouts in ``sdpa_inference.py``, the blocked one i
   ``attention_patterns`` (:func:`stis_key_index`, :func:`ltis_block_index`): STIS ``W + log2(L) + S`` keys,
   LTIS the own block and the n selected blocks. One SDPA call per branch with a small boolean mask; no
   ``L x L`` tensor. The straight-through key scale ``1 + p - stopgrad(p)`` is applied to the gathered keys.
-* dense inference (no gradient, ``L <= DENSE_MAX_LENGTH[device type]``): one SDPA call per branch over the
-  whole history (or the serving path's one query per row). STIS uses a ``[L, L]`` mask cached per
+* dense inference (no gradient, ``L <= DENSE_MAX_LENGTH[device type]``): SDPA per branch over the history (or
+  the serving path's one query per row); queries laid out ``[B*G, g, Q, D]`` so that one mask per kv head serves
+  its ``g`` heads. At every position the query axis is cut into causal chunks of ``DENSE_QUERY_CHUNK_ROWS`` rows
+  (CUDA 128), each reading only the keys up to its last query (masked SDPA kernels visit every key tile of the
+  mask: the chunks skip the ones above the diagonal). STIS uses an ``[L, L]`` additive bias cached per
   ``(L, device)``. LTIS is plain causal attention (``is_causal``, no mask, no compressor and no selection: the
   model passes zeros for the compressed keys) when every eligible window is selected
   (:func:`attention_patterns.every_window_selected`, ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's
-  b = 16, n = 4); otherwise a ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
-  to keys, OR the cached own-block mask). Cost ``~L^2`` per branch, few and large kernels.
+  b = 16, n = 4); otherwise one ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
+  to keys, OR the cached own-block mask), built once and sliced per chunk. Cost ``~L^2`` per branch, few and
+  large kernels.
 * blocked inference (no gradient, longer histories, every position): query block by query block. LTIS: the ``b``
   queries of block ``c`` (x the ``g`` heads of a kv head) against their own block in one matmul (a strided view
   of K: no copy); the ``n`` selected blocks copied whole per query (1 KB rows of a block table, a few hundred
@@ -40,11 +44,11 @@ dense and gathered inference layouts in ``sdpa_inference.py``, the blocked one i
 
 Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. CPU: measured
 (docs/BENCHMARKS_CPU.md; 2 threads, attention call alone: the blocked layout overtakes the dense one at L ~ 200 for
-64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 (docs/BENCHMARKS.md,
-"Release check 2"; ``scripts/dev/sdpa_layouts_vs_triton.py``, serving path at 65k tokens per forward, fp32 / bf16
-autocast; the dense layout's SDPA calls expand the kv heads there, so that fp32 takes the memory-efficient kernel):
-dense 8.8 / 8.6 ms against sparse 11.6 / 11.2 ms at L = 512, but 14.2 / 13.8 against 10.9 / 10.9 at L = 1024, so the
-dense layout stops at 640 there.
+64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 (docs/BENCHMARKS.md, "sdpa
+inference on CUDA"; ``scripts/dev/sdpa_cuda_ab.py``, serving path at 65k tokens per forward, fp32 / bf16 autocast,
+interleaved rounds; the dense layout's SDPA calls expand the kv heads there, so that fp32 takes the
+memory-efficient kernel): dense (in query chunks) 10.5 / 10.6 ms against sparse 12.5 / 12.5 at L = 896, 11.5 / 11.4
+against 12.0 / 12.0 at 1024, 12.8 / 12.4 against 10.9 / 10.7 at 1280, so the dense layout stops at 896 there.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """

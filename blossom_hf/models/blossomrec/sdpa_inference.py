@@ -19,23 +19,34 @@ from .attention_patterns import (
     ltis_block_index,
     ltis_dense_mask,
     ltis_every_eligible,
+    ltis_own_block_mask,
     ltis_select,
     stis_dense_mask,
     stis_key_index,
     stis_offsets,
 )
 
-__all__ = ["DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS", "dense_inference", "dense_max_length", "device_entry",
-           "gathered_inference", "grouped_queries"]
+__all__ = ["DENSE_MAX_LENGTH", "DENSE_QUERY_CHUNK_ROWS", "INFERENCE_TILE_ELEMENTS", "dense_inference",
+           "dense_max_length", "device_entry", "gathered_inference", "grouped_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 #: CPU: 2 threads, the layout alone, dense / blocked ms (``cpu_breakdown --layout-ab``, docs/BENCHMARKS_CPU.md): B = 1:
 #: L = 256 1.23 / 1.57, 320 1.68 / 1.73, 384 2.23 / 1.86; B = 64: L = 200 39.6 / 41.8, 256 67.6 / 52.5, 320 97.5 / 67.8
 #: (the crossover at ~320 for one history, ~210 for 64). CUDA (H200, the serving path at 65k tokens, fp32 / bf16
-#: autocast, dense / sparse ms, ``scripts/dev/sdpa_layouts_vs_triton.py``, docs/BENCHMARKS.md "Release check 2"):
-#: L = 200 6.58 / 12.49, 6.40 / 12.88; 384 7.23 / 10.62, 8.22 / 11.36; 512 8.82 / 11.60, 8.61 / 11.20; 1024
-#: 14.17 / 10.90, 13.81 / 10.85 (the crossover at ~740).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 640}
+#: autocast, dense (in query chunks) / sparse ms, interleaved rounds: ``scripts/dev/sdpa_cuda_ab.py``,
+#: docs/BENCHMARKS.md "sdpa inference on CUDA"): L = 768 10.21 / 12.41, 10.26 / 12.46; 896 10.51 / 12.51,
+#: 10.59 / 12.52; 1024 11.53 / 11.95, 11.36 / 11.96; 1280 12.83 / 10.87, 12.37 / 10.65 (the crossover at ~1050).
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 896}
+
+#: Query rows per SDPA call of the dense layout at every position, per device type (0: the whole history in one call).
+#: Query rows ``s .. e-1`` read only keys ``0 .. e-1`` (causal), so chunks of the query axis skip the key tiles above
+#: the diagonal that a masked SDPA call computes and throws away: ``c`` equal chunks do ``(c + 1) / 2c`` of the work,
+#: for ``c - 1`` more SDPA calls per branch. CUDA (H200, the serving path at 65k tokens, fp32 / bf16 autocast, ms,
+#: interleaved rounds, ``scripts/dev/sdpa_cuda_ab.py``, docs/BENCHMARKS.md "sdpa inference on CUDA"): 128 rows / 256
+#: rows / one call (and the selection's rounds of max) at L = 200 6.52 / 7.12 / 7.41, 6.87 / 7.05 / 7.50; 384
+#: 7.46 / 7.85 / 8.70, 7.92 / 7.23 / 7.73; 512 8.04 / 8.55 / 9.85, 8.33 / 8.78 / 10.16. CPU: 0 (the compiled kernel
+#: serves CPU inference).
+DENSE_QUERY_CHUNK_ROWS: dict[str, int] = {"cpu": 0, "cuda": 128}
 
 
 def grouped_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
@@ -75,47 +86,83 @@ def _table(builder, *args) -> torch.Tensor:
     return builder(*args) if torch.compiler.is_compiling() else _cached_table(builder, *args)
 
 
-def _grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``scaled_dot_product_attention`` of ``q [N, H, Q, D]`` against ``k, v [N, G, L, D]`` (query head ``h`` reads kv
-    head ``h // (H/G)``, as ``enable_gqa``). On CUDA the kv heads are expanded instead of passing ``enable_gqa``: with
-    it, fp32 inputs (which every layout computes in) take SDPA's math kernel, which materialises the ``[N, H, Q, L]``
-    scores; expanded, the memory-efficient kernel runs (K and V copied ``H/G`` times: small next to the scores)."""
-    groups = k.shape[1]
-    if q.is_cuda and q.shape[1] != groups:
-        g = q.shape[1] // groups
-        k, v = (x.repeat_interleave(g, dim=1) for x in (k, v))
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+def _shared_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """K and V as every SDPA call of the dense layout reads them, with the keyword that goes with them: query head
+    ``h`` reads kv head ``h // (H/G)``. On CUDA the kv heads are expanded once per call of the layout (``[B, H, L, D]``)
+    instead of passing ``enable_gqa``: with it, fp32 inputs (which every layout computes in) take SDPA's math kernel,
+    which materialises the ``[B, H, Q, L]`` scores; expanded, the memory-efficient kernel runs (K and V copied ``H/G``
+    times: small next to the scores). Elsewhere ``enable_gqa``."""
+    groups = key.shape[1]
+    if query.is_cuda and query.shape[1] != groups:
+        g = query.shape[1] // groups
+        return key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1), {}
+    return key, value, {"enable_gqa": True}
+
+
+def _float_bias(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean mask ``[..., L]`` (True = attend) as SDPA's additive fp32 bias (0 / -inf), its rows ``8``-aligned
+    (SDPA's memory-efficient kernel copies a bias whose row stride is not a multiple of 8)."""
+    seq_len = mask.shape[-1]
+    width = -(-seq_len // 8) * 8
+    bias = torch.full((*mask.shape[:-1], width), float("-inf"), device=mask.device)
+    return bias[..., :seq_len].masked_fill_(mask, 0.0)
+
+
+def _stis_bias(seq_len: int, window: int, num_sinks: int, device: torch.device) -> torch.Tensor:
+    """The STIS key set of every position as an additive ``[L, L]`` fp32 bias (:func:`_float_bias`)."""
+    return _float_bias(stis_dense_mask(seq_len, window, num_sinks, device))
+
+
+def _query_chunks(num_queries: int, rows: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the dense layout's query chunks (:data:`DENSE_QUERY_CHUNK_ROWS`; ``rows <= 0``: one)."""
+    if rows <= 0 or num_queries <= rows:
+        return [(0, num_queries)]
+    return [(start, min(start + rows, num_queries)) for start in range(0, num_queries, rows)]
 
 
 def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
                     positions):
-    """Whole-history SDPA per branch, for every query or the ones at ``positions``. LTIS: causal (no mask over
-    every position) when every eligible window is selected, else one boolean mask per kv head from the block
-    selection; STIS: the cached ``[L, L]`` mask (its rows at ``positions``)."""
+    """Whole-history SDPA per branch, for every query (in causal chunks of the query axis,
+    :data:`DENSE_QUERY_CHUNK_ROWS`) or the ones at ``positions``. LTIS: causal (no mask over every position) when
+    every eligible window is selected, else one boolean mask per kv head from the block selection; STIS: the cached
+    ``[L, L]`` bias (its rows at ``positions``). Queries are laid out ``[B*G, g, Q, D]`` so that one mask per kv head
+    serves its ``g`` query heads."""
     batch, heads, num_queries, head_dim = query.shape
     groups, seq_len, block = key.shape[1], key.shape[2], pattern.block_size
     g = heads // groups
-    q, k, v = query.float(), key.float(), value.float()
-    stis = _table(stis_dense_mask, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
-    if positions is not None:
-        stis = stis[positions][:, None]  # [B, 1, Q, L]
-    out_stis = _grouped_sdpa(q, k, v, attn_mask=stis, scale=scaling)
+    q = query.float().reshape(batch * groups, g, num_queries, head_dim)
+    k, v, gqa = _shared_kv(query, key.float(), value.float())
+    k, v = (x.reshape(batch * groups, -1, seq_len, head_dim) for x in (k, v))
     selected = _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks,
                                     positions)
-    if selected is None and positions is None:
-        out_ltis = _grouped_sdpa(q, k, v, is_causal=True, scale=scaling)
-    elif selected is None:
-        causal = torch.arange(seq_len, device=query.device) <= positions[..., None]  # [B, Q, L]
-        out_ltis = _grouped_sdpa(q, k, v, attn_mask=causal[:, None], scale=scaling)
-    else:
-        mask = ltis_dense_mask(selected, seq_len, block, positions)  # [B, G, Q, L]
-        out_ltis = _grouped_sdpa(
-            q.reshape(batch * groups, g, num_queries, head_dim), k.reshape(batch * groups, 1, seq_len, head_dim),
-            v.reshape(batch * groups, 1, seq_len, head_dim),
-            attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len), scale=scaling,
-        ).reshape(batch, heads, num_queries, head_dim)
     gate = gate.float()
+
+    def sdpa(q_rows, end, **kwargs):
+        return F.scaled_dot_product_attention(q_rows, k[:, :, :end], v[:, :, :end], scale=scaling, **gqa, **kwargs)
+
+    if positions is not None:  # the serving path's queries: one call per branch
+        stis = _table(stis_dense_mask, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
+        stis = stis[positions][:, None].expand(batch, groups, num_queries, seq_len)
+        out_stis = sdpa(q, seq_len, attn_mask=stis.reshape(batch * groups, 1, num_queries, seq_len))
+        if selected is None:
+            mask = (torch.arange(seq_len, device=query.device) <= positions[..., None])[:, None]  # [B, 1, Q, L]
+            mask = mask.expand(batch, groups, num_queries, seq_len)
+        else:
+            mask = ltis_dense_mask(selected, seq_len, block, positions)  # [B, G, Q, L]
+        out_ltis = sdpa(q, seq_len, attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len))
+    else:
+        stis = _table(_stis_bias, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
+        chunks = _query_chunks(num_queries, device_entry(DENSE_QUERY_CHUNK_ROWS, query.device))
+        out_stis = [sdpa(q[:, :, s:e], e, attn_mask=stis[s:e, :e]) for s, e in chunks]
+        if selected is None:  # causal over the whole history: SDPA skips the tiles above the diagonal itself
+            out_ltis = [sdpa(q, seq_len, is_causal=True)]
+        else:  # one mask for every query, built once; each chunk reads its rows and its keys
+            own = _table(ltis_own_block_mask, seq_len, block, query.device)
+            mask = ltis_dense_mask(selected, seq_len, block, own_block=own)
+            mask = mask.reshape(batch * groups, 1, num_queries, seq_len)
+            out_ltis = [sdpa(q[:, :, s:e], e, attn_mask=mask[:, :, s:e, :e]) for s, e in chunks]
+        out_stis, out_ltis = (x[0] if len(x) == 1 else torch.cat(x, dim=2) for x in (out_stis, out_ltis))
+    out_stis, out_ltis = (x.reshape(batch, heads, num_queries, head_dim) for x in (out_stis, out_ltis))
     return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2])
 
 

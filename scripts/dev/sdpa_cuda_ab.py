@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""GPU inference (serving path, the benchmark's inference rows: B = 65,536 / L) of blossom/sdpa variants against
+blossom/triton and full/sdpa, interleaved: at each L and dtype one model per row (the same weights), then
+``--rounds`` rounds in which every row is timed for ``--steps`` calls in turn; a row's figure is the median of its
+per-round medians (the rows are host-bound and drift over seconds, so rows timed apart cannot be compared).
+
+Rows: ``sdpa`` (the backend as it is), ``sdpa one-call`` (one SDPA call per branch: ``DENSE_QUERY_CHUNK_ROWS["cuda"]
+= 0``), ``sdpa before`` (one call and the selection's rounds of ``max`` on the GPU: the layout of release check 2),
+``sdpa rows=N`` (the dense layout in chunks of N query rows), ``sdpa dense`` /
+``sdpa sparse`` (the dense layout, or the blocked/gathered ones, at every L: ``DENSE_MAX_LENGTH["cuda"]``), ``triton``
+and ``full/sdpa``. Prints a table and writes JSON.
+
+Run: ``python scripts/dev/sdpa_cuda_ab.py --out OUT/sdpa_cuda_ab.json`` (CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+
+import torch
+
+import blossom_hf.models.blossomrec.attention_patterns as attention_patterns
+import blossom_hf.models.blossomrec.attention_sdpa as attention_sdpa
+import blossom_hf.models.blossomrec.sdpa_inference as sdpa_inference
+from blossom_hf import BlossomRecConfig, BlossomRecModel
+from blossom_hf.benchmarks.gpu import CATALOGUE, TOKENS, _model_inputs
+
+ROWS = ("sdpa", "sdpa one-call", "sdpa before", "sdpa dense", "sdpa sparse", "triton", "full/sdpa")
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    rows = sdpa_inference.DENSE_QUERY_CHUNK_ROWS["cuda"]
+    rounds = attention_patterns._max_rounds
+    threshold = attention_sdpa.DENSE_MAX_LENGTH["cuda"]
+    if name in ("sdpa one-call", "sdpa before") or name.startswith("sdpa rows="):
+        attention_sdpa.DENSE_MAX_LENGTH["cuda"] = 10**9
+    if name.startswith("sdpa rows="):
+        sdpa_inference.DENSE_QUERY_CHUNK_ROWS["cuda"] = int(name.split("=")[1])
+    if name in ("sdpa dense", "sdpa sparse"):
+        attention_sdpa.DENSE_MAX_LENGTH["cuda"] = 10**9 if name == "sdpa dense" else 0
+    if name in ("sdpa one-call", "sdpa before"):
+        sdpa_inference.DENSE_QUERY_CHUNK_ROWS["cuda"] = 0
+    if name == "sdpa before":
+        attention_patterns._max_rounds = lambda ranked, k: 0 < k <= 16
+    try:
+        yield
+    finally:
+        sdpa_inference.DENSE_QUERY_CHUNK_ROWS["cuda"] = rows
+        attention_patterns._max_rounds = rounds
+        attention_sdpa.DENSE_MAX_LENGTH["cuda"] = threshold
+
+
+def timed(step, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[200, 384, 512, 640])
+    parser.add_argument("--rows", nargs="+", default=["sdpa", "sdpa one-call", "sdpa before", "triton", "full/sdpa"],
+                        help=f"from {', '.join(ROWS)}, or 'sdpa rows=N'")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    records = []
+    for length in args.lengths:
+        batch = max(1, TOKENS // length // 4)
+        models = {}
+        for name in args.rows:
+            if name not in ROWS and not name.startswith("sdpa rows="):
+                parser.error(f"unknown row {name!r}")
+            attention_type, backend = ("full", "sdpa") if name == "full/sdpa" else ("blossom", name.split()[0])
+            config = BlossomRecConfig(vocab_size=CATALOGUE, max_history_length=length, attention_type=attention_type,
+                                      attn_implementation=backend)
+            torch.manual_seed(0)
+            models[name] = BlossomRecModel(config).cuda().eval()
+        ids, _ = _model_inputs(models[args.rows[0]].config, batch, length, length + 2)
+        for autocast in (False, True):
+            def step(model, ids=ids, autocast=autocast):
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                    return model(input_ids=ids, output_last_hidden_state=False).logits
+
+            reference = None
+            medians: dict[str, list[float]] = {name: [] for name in args.rows}
+            for name in args.rows:  # warm-up, and the scores of every row against the first one
+                with variant(name):
+                    out = step(models[name]).float()
+                    for _ in range(3):
+                        step(models[name])
+                if reference is None:
+                    reference = out
+                elif name != "full/sdpa":
+                    err = float((out - reference).abs().max() / reference.abs().max())
+                    if err > (2e-2 if autocast else 1e-4):
+                        print(f"WARNING L={length} {name} scores differ from {args.rows[0]}'s: {err:.2e}")
+            torch.cuda.synchronize()
+            for _ in range(args.rounds):
+                for name in args.rows:
+                    with variant(name):
+                        medians[name].append(timed(lambda m=models[name]: step(m), args.steps))
+            dtype = "bf16" if autocast else "fp32"
+            peaks = {}
+            for name in args.rows:  # peak memory of one call above what is allocated before it
+                with variant(name):
+                    torch.cuda.synchronize()
+                    base = torch.cuda.memory_allocated()
+                    torch.cuda.reset_peak_memory_stats()
+                    step(models[name])
+                    torch.cuda.synchronize()
+                    peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            for name in args.rows:
+                ms = statistics.median(medians[name])
+                records.append({"L": length, "B": batch, "dtype": dtype, "row": name, "ms": round(ms, 3),
+                                "peak_mib": round(peaks[name], 1),
+                                "round_medians": [round(x, 3) for x in medians[name]]})
+            line = "  ".join(f"{name} {statistics.median(medians[name]):6.2f} ({peaks[name]:.0f} MiB)"
+                             for name in args.rows)
+            print(f"L={length:5d} B={batch:4d} {dtype}: {line}", flush=True)
+        del models
+        torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "chunk_rows": sdpa_inference.DENSE_QUERY_CHUNK_ROWS["cuda"],
+            "dense_max_length": attention_sdpa.DENSE_MAX_LENGTH["cuda"], "rounds": args.rounds, "steps": args.steps}
+    with open(args.out, "w") as stream:
+        json.dump({**meta, "rows": records}, stream, indent=1)
+
+
+if __name__ == "__main__":
+    main()
