@@ -46,7 +46,7 @@ from blossom_hf.models.blossomrec.attention_triton import (
 )
 from blossom_hf.models.blossomrec.triton_common import interpret_requested
 
-STRATEGIES = ("tile", "tile-fused", "gather")
+STRATEGIES = ("tile", "gather")
 
 
 @pytest.mark.slow

@@ -3,10 +3,6 @@
 * ``bwd_q_tile_kernel``: query-major; ``dq``, ``d gate`` and the straight-through ``dp`` per selected block.
 * ``bwd_kv_tile_kernel``: key-major; ``dk, dv`` of a key tile from the query tiles that reach it (LTIS
   membership is tested against each query's selection in registers, so no inverse index is needed).
-* the key-major backward in one pass (strategy ``"tile-fused"``): ``bwd_gate_rows_kernel`` writes ``d gate`` first,
-  then ``bwd_fused_tile_kernel`` computes ``dk, dv`` as ``bwd_kv_tile_kernel`` does and, from the same score and
-  probability tiles, adds each pair's ``dq`` and straight-through ``dp`` into zeroed fp32 buffers with atomics
-  (the scores and both branches' probabilities are computed once instead of once per kernel).
 
 Probabilities are recomputed from the stored logsumexps; accumulation is fp32.
 """
@@ -224,119 +220,6 @@ if triton is not None:
                     dk, dv = bwd_kv_tile_step(
                         Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, do_l, do_s, dk, dv,
                         sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale, BLK, WIN, NSINK, PREC)
-        smask = (j < L)[:, None] & dmask[None, :]
-        # DK, DV have the strides of K, V (allocated like them: no transpose copy after)
-        tl.store(DK + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, (dk * scale).to(DK.dtype.element_ty),
-                 mask=smask)
-        tl.store(DV + bb * svb + gam * svh + j[:, None] * svt + d[None, :] * svd, dv.to(DV.dtype.element_ty),
-                 mask=smask)
-
-    @triton.jit
-    def bwd_gate_rows_kernel(DO, OL, OS, LSE, DGATE, LENS, sdb, sdh, sdt, sdd, L, H, G,
-                             GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
-                             BM: tl.constexpr, R: tl.constexpr):
-        """``d gate = (do·o_L, do·o_S)`` of every row of a query tile (zeros past the row's length), before the
-        key-major backward reads it."""
-        pid_t = tl.program_id(0)
-        bb, gam, seqlen = program_row(LENS, G, L)
-        _, t, h, row_in, row_ok = tile_rows(pid_t * BM, gam, seqlen, L, GQ, GP, R)
-        d = tl.arange(0, DP)
-        bwd_row_state(DO, OL, OS, LSE, DGATE, bb, h, t, (bb * H + h) * L + t, row_ok, row_in, d, d < HEAD_D,
-                      sdb, sdh, sdt, sdd, HEAD_D)
-
-    @triton.jit
-    def bwd_fused_tile_step(Q, DO, GATE, LSE, DGATE, DQ32, DPS, bb, gam, h, t, row_ok, selr, cols, kt, vt, j, d,
-                            dmask, bits, jb0, do_l, do_s, dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh,
-                            sgt, sgc, L, H, G, scale, BLK: tl.constexpr, NSEL: tl.constexpr, WIN: tl.constexpr,
-                            NSINK: tl.constexpr, HEAD_D: tl.constexpr, ST: tl.constexpr, PREC: tl.constexpr):
-        """One (key tile, query tile) pair of the key-major backward: ``dk, dv [BN, DP]`` accumulated in registers;
-        the pair's ``dq [R, DP]`` (unscaled) and straight-through ``dp`` added to ``DQ32`` / ``DPS`` atomically."""
-        rmask = row_ok[:, None] & dmask[None, :]
-        q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
-                    mask=rmask, other=0.0)  # [R, DP]
-        do = tl.load(DO + bb * sdb + h[:, None] * sdh + t[:, None] * sdt + d[None, :] * sdd,
-                     mask=rmask, other=0.0).to(q.dtype)  # [R, DP]
-        orow = (bb * H + h) * L + t
-        alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
-        lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
-        lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
-        da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
-        db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
-        dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
-        pw = tl.zeros(s.shape, dtype=tl.float32)  # gated probabilities of both branches
-        ds = tl.zeros(s.shape, dtype=tl.float32)
-        if do_l:
-            ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
-            p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
-            pw += p_l
-            ds_l = p_l * (dpr - da[:, None])
-            ds += ds_l
-            if ST:
-                if tl.max(bits, 0) > 0:
-                    u = ds_l * s
-                    jb = j // BLK
-                    dps_row = ((bb * G + gam) * L + t) * NSEL  # [R]
-                    for k in tl.static_range(NSEL):
-                        sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
-                        uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
-                        in_tile = (sk >= jb0) & (sk * BLK <= tl.max(j, 0))  # the block lies in this key tile
-                        tl.atomic_add(DPS + dps_row + k, uk, mask=row_ok & in_tile)
-        if do_s:
-            ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
-            p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
-            pw += p_s
-            ds += p_s * (dpr - db[:, None])
-        dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-        dq = tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)  # [R, DP]
-        tl.atomic_add(DQ32 + orow[:, None] * HEAD_D + d[None, :], dq, mask=rmask)
-        return dk, dv
-
-    @triton.jit
-    def bwd_fused_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, LSE, DGATE, DK, DV, DQ32, DPS,
-                              sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
-                              sdb, sdh, sdt, sdd,
-                              L, H, G, scale,
-                              GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
-                              BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
-                              NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
-                              ST: tl.constexpr, PREC: tl.constexpr):
-        """Key-major backward in one pass: ``dk, dv [BN, DP]`` of one key tile (as :func:`bwd_kv_tile_kernel`) and,
-        from the same tiles, every pair's share of ``dq`` (``DQ32 [B, H, L, D]`` fp32, zeroed, unscaled) and of the
-        straight-through ``dp`` (``DPS [B, G, L, n]`` fp32, zeroed), added atomically. ``DGATE`` holds
-        ``(do·o_L, do·o_S)`` from :func:`bwd_gate_rows_kernel`."""
-        pid_j = tl.program_id(0)
-        bb, gam, seqlen = program_row(LENS, G, L)
-        j0 = pid_j * BN
-        j1 = j0 + BN - 1
-        j = j0 + tl.arange(0, BN)
-        d = tl.arange(0, DP)
-        dmask = d < HEAD_D
-        dk = tl.zeros([BN, DP], dtype=tl.float32)
-        dv = tl.zeros([BN, DP], dtype=tl.float32)
-        if j0 < seqlen:
-            kmask = (j < seqlen)[:, None] & dmask[None, :]
-            kt = tl.load(K + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, mask=kmask,
-                         other=0.0)  # [BN, DP]
-            vt = tl.load(V + bb * svb + gam * svh + j[:, None] * svt + d[None, :] * svd, mask=kmask,
-                         other=0.0)  # [BN, DP]
-            rows = tl.arange(0, R)
-            hh = rows % GP
-            h = gam * GQ + hh
-            cols = tl.arange(0, NP)
-            for t0 in range((j0 // BM) * BM, seqlen, BM):
-                t = t0 + rows // GP  # [R]
-                row_ok = (hh < GQ) & (t < seqlen)
-                selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
-                               mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
-                t_hi = tl.minimum(t0 + BM, seqlen) - 1
-                do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK, BLK, WIN, NSINK)
-                if do_l | do_s:
-                    dk, dv = bwd_fused_tile_step(
-                        Q, DO, GATE, LSE, DGATE, DQ32, DPS, bb, gam, h, t, row_ok, selr, cols, kt, vt, j, d, dmask,
-                        bits, jb0, do_l, do_s, dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc,
-                        L, H, G, scale, BLK, NSEL, WIN, NSINK, HEAD_D, ST, PREC)
         smask = (j < L)[:, None] & dmask[None, :]
         # DK, DV have the strides of K, V (allocated like them: no transpose copy after)
         tl.store(DK + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, (dk * scale).to(DK.dtype.element_ty),

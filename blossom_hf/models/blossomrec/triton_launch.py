@@ -17,10 +17,7 @@ from .triton_common import cdiv, next_pow2
 #: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
 #: crossover on an H200, docs/BENCHMARKS.md)
 TILE_MAX_SEQ_LEN = 1536
-#: "tile-fused": the dense-tile forward and the key-major backward in one pass (``triton_bwd_tile``: dq and the
-#: straight-through dp by atomics); "auto" takes it for tile-strategy histories of at least this length
-TILE_FUSED_BACKWARD_MIN_LEN = 10**9
-STRATEGIES = ("auto", "tile", "tile-fused", "gather")
+STRATEGIES = ("auto", "tile", "gather")
 
 
 @dataclass(frozen=True)
@@ -28,7 +25,6 @@ class TritonGeometry:
     """Strategy, tile sizes and compile-time constants of one call (:func:`plan`); see the kernel files."""
 
     strategy: str  # "tile" or "gather"
-    fused_backward: bool  # tile strategy: the key-major backward in one pass ("tile-fused")
     g: int  # query heads per kv head
     GP: int  # g rounded up to a power of two (rows of one query in a tile)
     DP: int  # head dim rounded up to a power of two (>= 16)
@@ -82,10 +78,6 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         strategy = "gather"
     elif strategy == "auto":
         strategy = "tile" if seq_len <= TILE_MAX_SEQ_LEN else "gather"
-        if strategy == "tile" and seq_len >= TILE_FUSED_BACKWARD_MIN_LEN:
-            strategy = "tile-fused"
-    fused_backward = strategy == "tile-fused"
-    strategy = "tile" if fused_backward else strategy
     g = heads // groups
     gp = next_pow2(g)
     b, w = pattern.block_size, pattern.stis_window
@@ -115,8 +107,7 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     # tiles also helped the dq kernel, but less than 2 warps at L >= 512, and the pair was not measured)
     small = dp <= 32
     return TritonGeometry(
-        strategy=strategy, fused_backward=fused_backward, g=g, GP=gp, DP=dp,
-        NP=max(2, next_pow2(pattern.num_selected_blocks)),
+        strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
         BM=bm, BN=bn, R=bm * gp, BNQ=bn,
         BQ=bq, RG=max(16, next_pow2(bq * g)), BQP=max(2, bq), BP=max(next_pow2(b), -(-16 // bq)),
         KO=max(16, next_pow2(b if b % bq == 0 else b - 1 + bq)), KN=max(16, next_pow2(w - 1 + bq)), P0=p0,
@@ -323,9 +314,6 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     q_args = dict(Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, OL=o_l, OS=o_s, LSE=lse, DQ=dq,
                   DGATE=dgate, DPS=dps, **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
                   NSEL=n, NP=geo.NP, WIN=win, NSINK=nsink, ST=st, PREC=prec)
-    if geo.strategy == "tile" and geo.fused_backward:
-        return _fused_tile_backward(kernels, geo, saved, do, scaling, pattern, need_q, need_ck, strides, shape, st,
-                                    prec)
     # the tile strategy folds the selection's share of dq into its dq kernel (needs >= 16 queries a tile)
     fused_selq = geo.strategy == "tile" and st and need_q and geo.BM >= 16
     if geo.strategy == "tile":
@@ -359,43 +347,3 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
                                      strides, shape, scaling, pattern, prec)
         dk, dv = torch.empty_like(key).copy_(dk), torch.empty_like(value).copy_(dv)  # cast into k's, v's layout
     return (dq if need_q else None), dk, dv, dck, dgate.to(gate.dtype)
-
-
-def _fused_tile_backward(kernels, geo, saved, do, scaling, pattern, need_q, need_ck, strides, shape, st, prec):
-    """The tile strategy's backward in one key-major pass (strategy ``"tile-fused"``): ``d gate`` first, then
-    ``dk, dv`` with every pair's ``dq`` and straight-through ``dp`` added atomically into zeroed fp32 buffers, then
-    the selection's share of ``dq`` and ``d compressed_key`` from ``dp``."""
-    ksel, _, kbt, _ = kernels
-    query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse = saved
-    batch, heads, seq_len, head_dim = query.shape
-    groups, num_windows = key.shape[1], compressed_key.shape[2]
-    n = pattern.num_selected_blocks
-    device = query.device
-    grid_q = (cdiv(seq_len, geo.BM), batch * groups)
-    dgate = torch.empty(batch, heads, seq_len, 2, dtype=torch.float32, device=device)
-    kbt.bwd_gate_rows_kernel[grid_q](DO=do, OL=o_l, OS=o_s, LSE=lse, DGATE=dgate, LENS=lens, **_ds(do), L=seq_len,
-                                     H=heads, G=groups, GQ=geo.g, GP=geo.GP, HEAD_D=head_dim, DP=geo.DP, BM=geo.BM,
-                                     R=geo.R, num_warps=geo.warps_bwd_q)
-    dq32 = torch.zeros(batch, heads, seq_len, head_dim, dtype=torch.float32, device=device)
-    dps = torch.zeros(batch, groups, seq_len, n, dtype=torch.float32, device=device) if st else psel
-    dk = torch.empty_like(key)
-    dv = torch.empty_like(value)
-    kbt.bwd_fused_tile_kernel[(cdiv(seq_len, geo.BN), batch * groups)](
-        Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
-        DQ32=dq32, DPS=dps, **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape, GP=geo.GP, NSEL=n,
-        NP=geo.NP, WIN=pattern.stis_window, NSINK=pattern.stis_num_sinks, BM=geo.BM, BN=geo.BN, R=geo.R, ST=st,
-        PREC=prec, num_warps=geo.warps_bwd_kv,
-    )
-    dq = None
-    if need_q:
-        dq = torch.empty_like(query).copy_(dq32.mul_(scaling))  # q's strides, q's dtype
-    dck = None
-    sel_args = dict(Q=query, CK=compressed_key, LENS=lens, SEL=sel, PSEL=psel, DPS=dps, LSEZ=lse_z,
-                    **_qs(query), **_cs(compressed_key), L=seq_len, M=num_windows, G=groups, scale=scaling,
-                    **shape, NSEL=n, TQ=geo.TQ, BW=geo.BW, num_warps=geo.warps_select_bwd)
-    if st and need_q:
-        ksel.select_bwd_q_kernel[(cdiv(seq_len, geo.TQ), batch * groups)](**sel_args, DQ=dq, H=heads)
-    if st and need_ck:
-        dck = torch.empty(batch, groups, num_windows, head_dim, dtype=compressed_key.dtype, device=device)
-        ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BW), batch * groups)](**sel_args, DCK=dck)
-    return dq, dk, dv, dck, dgate.to(gate.dtype)
