@@ -88,12 +88,8 @@ def _cleanup() -> None:
     torch.cuda.empty_cache()
 
 
-def measure(step: Callable[[], object], warmup: int, steps: int, clear: Callable[[], None] | None = None) -> dict:
-    """Median ms of ``steps`` timed calls after ``warmup`` calls, and peak MiB above what was allocated
-    before the step (``clear`` drops the previous step's gradients first, so they count in the peak)."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
+def step_times(step: Callable[[], object], steps: int) -> list[float]:
+    """Milliseconds of ``steps`` calls of ``step``, each timed by CUDA events from an idle stream."""
     times = []
     for _ in range(steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -102,6 +98,16 @@ def measure(step: Callable[[], object], warmup: int, steps: int, clear: Callable
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return times
+
+
+def measure(step: Callable[[], object], warmup: int, steps: int, clear: Callable[[], None] | None = None) -> dict:
+    """Median ms of ``steps`` timed calls after ``warmup`` calls, and peak MiB above what was allocated
+    before the step (``clear`` drops the previous step's gradients first, so they count in the peak)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = step_times(step, steps)
     torch.cuda.synchronize()
     if clear is not None:
         clear()

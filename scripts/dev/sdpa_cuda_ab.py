@@ -26,7 +26,7 @@ import blossom_hf.models.blossomrec.attention_patterns as attention_patterns
 import blossom_hf.models.blossomrec.attention_sdpa as attention_sdpa
 import blossom_hf.models.blossomrec.sdpa_inference as sdpa_inference
 from blossom_hf import BlossomRecConfig, BlossomRecModel
-from blossom_hf.benchmarks.gpu import CATALOGUE, TOKENS, _model_inputs
+from blossom_hf.benchmarks.gpu import CATALOGUE, TOKENS, _model_inputs, step_times
 
 ROWS = ("sdpa", "sdpa one-call", "sdpa before", "sdpa dense", "sdpa sparse", "triton", "full/sdpa")
 
@@ -55,15 +55,7 @@ def variant(name: str):
 
 
 def timed(step, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(step_times(step, steps))
 
 
 def main() -> None:
