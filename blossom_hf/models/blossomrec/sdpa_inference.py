@@ -104,7 +104,7 @@ def _float_bias(mask: torch.Tensor) -> torch.Tensor:
     (SDPA's memory-efficient kernel copies a bias whose row stride is not a multiple of 8)."""
     seq_len = mask.shape[-1]
     width = -(-seq_len // 8) * 8
-    bias = torch.full((*mask.shape[:-1], width), float("-inf"), device=mask.device)
+    bias = torch.full((*mask.shape[:-1], width), float("-inf"), dtype=torch.float32, device=mask.device)
     return bias[..., :seq_len].masked_fill_(mask, 0.0)
 
 
