@@ -34,7 +34,7 @@ from blossom_hf.models.blossomrec.attention_patterns import (
 )
 
 # DENSE_MAX_LENGTH["cpu"] that forces each PyTorch layout ("sparse": blocked for every position, gathered for query
-# subsets; "dense-chunks": the dense layout in causal query chunks of 4 rows, as CUDA runs it with 256);
+# subsets; "dense-chunks": the dense layout in causal query chunks of 4 rows, as CUDA runs it with 128);
 # "kernel": the compiled CPU kernel instead (skipped where no C compiler is found)
 LAYOUTS = {"dense": 10**9, "dense-chunks": 10**9, "sparse": 0, "kernel": None}
 
@@ -53,7 +53,7 @@ def use_layout(monkeypatch, name):
     else:
         monkeypatch.setattr(cpu_kernel, "CPU_KERNEL", False)
         monkeypatch.setitem(sdpa_module.DENSE_MAX_LENGTH, "cpu", LAYOUTS[name])
-        monkeypatch.setitem(sdpa_inference.DENSE_QUERY_CHUNK_ROWS, "cpu", 4 if name == "dense-chunks" else 0)
+        monkeypatch.setitem(sdpa_inference.DENSE_QUERY_CHUNK_ROWS, "cpu", 4 if name.startswith("dense-") else 0)
 
 
 @pytest.fixture
@@ -156,6 +156,29 @@ def test_sparse_layouts_in_many_chunks(generator, monkeypatch, tile_rows, groups
                 pattern=pattern, positions=positions)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got_sub, _take(want, positions), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [20, 45, 130])
+def test_dense_selection_is_the_top_n_at_real_queries(generator, seq_len):
+    """The dense layout's selection (rounds of argmax) against ltis_select, every position and the serving path's
+    positions, with real and rounded scores (many exact ties: the larger window wins): at every real query the
+    eligible picks are ltis_select's, in its order; the slots ltis_select leaves empty name blocks from the own
+    block on (which the layout's causal bias covers)."""
+    block = 4
+    pattern = BlossomPattern(block_size=block, compression_window=8, num_selected_blocks=3, stis_window=5)
+    query, _, _, compressed, _, lengths = _inputs(generator, 3, 8, 2, seq_len, 16, block)
+    positions = torch.stack([lengths - 1, (torch.rand(3, generator=generator) * lengths).long()], dim=1)
+    for q, ck in ((query, compressed), (query.round(), compressed.round())):
+        for pos in (None, positions):
+            q_at = q if pos is None else _take(q, pos)
+            want, _ = ltis_select(q_at, ck, lengths, 0.5, pattern, positions=pos, with_probs=False)
+            got = sdpa_inference._dense_selection(q_at, ck, seq_len, 0.5, pattern, None, pos)
+            t = (torch.arange(seq_len)[None].expand(3, -1) if pos is None else pos)[:, None, :, None]  # [B,1,Q,1]
+            own = t // block
+            real = (t < lengths[:, None, None, None]).expand_as(got)
+            assert got.shape == want.shape
+            assert torch.equal(torch.where(got < own, got, -1)[real], want[real])
+            assert bool((got[real][want[real] < 0] >= own.expand_as(got)[real][want[real] < 0]).all())
 
 
 def test_gradient_takes_the_training_layout(generator, monkeypatch):

@@ -2,7 +2,7 @@
 # One GPU call for the sdpa backend's CUDA inference: every GPU test and `blossom-hf evaluate` of the bundled ML-1M
 # model per backend (release_check.sh's "tests" section: triton parity + CUDA graphs + fused losses beside
 # tests/test_sdpa_gpu.py), then on a quiet GPU the interleaved A/B of scripts/dev/sdpa_cuda_ab.py at short L (the
-# backend as configured, other query-chunk sizes, the layout before the chunks, triton, the dense model) and long L
+# backend as configured, the dense layout of 6bb0aba, other query-chunk sizes, triton, the dense model) and long L
 # (dense and sparse layouts, triton). Everything under $OUT (tarred). Knobs: TEST_TIMEOUT, SHORT_LENGTHS,
 # SHORT_ROWS, LONG_LENGTHS, ROUNDS, SECTIONS ("tests short long").
 set -uo pipefail
@@ -19,7 +19,7 @@ fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/blossom_site"
 unset TRITON_INTERPRET
 if [[ $SECTIONS == *" short "* ]]; then
-  eval "short_rows=(${SHORT_ROWS:-sdpa \"sdpa rows=256\" \"sdpa before\" triton full/sdpa})"
+  eval "short_rows=(${SHORT_ROWS:-sdpa \"sdpa 6bb0aba\" \"sdpa rows=64\" triton full/sdpa})"
   # shellcheck disable=SC2086
   timeout 200 python scripts/dev/sdpa_cuda_ab.py --lengths ${SHORT_LENGTHS:-200 384 512} --rounds "${ROUNDS:-9}" \
     --rows "${short_rows[@]}" --out "$work/sdpa_cuda_ab_short.json" 2>&1 | grep -v Warning

@@ -17,16 +17,17 @@ dense and gathered inference layouts in ``sdpa_inference.py``, the blocked one i
   LTIS the own block and the n selected blocks. One SDPA call per branch with a small boolean mask; no
   ``L x L`` tensor. The straight-through key scale ``1 + p - stopgrad(p)`` is applied to the gathered keys.
 * dense inference (no gradient, ``L <= DENSE_MAX_LENGTH[device type]``): SDPA per branch over the history (or
-  the serving path's one query per row); queries laid out ``[B*G, g, Q, D]`` so that one mask per kv head serves
-  its ``g`` heads. At every position the query axis is cut into causal chunks of ``DENSE_QUERY_CHUNK_ROWS`` rows
-  (CUDA 128), each reading only the keys up to its last query (masked SDPA kernels visit every key tile of the
-  mask: the chunks skip the ones above the diagonal). STIS uses an ``[L, L]`` additive bias cached per
-  ``(L, device)``. LTIS is plain causal attention (``is_causal``, no mask, no compressor and no selection: the
-  model passes zeros for the compressed keys) when every eligible window is selected
-  (:func:`attention_patterns.every_window_selected`, ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's
-  b = 16, n = 4); otherwise one ``[B, G, L, L]`` mask from the block selection (``n`` flags per query expanded
-  to keys, OR the cached own-block mask), built once and sliced per chunk. Cost ``~L^2`` per branch, few and
-  large kernels.
+  the serving path's one query per row) with additive fp32 biases (no boolean mask for SDPA to convert per call).
+  At every position the query axis is cut into causal chunks of ``DENSE_QUERY_CHUNK_ROWS`` rows (CUDA 128), each
+  reading only the keys up to its last query (masked SDPA kernels visit every key tile of the mask: the chunks skip
+  the ones above the diagonal). STIS reads rows of an ``[L, L]`` bias cached per ``(L, device)``. LTIS is plain
+  causal attention (``is_causal``, no mask, no compressor and no selection: the model passes zeros for the
+  compressed keys) when every eligible window is selected (:func:`attention_patterns.every_window_selected`,
+  ``(L - 1) // b <= n``, e.g. ``L <= 80`` for the paper's b = 16, n = 4); otherwise a per-block bias ``[B, G, Q,
+  nb]`` (cached own-block rows, the n selected blocks set to 0; the selection as ``n`` rounds of ``argmax`` with the
+  eligibility from a cached table) plus the cached causal bias viewed as ``[L, nb, b]``: one add per chunk writes
+  its bias. Queries are laid out ``[B*G, g, Q, D]`` for LTIS so that one bias per kv head serves its ``g`` heads.
+  Cost ``~L^2`` per branch, few and large kernels.
 * blocked inference (no gradient, longer histories, every position): query block by query block. LTIS: the ``b``
   queries of block ``c`` (x the ``g`` heads of a kv head) against their own block in one matmul (a strided view
   of K: no copy); the ``n`` selected blocks copied whole per query (1 KB rows of a block table, a few hundred
@@ -47,8 +48,8 @@ Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. 
 64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 (docs/BENCHMARKS.md, "sdpa
 inference on CUDA"; ``scripts/dev/sdpa_cuda_ab.py``, serving path at 65k tokens per forward, fp32 / bf16 autocast,
 interleaved rounds; the dense layout's SDPA calls expand the kv heads there, so that fp32 takes the
-memory-efficient kernel): dense (in query chunks) 10.5 / 10.6 ms against sparse 12.5 / 12.5 at L = 896, 11.5 / 11.4
-against 12.0 / 12.0 at 1024, 12.8 / 12.4 against 10.9 / 10.7 at 1280, so the dense layout stops at 896 there.
+memory-efficient kernel): dense 9.4 / 10.0 ms against sparse 11.3 / 12.8 at L = 1024, 13.0 / 14.3 against
+13.7 / 15.3 at 1536, 16.8 / 17.1 against 13.2 / 13.9 at 2048, so the dense layout stops at 1536 there.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """
@@ -74,6 +75,7 @@ from .sdpa_inference import (
     dense_max_length,
     gathered_inference,
     grouped_queries,
+    padded_queries,
 )
 
 __all__ = ["BLOCKED_COPY_ROWS", "BLOCKED_TILE_ROWS", "DENSE_MAX_LENGTH", "INFERENCE_TILE_ELEMENTS",
@@ -125,6 +127,11 @@ def _every_query_real(real_query: torch.Tensor) -> bool:
     return real_query.device.type == "cpu" and not torch.compiler.is_compiling() and bool(real_query.all())
 
 
+def _no_padded_query(padded: torch.Tensor) -> bool:
+    """:func:`_every_query_real` from the padded-query mask."""
+    return padded.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(padded.any())
+
+
 def sdpa_blossom_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -160,9 +167,9 @@ def sdpa_blossom_attention(
         else:
             out = gathered_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                       selected_blocks, positions)
-    real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    if not _every_query_real(real_query):
-        out.masked_fill_(~real_query, 0.0)  # out is this call's own tensor
+    padded = padded_queries(lengths, seq_len, positions)
+    if not _no_padded_query(padded):
+        out.masked_fill_(padded, 0.0)  # out is this call's own tensor
     return out.to(query.dtype)
 
 

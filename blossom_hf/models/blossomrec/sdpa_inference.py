@@ -17,26 +17,28 @@ import torch.nn.functional as F
 from .attention_patterns import (
     every_window_selected,
     ltis_block_index,
-    ltis_dense_mask,
     ltis_every_eligible,
-    ltis_own_block_mask,
+    ltis_scores,
     ltis_select,
+    ltis_top_windows,
     stis_dense_mask,
     stis_key_index,
     stis_offsets,
 )
 
-__all__ = ["DENSE_MAX_LENGTH", "DENSE_QUERY_CHUNK_ROWS", "INFERENCE_TILE_ELEMENTS", "dense_inference",
-           "dense_max_length", "device_entry", "gathered_inference", "grouped_queries"]
+__all__ = ["DENSE_MAX_LENGTH", "DENSE_QUERY_CHUNK_ROWS", "INFERENCE_TILE_ELEMENTS",
+           "dense_inference", "dense_max_length", "device_entry", "gathered_inference", "grouped_queries",
+           "padded_queries"]
 
 #: Longest history for which inference uses the dense layout, per device type (other types: the "cuda" entry).
 #: CPU: 2 threads, the layout alone, dense / blocked ms (``cpu_breakdown --layout-ab``, docs/BENCHMARKS_CPU.md): B = 1:
 #: L = 256 1.23 / 1.57, 320 1.68 / 1.73, 384 2.23 / 1.86; B = 64: L = 200 39.6 / 41.8, 256 67.6 / 52.5, 320 97.5 / 67.8
 #: (the crossover at ~320 for one history, ~210 for 64). CUDA (H200, the serving path at 65k tokens, fp32 / bf16
-#: autocast, dense (in query chunks) / sparse ms, interleaved rounds: ``scripts/dev/sdpa_cuda_ab.py``,
-#: docs/BENCHMARKS.md "sdpa inference on CUDA"): L = 768 10.21 / 12.41, 10.26 / 12.46; 896 10.51 / 12.51,
-#: 10.59 / 12.52; 1024 11.53 / 11.95, 11.36 / 11.96; 1280 12.83 / 10.87, 12.37 / 10.65 (the crossover at ~1050).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 896}
+#: autocast, dense (additive biases, in query chunks) / sparse ms, interleaved rounds: ``scripts/dev/sdpa_cuda_ab.py``,
+#: docs/BENCHMARKS.md "sdpa inference on CUDA"): L = 1024 9.44 / 11.32, 10.02 / 12.75; 1536 13.02 / 13.73,
+#: 14.31 / 15.30; 2048 16.81 / 13.24, 17.08 / 13.94 (the crossover at ~1700; the dense layout also holds 3.5x less
+#: memory there: 0.42 against 1.47 GiB at 1536).
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 1536}
 
 #: Query rows per SDPA call of the dense layout at every position, per device type (0: the whole history in one call).
 #: Query rows ``s .. e-1`` read only keys ``0 .. e-1`` (causal), so chunks of the query axis skip the key tiles above
@@ -44,8 +46,10 @@ DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 896}
 #: for ``c - 1`` more SDPA calls per branch. CUDA (H200, the serving path at 65k tokens, fp32 / bf16 autocast, ms,
 #: interleaved rounds, ``scripts/dev/sdpa_cuda_ab.py``, docs/BENCHMARKS.md "sdpa inference on CUDA"): 128 rows / 256
 #: rows / one call (and the selection's rounds of max) at L = 200 6.52 / 7.12 / 7.41, 6.87 / 7.05 / 7.50; 384
-#: 7.46 / 7.85 / 8.70, 7.92 / 7.23 / 7.73; 512 8.04 / 8.55 / 9.85, 8.33 / 8.78 / 10.16. CPU: 0 (the compiled kernel
-#: serves CPU inference).
+#: 7.46 / 7.85 / 8.70, 7.92 / 7.23 / 7.73; 512 8.04 / 8.55 / 9.85, 8.33 / 8.78 / 10.16 (boolean masks, before the
+#: additive biases). With the biases, 128 / 64 rows in two calls: L = 200 6.55 / 6.28 and 5.93 / 5.69 fp32, 6.89 / 7.68
+#: and 6.60 / 6.92 bf16; 512 6.87 / 6.80 and 7.96 / 8.10 fp32, 7.51 / 8.85 and 10.68 / 10.19 bf16 (64 rows: 0.1-0.25 ms
+#: less GPU time, more host time; mixed). CPU: 0 (the compiled kernel serves CPU inference).
 DENSE_QUERY_CHUNK_ROWS: dict[str, int] = {"cpu": 0, "cuda": 128}
 
 
@@ -82,35 +86,123 @@ def _cached_table(builder, *args) -> torch.Tensor:
 
 
 def _table(builder, *args) -> torch.Tensor:
-    """A constant mask of ``(L, device)``: built once per key in eager mode, inside a traced graph every time."""
+    """A constant table of ``(L, device)``: built once per key in eager mode, inside a traced graph every time."""
     return builder(*args) if torch.compiler.is_compiling() else _cached_table(builder, *args)
 
 
 def _shared_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
-    """K and V as every SDPA call of the dense layout reads them, with the keyword that goes with them: query head
-    ``h`` reads kv head ``h // (H/G)``. On CUDA the kv heads are expanded once per call of the layout (``[B, H, L, D]``)
-    instead of passing ``enable_gqa``: with it, fp32 inputs (which every layout computes in) take SDPA's math kernel,
-    which materialises the ``[B, H, Q, L]`` scores; expanded, the memory-efficient kernel runs (K and V copied ``H/G``
-    times: small next to the scores). Elsewhere ``enable_gqa``."""
-    groups = key.shape[1]
-    if query.is_cuda and query.shape[1] != groups:
-        g = query.shape[1] // groups
-        return key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1), {}
-    return key, value, {"enable_gqa": True}
+    """fp32 K and V ``[B, H|G, L, D]`` as every SDPA call of the dense layout reads them, with the keyword that goes
+    with them: query head ``h`` reads kv head ``h // (H/G)``. On CUDA the kv heads are expanded once per call of the
+    layout (``[B, H, L, D]``; one copy, the cast included) instead of passing ``enable_gqa``: with it, fp32 inputs
+    (which every layout computes in) take SDPA's math kernel, which materialises the ``[B, H, Q, L]`` scores;
+    expanded, the memory-efficient kernel runs (K and V copied ``H/G`` times: small next to the scores). Elsewhere
+    ``enable_gqa``."""
+    batch, groups, seq_len, head_dim = key.shape
+    heads = query.shape[1]
+    if query.is_cuda and heads != groups:
+        g = heads // groups
+        if key.dtype == torch.float32:
+            return key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1), {}
+        # one cast-and-copy per tensor (``to`` of an expanded tensor writes a contiguous result)
+        kv = (x[:, :, None].expand(batch, groups, g, seq_len, head_dim).float() for x in (key, value))
+        return *(x.reshape(batch, heads, seq_len, head_dim) for x in kv), {}
+    return key.float(), value.float(), {"enable_gqa": True}
 
 
-def _float_bias(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean mask ``[..., L]`` (True = attend) as SDPA's additive fp32 bias (0 / -inf), its rows ``8``-aligned
-    (SDPA's memory-efficient kernel copies a bias whose row stride is not a multiple of 8)."""
+def _float_bias(mask: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """A boolean mask ``[..., L]`` (True = attend) as SDPA's additive fp32 bias (0 / -inf), its rows ``width`` wide
+    (default ``L`` rounded up to 8: SDPA's memory-efficient kernel copies a bias whose row stride is not a multiple
+    of 8; the columns past ``L`` are -inf)."""
     seq_len = mask.shape[-1]
-    width = -(-seq_len // 8) * 8
+    width = -(-seq_len // 8) * 8 if width is None else width
     bias = torch.full((*mask.shape[:-1], width), float("-inf"), dtype=torch.float32, device=mask.device)
-    return bias[..., :seq_len].masked_fill_(mask, 0.0)
+    bias[..., :seq_len].masked_fill_(mask, 0.0)
+    return bias
 
 
 def _stis_bias(seq_len: int, window: int, num_sinks: int, device: torch.device) -> torch.Tensor:
-    """The STIS key set of every position as an additive ``[L, L]`` fp32 bias (:func:`_float_bias`)."""
+    """The STIS key set of every position as an additive fp32 bias ``[L, L8]`` (:func:`_float_bias`; read as
+    ``[..., :L]``)."""
     return _float_bias(stis_dense_mask(seq_len, window, num_sinks, device))
+
+
+def _causal_bias(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
+    """``[L, nb*b]`` fp32 (``nb = ceil(L / b)`` blocks): 0 where key ``j <= t`` (query ``t``), -inf elsewhere."""
+    keys = torch.arange(-(-seq_len // block) * block, device=device)
+    return _float_bias(keys <= torch.arange(seq_len, device=device)[:, None], keys.numel())
+
+
+def _own_block_bias(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
+    """``[L, nb + 1]`` fp32, one entry per block (and a spare last column): 0 at query ``t``'s own block ``t // b``,
+    -inf elsewhere. The start of every query's LTIS block bias (the selected blocks are set to 0 on a copy)."""
+    columns = torch.arange(-(-seq_len // block) + 1, device=device)
+    own = columns == torch.arange(seq_len, device=device)[:, None] // block
+    return _float_bias(own, columns.numel())
+
+
+def _ineligible_windows(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
+    """``[L, M]`` bool (``M = L // b`` windows): window ``w`` is not eligible for a real query ``t``, i.e.
+    ``w >= t // b`` (:func:`attention_patterns.ltis_eligibility`; at a real query the block-has-a-real-item and
+    real-query conditions follow from ``w < t // b``)."""
+    windows = torch.arange(seq_len // block, device=device)
+    return windows >= torch.arange(seq_len, device=device)[:, None] // block
+
+
+def _top_blocks(ranked: torch.Tensor, k: int) -> torch.Tensor:
+    """The dense layout's top-``k`` windows of ``ranked [..., M]`` (``-inf`` = ineligible), ties to the larger ``w``:
+    ``k`` rounds of ``argmax`` over ``w`` reversed (``argmax`` returns the first of equal maxima), the winner set to
+    ``-inf`` before the next round. Once a row's finite entries are used up the rounds return ``w = M - 1`` (see
+    :func:`_dense_selection`). On an H200 one round of a ``[B*G*L, M]`` row set costs two small kernels, the stable
+    sort of the rows one that took 0.37 ms at 65k tokens (docs/BENCHMARKS.md, "sdpa inference on CUDA")."""
+    num_windows = ranked.shape[-1]
+    flipped = ranked.flip(-1)
+    slots = []
+    for round_ in range(k):
+        index = flipped.argmax(dim=-1, keepdim=True)
+        slots.append(index)
+        if round_ + 1 < k:
+            flipped.scatter_(-1, index, float("-inf"))
+    return (num_windows - 1) - (slots[0] if k == 1 else torch.cat(slots, dim=-1))
+
+
+def _dense_selection(query, compressed_key, seq_len, scaling, pattern, selected_blocks, positions):
+    """The dense layout's block selection ``[B, G, Q, k]`` (``k = min(n, M)``, long, block ids in ``0 .. nb``), or
+    ``None`` when every eligible window is selected (as :func:`_inference_selection`).
+
+    At every real query the set of its eligible slots is :func:`attention_patterns.ltis_select`'s exactly (the
+    scores of :func:`attention_patterns.ltis_scores`, the eligibility of :func:`_ineligible_windows`, ties to the
+    larger ``w``: :func:`_top_blocks`). A slot without an eligible window names some window ``w >= t // b`` instead
+    of ``-1``: its keys are the own block's (attended up to ``t`` anyway) or lie after ``t`` (masked by the causal
+    bias), so the key set is the same. Padded queries (``t >= length``) get some selection: their output is zeroed
+    by the caller. An override ``selected_blocks`` has its ``-1`` mapped to the spare column ``nb``. In traced graphs
+    :func:`attention_patterns.ltis_top_windows` (top-k)."""
+    block = pattern.block_size
+    num_blocks = -(-seq_len // block)
+    if selected_blocks is not None:
+        return selected_blocks.to(device=query.device, dtype=torch.long).remainder(num_blocks + 1)
+    if every_window_selected(seq_len, pattern):
+        return None
+    num_windows = compressed_key.shape[2]
+    ineligible = _table(_ineligible_windows, seq_len, block, query.device)
+    ineligible = ineligible if positions is None else ineligible[positions][:, None]  # [L, M] or [B, 1, Q, M]
+    ranked = ltis_scores(query, compressed_key, scaling).masked_fill_(ineligible, float("-inf"))
+    k = min(pattern.num_selected_blocks, num_windows)
+    if torch.compiler.is_compiling():
+        return ltis_top_windows(ranked, k).remainder(num_blocks + 1)
+    return _top_blocks(ranked, k)
+
+
+def _positions_table(seq_len: int, device: torch.device) -> torch.Tensor:
+    """``[1, L]``: every query position ``0 .. L-1``."""
+    return torch.arange(seq_len, device=device)[None]
+
+
+def padded_queries(lengths: torch.Tensor, seq_len: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, 1, Q, 1]`` bool: the query (every position, or those at ``positions [B, Q]``) is padding
+    (``t >= length``; the complement of :func:`attention_patterns.query_is_real`, from a cached position table)."""
+    if positions is None:
+        positions = _table(_positions_table, seq_len, lengths.device)
+    return (positions >= lengths[:, None])[:, None, :, None]
 
 
 def _query_chunks(num_queries: int, rows: int) -> list[tuple[int, int]]:
@@ -123,46 +215,63 @@ def _query_chunks(num_queries: int, rows: int) -> list[tuple[int, int]]:
 def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
                     positions):
     """Whole-history SDPA per branch, for every query (in causal chunks of the query axis,
-    :data:`DENSE_QUERY_CHUNK_ROWS`) or the ones at ``positions``. LTIS: causal (no mask over every position) when
-    every eligible window is selected, else one boolean mask per kv head from the block selection; STIS: the cached
-    ``[L, L]`` bias (its rows at ``positions``). Queries are laid out ``[B*G, g, Q, D]`` so that one mask per kv head
-    serves its ``g`` query heads."""
+    :data:`DENSE_QUERY_CHUNK_ROWS`) or the ones at ``positions``, with additive fp32 biases (no boolean mask for SDPA
+    to convert per call).
+
+    STIS: rows of the cached ``[L, L]`` bias, every query head ``[B, H, Q, D]`` against it. LTIS: causal
+    (``is_causal``, or rows of the cached causal bias at ``positions``) when every eligible window is selected;
+    else a per-block bias ``[B, G, Q, nb]`` (a copy of the cached own-block rows, the selected blocks set to 0,
+    :func:`_dense_selection`) added to the cached causal bias viewed as ``[L, nb, b]``: one op per chunk writes the
+    chunk's ``[B, G, Qc, keys]`` bias. Queries are laid out ``[B*G, g, Q, D]`` for LTIS so that the bias of a kv
+    head serves its ``g`` query heads. The output of padded queries is not zeroed here (the caller does it)."""
     batch, heads, num_queries, head_dim = query.shape
     groups, seq_len, block = key.shape[1], key.shape[2], pattern.block_size
     g = heads // groups
-    q = query.float().reshape(batch * groups, g, num_queries, head_dim)
-    k, v, gqa = _shared_kv(query, key.float(), value.float())
-    k, v = (x.reshape(batch * groups, -1, seq_len, head_dim) for x in (k, v))
-    selected = _inference_selection(query, compressed_key, lengths, seq_len, scaling, pattern, selected_blocks,
-                                    positions)
-    gate = gate.float()
+    num_blocks = -(-seq_len // block)
+    device = query.device
+    q = query.float()
+    k, v, gqa = _shared_kv(query, key, value)
+    q_grouped = q.reshape(batch * groups, g, num_queries, head_dim)
+    k_grouped, v_grouped = (x.reshape(batch * groups, -1, seq_len, head_dim) for x in (k, v))
+    selected = _dense_selection(query, compressed_key, seq_len, scaling, pattern, selected_blocks, positions)
+    stis = _table(_stis_bias, seq_len, pattern.stis_window, pattern.stis_num_sinks, device)
+    causal = _table(_causal_bias, seq_len, block, device)
+    if selected is not None:
+        own = _table(_own_block_bias, seq_len, block, device)
+        if positions is None:
+            chosen = own.expand(batch, groups, num_queries, num_blocks + 1).clone()
+        else:
+            chosen = own[positions[:, None].expand(batch, groups, num_queries)]
+        chosen.scatter_(-1, selected, 0.0)  # [B, G, Q, nb + 1]: 0 = the block is attended
+        blocks = causal.view(seq_len, num_blocks, block)
 
-    def sdpa(q_rows, end, **kwargs):
-        return F.scaled_dot_product_attention(q_rows, k[:, :, :end], v[:, :, :end], scale=scaling, **gqa, **kwargs)
+    def sdpa(q_rows, k_rows, v_rows, end, **kwargs):
+        return F.scaled_dot_product_attention(q_rows, k_rows[:, :, :end], v_rows[:, :, :end], scale=scaling, **gqa,
+                                              **kwargs)
 
     if positions is not None:  # the serving path's queries: one call per branch
-        stis = _table(stis_dense_mask, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
-        stis = stis[positions][:, None].expand(batch, groups, num_queries, seq_len)
-        out_stis = sdpa(q, seq_len, attn_mask=stis.reshape(batch * groups, 1, num_queries, seq_len))
+        out_stis = sdpa(q, k, v, seq_len, attn_mask=stis[positions][:, None, :, :seq_len])  # [B, 1, Q, L]
         if selected is None:
-            mask = (torch.arange(seq_len, device=query.device) <= positions[..., None])[:, None]  # [B, 1, Q, L]
-            mask = mask.expand(batch, groups, num_queries, seq_len)
+            out_ltis = sdpa(q, k, v, seq_len, attn_mask=causal[positions][:, None, :, :seq_len])
         else:
-            mask = ltis_dense_mask(selected, seq_len, block, positions)  # [B, G, Q, L]
-        out_ltis = sdpa(q, seq_len, attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len))
+            bias = torch.add(blocks[positions][:, None], chosen[..., :num_blocks, None])  # [B, G, Q, nb, b]
+            bias = bias.view(batch * groups, 1, num_queries, num_blocks * block)[..., :seq_len]
+            out_ltis = sdpa(q_grouped, k_grouped, v_grouped, seq_len, attn_mask=bias)
     else:
-        stis = _table(_stis_bias, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
-        chunks = _query_chunks(num_queries, device_entry(DENSE_QUERY_CHUNK_ROWS, query.device))
-        out_stis = [sdpa(q[:, :, s:e], e, attn_mask=stis[s:e, :e]) for s, e in chunks]
+        chunks = _query_chunks(num_queries, device_entry(DENSE_QUERY_CHUNK_ROWS, device))
+        out_stis = [sdpa(q[:, :, s:e], k, v, e, attn_mask=stis[s:e, :e]) for s, e in chunks]
         if selected is None:  # causal over the whole history: SDPA skips the tiles above the diagonal itself
-            out_ltis = [sdpa(q, seq_len, is_causal=True)]
-        else:  # one mask for every query, built once; each chunk reads its rows and its keys
-            own = _table(ltis_own_block_mask, seq_len, block, query.device)
-            mask = ltis_dense_mask(selected, seq_len, block, own_block=own)
-            mask = mask.reshape(batch * groups, 1, num_queries, seq_len)
-            out_ltis = [sdpa(q[:, :, s:e], e, attn_mask=mask[:, :, s:e, :e]) for s, e in chunks]
+            out_ltis = [sdpa(q_grouped, k_grouped, v_grouped, seq_len, is_causal=True)]
+        else:  # each chunk's bias from its rows of the block bias and of the causal bias, keys up to its end
+            out_ltis = []
+            for s, e in chunks:
+                width = -(-e // block)
+                bias = torch.add(blocks[s:e, :width], chosen[:, :, s:e, :width, None])  # [B, G, Qc, width, b]
+                bias = bias.view(batch * groups, 1, e - s, width * block)[..., :e]
+                out_ltis.append(sdpa(q_grouped[:, :, s:e], k_grouped, v_grouped, e, attn_mask=bias))
         out_stis, out_ltis = (x[0] if len(x) == 1 else torch.cat(x, dim=2) for x in (out_stis, out_ltis))
-    out_stis, out_ltis = (x.reshape(batch, heads, num_queries, head_dim) for x in (out_stis, out_ltis))
+    out_ltis = out_ltis.reshape(batch, heads, num_queries, head_dim)
+    gate = gate.float()
     return torch.addcmul(out_ltis * gate[..., 0:1], out_stis, gate[..., 1:2])
 
 
