@@ -48,8 +48,9 @@ Where the dense layout stops (:data:`DENSE_MAX_LENGTH`) is a per-device choice. 
 64 histories and ~ 340 for one; the threshold is 256). CUDA: measured on an H200 (docs/BENCHMARKS.md, "sdpa
 inference on CUDA"; ``scripts/dev/sdpa_cuda_ab.py``, serving path at 65k tokens per forward, fp32 / bf16 autocast,
 interleaved rounds; the dense layout's SDPA calls expand the kv heads there, so that fp32 takes the
-memory-efficient kernel): dense 9.4 / 10.0 ms against sparse 11.3 / 12.8 at L = 1024, 13.0 / 14.3 against
-13.7 / 15.3 at 1536, 16.8 / 17.1 against 13.2 / 13.9 at 2048, so the dense layout stops at 1536 there.
+memory-efficient kernel): dense 9.4 / 10.0 ms against sparse 11.3 / 12.8 at L = 1024, 11.5 / 12.0 against
+11.3 / 12.3 at 1280, 12.7-13.0 / 12.9-14.3 against 11.9-13.7 / 13.1-15.3 at 1536 (two calls), 16.8 / 17.1 against
+13.2 / 13.9 at 2048; the dense layout holds 3.5x less memory, so it runs to 1280 there.
 Computation runs in fp32 (inputs are upcast), as in every backend. Every reshape of an SDPA output is a
 ``reshape`` (CUDA kernels may return non-contiguous outputs).
 """

@@ -35,10 +35,12 @@ __all__ = ["DENSE_MAX_LENGTH", "DENSE_QUERY_CHUNK_ROWS", "INFERENCE_TILE_ELEMENT
 #: L = 256 1.23 / 1.57, 320 1.68 / 1.73, 384 2.23 / 1.86; B = 64: L = 200 39.6 / 41.8, 256 67.6 / 52.5, 320 97.5 / 67.8
 #: (the crossover at ~320 for one history, ~210 for 64). CUDA (H200, the serving path at 65k tokens, fp32 / bf16
 #: autocast, dense (additive biases, in query chunks) / sparse ms, interleaved rounds: ``scripts/dev/sdpa_cuda_ab.py``,
-#: docs/BENCHMARKS.md "sdpa inference on CUDA"): L = 1024 9.44 / 11.32, 10.02 / 12.75; 1536 13.02 / 13.73,
-#: 14.31 / 15.30; 2048 16.81 / 13.24, 17.08 / 13.94 (the crossover at ~1700; the dense layout also holds 3.5x less
-#: memory there: 0.42 against 1.47 GiB at 1536).
-DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 1536}
+#: docs/BENCHMARKS.md "sdpa inference on CUDA"): L = 1024 9.44 / 11.32, 10.02 / 12.75; 1280 11.47 / 11.28,
+#: 12.00 / 12.28; 1536 13.02 / 13.73, 14.31 / 15.30 in one call, 12.68 / 11.90, 12.86 / 13.05 in another; 1792
+#: 15.42 / 13.74, 15.68 / 14.11; 2048 16.81 / 13.24, 17.08 / 13.94. The two tie at ~1280-1536 (the dense layout is
+#: GPU-bound there, the sparse ones host-bound, so the crossover moves with the host); the dense layout holds 3.5x
+#: less memory (0.42 against 1.47 GiB at 1536), so it runs to 1280.
+DENSE_MAX_LENGTH: dict[str, int] = {"cpu": 256, "cuda": 1280}
 
 #: Query rows per SDPA call of the dense layout at every position, per device type (0: the whole history in one call).
 #: Query rows ``s .. e-1`` read only keys ``0 .. e-1`` (causal), so chunks of the query axis skip the key tiles above
