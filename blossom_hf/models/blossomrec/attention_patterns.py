@@ -209,7 +209,8 @@ def ltis_top_windows(ranked: torch.Tensor, n: int) -> torch.Tensor:
     of equal maxima, i.e. the larger ``w``), the winner set to ``-inf`` after each round: the rule exactly, a few
     passes over the scores and no sort (``torch.topk`` of 5 of 256 costs 1-2 us per row on a CPU). Other devices
     and larger ``n``: a stable sort over ``w`` reversed (one kernel on a GPU, where the rounds' ~20 small launches
-    cost more host time than the sort costs GPU time). In traced graphs top-k over ``w`` reversed.
+    cost more host time than the sort costs GPU time in host-bound calls; the sdpa backend's GPU-bound dense layout
+    takes rounds of ``argmax`` instead, ``sdpa_inference._top_blocks``). In traced graphs top-k over ``w`` reversed.
     """
     num_windows = ranked.shape[-1]
     k = min(n, num_windows)
