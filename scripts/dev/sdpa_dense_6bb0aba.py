@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from blossom_hf.models.blossomrec.attention_patterns import ltis_dense_mask, ltis_own_block_mask, stis_dense_mask
+from blossom_hf.models.blossomrec.attention_patterns import ltis_own_block_mask, stis_dense_mask
 from blossom_hf.models.blossomrec.sdpa_inference import (
     DENSE_QUERY_CHUNK_ROWS,
     _inference_selection,
@@ -31,6 +31,15 @@ def _stis_bias(seq_len, window, num_sinks, device):
     width = -(-seq_len // 8) * 8
     bias = torch.full((*mask.shape[:-1], width), float("-inf"), dtype=torch.float32, device=mask.device)
     return bias[..., :seq_len].masked_fill_(mask, 0.0)
+
+
+def _ltis_mask(selected, seq_len, block, own):
+    """6bb0aba's ``ltis_dense_mask(..., own_block=own)``: the selected blocks' keys OR the cached own-block mask."""
+    num_blocks = -(-seq_len // block)
+    chosen = torch.zeros(*selected.shape[:-1], num_blocks + 1, dtype=torch.bool, device=selected.device)
+    chosen.scatter_(-1, torch.where(selected >= 0, selected, num_blocks), True)
+    keys = chosen[..., :num_blocks, None].expand(*chosen.shape[:-1], num_blocks, block)
+    return keys.reshape(*chosen.shape[:-1], num_blocks * block)[..., :seq_len] | own
 
 
 def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks,
@@ -56,7 +65,8 @@ def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, p
             mask = (torch.arange(seq_len, device=query.device) <= positions[..., None])[:, None]
             mask = mask.expand(batch, groups, num_queries, seq_len)
         else:
-            mask = ltis_dense_mask(selected, seq_len, block, positions)
+            own = ltis_own_block_mask(seq_len, block, query.device, positions)[:, None]
+            mask = _ltis_mask(selected, seq_len, block, own)
         out_ltis = sdpa(q, seq_len, attn_mask=mask.reshape(batch * groups, 1, num_queries, seq_len))
     else:
         stis = _table(_stis_bias, seq_len, pattern.stis_window, pattern.stis_num_sinks, query.device)
@@ -66,7 +76,7 @@ def dense_inference(query, key, value, compressed_key, gate, lengths, scaling, p
             out_ltis = [sdpa(q, seq_len, is_causal=True)]
         else:
             own = _table(ltis_own_block_mask, seq_len, block, query.device)
-            mask = ltis_dense_mask(selected, seq_len, block, own_block=own)
+            mask = _ltis_mask(selected, seq_len, block, own)
             mask = mask.reshape(batch * groups, 1, num_queries, seq_len)
             out_ltis = [sdpa(q[:, :, s:e], e, attn_mask=mask[:, :, s:e, :e]) for s, e in chunks]
         out_stis, out_ltis = (x[0] if len(x) == 1 else torch.cat(x, dim=2) for x in (out_stis, out_ltis))

@@ -332,24 +332,18 @@ def ltis_key_index(
 
 
 def ltis_dense_mask(
-    selected: torch.Tensor,
-    seq_len: int,
-    block_size: int,
-    positions: torch.Tensor | None = None,
-    own_block: torch.Tensor | None = None,
+    selected: torch.Tensor, seq_len: int, block_size: int, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The LTIS fine key set as a dense ``[B, G, Q, L]`` boolean mask (True = attend): the keys of the selected
-    blocks (one flag per block, expanded to its ``b`` keys) or the own block's keys ``c*b .. t``. ``own_block``: that
-    last part, if the caller holds it (:func:`ltis_own_block_mask` of the same arguments, e.g. cached per ``L``)."""
+    blocks (one flag per block, expanded to its ``b`` keys) or the own block's keys ``c*b .. t``
+    (:func:`ltis_own_block_mask`)."""
     num_blocks = -(-seq_len // block_size)
     chosen = torch.zeros(*selected.shape[:-1], num_blocks + 1, dtype=torch.bool, device=selected.device)
     chosen.scatter_(-1, torch.where(selected >= 0, selected, num_blocks), True)  # -1 -> a spare column
     keys = chosen[..., :num_blocks, None].expand(*chosen.shape[:-1], num_blocks, block_size)
     keys = keys.reshape(*chosen.shape[:-1], num_blocks * block_size)[..., :seq_len]
-    if own_block is None:
-        own_block = ltis_own_block_mask(seq_len, block_size, selected.device, positions)
-        own_block = own_block if positions is None else own_block[:, None]  # [L, L] or [B|1, 1, Q, L]
-    return keys | own_block
+    own_block = ltis_own_block_mask(seq_len, block_size, selected.device, positions)
+    return keys | (own_block if positions is None else own_block[:, None])  # [L, L] or [B|1, 1, Q, L]
 
 
 def ltis_own_block_mask(

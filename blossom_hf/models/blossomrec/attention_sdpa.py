@@ -121,15 +121,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tens
     return out.reshape(batch, groups, num_queries, g, head_dim)
 
 
-def _every_query_real(real_query: torch.Tensor) -> bool:
-    """True where the output needs no zeroing of padded queries (no pass over it then): CPU tensors in eager mode only
-    (elsewhere the check would synchronise a GPU stream, or break a CUDA graph capture, or trace a data-dependent
-    branch)."""
-    return real_query.device.type == "cpu" and not torch.compiler.is_compiling() and bool(real_query.all())
-
-
 def _no_padded_query(padded: torch.Tensor) -> bool:
-    """:func:`_every_query_real` from the padded-query mask."""
+    """True where the output needs no zeroing of padded queries (``padded``: :func:`sdpa_inference.padded_queries`;
+    no pass over the output then): CPU tensors in eager mode only (elsewhere the check would synchronise a GPU
+    stream, or break a CUDA graph capture, or trace a data-dependent branch)."""
     return padded.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(padded.any())
 
 
@@ -229,10 +224,8 @@ def sdpa_full_attention(
         keys = torch.arange(seq_len, device=query.device)
         mask = (keys <= positions[..., None])[:, None]  # [B, 1, Q, L]
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
-    real_query = query_is_real(lengths, seq_len, positions)[:, None, :, None]
-    if _every_query_real(real_query):
-        return out
-    return torch.where(real_query, out, 0.0)
+    padded = padded_queries(lengths, seq_len, positions)
+    return out if _no_padded_query(padded) else out.masked_fill(padded, 0.0)
 
 
 def sdpa_attention_forward(
