@@ -35,6 +35,9 @@ VARIANTS = {
     "bn16": dict(BN=16),
     "bm32": dict(BM=32, R=128),
     "q_bn16": dict(BNQ=16),  # 16-key tiles with plan()'s 2 warps in the dq kernel (never measured together)
+    "q_bn16_w4": dict(BNQ=16, warps_bwd_q=4),  # no register spill in the dq kernel (scripts/dev/compile_check.py)
+    "sel_w8": dict(warps_select=8, warps_select_bwd=8),  # no spill in the selection kernels at L >= 1024
+    "selbwd_w4": dict(warps_select_bwd=4),
 }
 
 
@@ -287,6 +290,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--inference-lengths", type=int, nargs="*", default=[200, 1024, 4096])
     parser.add_argument("--sweep-lengths", type=int, nargs="*", default=[200, 512, 1024])
+    parser.add_argument("--sweep-strategy", default="tile", choices=["tile", "gather", "auto"],
+                        help="sweep: the strategy of every row (auto: plan()'s choice per L)")
     parser.add_argument("--cross-lengths", type=int, nargs="*", default=[1024, 1536, 2048])
     parser.add_argument("--warm-benchmark", type=int, nargs="*", default=None, metavar="L",
                         help="only fill triton's cache for the benchmark's layer/model/inference rows at these L")
@@ -302,7 +307,7 @@ def main() -> int:
         return 0
     jobs = []
     if "sweep" in args.sections:
-        jobs += [(L, "tile", v) for L in args.sweep_lengths for v in args.variants]
+        jobs += [(L, args.sweep_strategy, v) for L in args.sweep_lengths for v in args.variants]
     if "crossover" in args.sections:
         jobs += [(L, s, v) for L in args.cross_lengths for s in ("tile", "gather") for v in ("base", "before")]
     errors = precompile(jobs, args.jobs) if jobs and not args.no_compile else {}
@@ -327,7 +332,7 @@ def main() -> int:
     if "profile-layer" in args.sections:
         profile_layer(args.out_dir, args.profile_lengths)
     if "sweep" in args.sections:
-        sweep(args.out_dir, args.sweep_lengths, args.variants)
+        sweep(args.out_dir, args.sweep_lengths, args.variants, strategy=args.sweep_strategy)
     if "crossover" in args.sections:
         for strategy in ("tile", "gather"):
             sweep(args.out_dir, args.cross_lengths, ["base", "before"], strategy=strategy, tag="crossover")

@@ -25,41 +25,55 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def bwd_q_tile_step(q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, row_ok, bits, jb0, do_l, do_s,
-                        selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale, BLK: tl.constexpr,
-                        NSEL: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr, BN: tl.constexpr,
-                        ST: tl.constexpr, PREC: tl.constexpr):
-        """One key tile of the query-side backward: ``dq [R, DP]`` and the straight-through ``dp_row [R, NP]``."""
+    def straight_through_rows(u, j, jb0, selr, cols, dp_row, BLK: tl.constexpr, NSEL: tl.constexpr,
+                              BN: tl.constexpr):
+        """Add to ``dp_row [R, NP]``, slot ``k``, the sum of ``u = dS_L * s [R, BN]`` over the tile's columns in block
+        ``sel[t, k]``. A tile of whole blocks (``BN % b == 0``, ``j0 = jb0 * b``) holding at most ``n`` of them
+        takes the per-block sums first (``BN / b`` passes over the tile instead of ``n``)."""
+        jb = j // BLK
+        if (BN % BLK == 0) and (BN // BLK <= NSEL):
+            for i in tl.static_range(BN // BLK):
+                ub = tl.sum(tl.where((jb == jb0 + i)[None, :], u, 0.0), 1)  # [R]
+                dp_row += tl.where(selr == jb0 + i, ub[:, None], 0.0)  # a row names a block in at most one slot
+        else:
+            for k in tl.static_range(NSEL):
+                sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
+                uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
+                dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
+        return dp_row
+
+    @triton.jit
+    def bwd_q_tile_step(q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, bits, jb0, own_tile, has_sel,
+                        do_l, do_s, selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale2,
+                        BLK: tl.constexpr, NSEL: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr,
+                        BN: tl.constexpr, ST: tl.constexpr, PREC: tl.constexpr):
+        """One key tile of the query-side backward: ``dq [R, DP]`` and the straight-through ``dp_row [R, NP]``
+        (in base-2 score units: the caller multiplies by ``ln 2``). ``lse_l, lse_s`` are base 2."""
         j = j0 + tl.arange(0, BN)
         kmask = (j < seqlen)[:, None] & dmask[None, :]
         kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
         vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2  # [R, BN], base 2
         dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
         ds = tl.zeros([q.shape[0], BN], dtype=tl.float32)
         if do_l:
-            ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
-            p_l = tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+            ml = ltis_tile_mask(t, j, bits, jb0, own_tile, BLK)
+            p_l = tl.exp2(tl.where(ml, s - lse_l[:, None], -1.0e30))
             ds_l = alpha[:, None] * p_l * (dpr - da[:, None])  # [R, BN]
             ds += ds_l
             if ST:
-                if tl.max(bits, 0) > 0:
-                    u = ds_l * s
-                    jb = j // BLK
-                    for k in tl.static_range(NSEL):
-                        sk = tl.sum(tl.where(cols[None, :] == k, selr, 0), 1)  # [R]
-                        uk = tl.sum(tl.where(jb[None, :] == sk[:, None], u, 0.0), 1)
-                        dp_row += tl.where(cols[None, :] == k, uk[:, None], 0.0)
+                if has_sel:
+                    dp_row = straight_through_rows(ds_l * s, j, jb0, selr, cols, dp_row, BLK, NSEL, BN)
         if do_s:
-            ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
-            p_s = tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+            ms = stis_tile_mask(t, j, WIN, NSINK)
+            p_s = tl.exp2(tl.where(ms, s - lse_s[:, None], -1.0e30))
             ds += beta[:, None] * p_s * (dpr - db[:, None])
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
         return dq, dp_row
 
     @triton.jit
-    def bwd_kv_tile_step(Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, do_l, do_s,
-                         dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale,
+    def bwd_kv_tile_step(Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, own_tile, do_l,
+                         do_s, dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale2,
                          BLK: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr, PREC: tl.constexpr):
         """One query tile of the key-side backward: ``dk, dv [BN, DP]`` of the key tile ``kt, vt``."""
         rmask = row_ok[:, None] & dmask[None, :]
@@ -69,22 +83,22 @@ if triton is not None:
                      mask=rmask, other=0.0).to(q.dtype)  # [R, DP]
         orow = (bb * H + h) * L + t
         alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
-        lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0)
-        lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0)
+        lse_l = tl.load(LSE + orow * 2, mask=row_ok, other=0.0) * 1.4426950408889634  # base 2
+        lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0) * 1.4426950408889634
         da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
         db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale  # [R, BN]
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2  # [R, BN], base 2
         dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
         pw = tl.zeros(s.shape, dtype=tl.float32)  # gated probabilities of both branches
         ds = tl.zeros(s.shape, dtype=tl.float32)
         if do_l:
-            ml = ltis_tile_mask(t, row_ok, j, bits, jb0, BLK)
-            p_l = alpha[:, None] * tl.exp(tl.where(ml, s - lse_l[:, None], -1.0e30))
+            ml = ltis_tile_mask(t, j, bits, jb0, own_tile, BLK)
+            p_l = alpha[:, None] * tl.exp2(tl.where(ml, s - lse_l[:, None], -1.0e30))
             pw += p_l
             ds += p_l * (dpr - da[:, None])
         if do_s:
-            ms = stis_tile_mask(t, row_ok, j, WIN, NSINK)
-            p_s = beta[:, None] * tl.exp(tl.where(ms, s - lse_s[:, None], -1.0e30))
+            ms = stis_tile_mask(t, j, WIN, NSINK)
+            p_s = beta[:, None] * tl.exp2(tl.where(ms, s - lse_s[:, None], -1.0e30))
             pw += p_s
             ds += p_s * (dpr - db[:, None])
         dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
@@ -121,6 +135,9 @@ if triton is not None:
             do, da, db, lse_l, lse_s = bwd_row_state(DO, OL, OS, LSE, DGATE, bb, h, t, orow, row_ok, row_in, d,
                                                      dmask, sdb, sdh, sdt, sdd, HEAD_D)  # [R, DP], [R] x 4
             do = do.to(q.dtype)
+            scale2 = scale * 1.4426950408889634  # scores and logsumexps in base 2 (exp2)
+            lse_l = lse_l * 1.4426950408889634
+            lse_s = lse_s * 1.4426950408889634
             alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
             cols = tl.arange(0, NP)
             sel_rows = ((bb * G + gam) * L + t) * NSEL  # [R]
@@ -132,15 +149,16 @@ if triton is not None:
             t_hi = tl.minimum(t0 + BM, seqlen) - 1
             own_first = (t0 // BLK) * BLK
             for j0 in range(0, t_hi + 1, BN):
-                do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first, BLK, WIN, NSINK)
+                do_l, do_s, bits, jb0, has_sel, own_tile = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first,
+                                                                      BLK, WIN, NSINK)
                 if do_l | do_s:
                     dq, dp_row = bwd_q_tile_step(
-                        q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, row_ok, bits, jb0, do_l, do_s,
-                        selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale, BLK, NSEL, WIN, NSINK, BN,
-                        ST, PREC)
+                        q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, bits, jb0, own_tile, has_sel,
+                        do_l, do_s, selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale2, BLK, NSEL, WIN,
+                        NSINK, BN, ST, PREC)
             if ST:
-                # rows -> queries: sum the straight-through gradient over the group's heads
-                dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1)  # [BM, NP]
+                # rows -> queries: sum the straight-through gradient over the group's heads (and back from base 2)
+                dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1) * 0.6931471805599453  # [BM, NP]
                 tq = t0 + tl.arange(0, BM)
                 smask = (tq < L)[:, None] & (cols < NSEL)[None, :]
                 tl.store(DPS + ((bb * G + gam) * L + tq)[:, None] * NSEL + cols[None, :], dpq, mask=smask)
@@ -209,17 +227,20 @@ if triton is not None:
             hh = rows % GP
             h = gam * GQ + hh
             cols = tl.arange(0, NP)
+            scale2 = scale * 1.4426950408889634  # base-2 scores (exp2)
             for t0 in range((j0 // BM) * BM, seqlen, BM):
                 t = t0 + rows // GP  # [R]
                 row_ok = (hh < GQ) & (t < seqlen)
                 selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
                                mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
                 t_hi = tl.minimum(t0 + BM, seqlen) - 1
-                do_l, do_s, bits, jb0 = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK, BLK, WIN, NSINK)
+                do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK, BLK, WIN,
+                                                                NSINK)
                 if do_l | do_s:
                     dk, dv = bwd_kv_tile_step(
-                        Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, do_l, do_s, dk, dv,
-                        sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale, BLK, WIN, NSINK, PREC)
+                        Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, own_tile, do_l, do_s,
+                        dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale2, BLK, WIN,
+                        NSINK, PREC)
         smask = (j < L)[:, None] & dmask[None, :]
         # DK, DV have the strides of K, V (allocated like them: no transpose copy after)
         tl.store(DK + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, (dk * scale).to(DK.dtype.element_ty),

@@ -116,15 +116,24 @@ if triton is not None:
 
     @triton.jit
     def softmax_update(s, mask, m, l, acc, vt, PREC: tl.constexpr):
-        """One online-softmax step: scores ``s [R, C]`` restricted to ``mask [R, C]``, values ``vt [C, DP]``;
-        running max ``m [R]``, sum ``l [R]``, output ``acc [R, DP]``."""
+        """One online-softmax step in base 2: scores ``s [R, C]`` already multiplied by ``scale * log2(e)``,
+        restricted to ``mask [R, C]``, values ``vt [C, DP]``; running max ``m [R]`` (base-2 units), sum ``l [R]``,
+        output ``acc [R, DP]``. The masked scores are set to ``NEG`` once: a row with no pair yet subtracts 0
+        instead of its ``NEG`` maximum, so its ``exp2`` stays 0 without a second mask."""
         s = tl.where(mask, s, -1.0e30)
         m_new = tl.maximum(m, tl.max(s, 1))
-        corr = tl.exp(m - m_new)
-        p = tl.exp(tl.where(mask, s - m_new[:, None], -1.0e30))
+        corr = tl.exp2(m - m_new)
+        p = tl.exp2(s - tl.where(m_new > -1.0e29, m_new, 0.0)[:, None])
         l = l * corr + tl.sum(p, 1)
         acc = acc * corr[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
         return m_new, l, acc
+
+    @triton.jit
+    def natural_lse(m, l, ok):
+        """The natural logsumexp ``[R]`` of a base-2 online softmax (``m``, ``l`` of :func:`softmax_update`); 0
+        where not ``ok`` or no pair was seen."""
+        has = ok & (l > 0)
+        return tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453, 0.0)
 
     @triton.jit
     def group_mean_query(Q, bb, gam, t, tmask, d, dmask, sqb, sqh, sqt, sqd,
@@ -154,34 +163,43 @@ if triton is not None:
         """Scalars for one (query tile, key tile) pair: can it hold an LTIS pair, an STIS pair?
 
         Queries ``t0..t_hi`` (real ones), keys ``j0..j1``, ``selr [R, NP]`` the queries' selected blocks
-        (-1 = none), ``own_first`` the first key of the first query's own block. Also returns ``bits [R]``:
-        bit ``i`` set when block ``j0 // BLK + i`` is selected by the row's query.
+        (-1 = none), ``own_first`` the first key of the first query's own block. Also returns ``bits [R]``
+        (bit ``i`` set when block ``j0 // BLK + i`` is selected by the row's query), ``has_sel`` (a row of the tile
+        selected one of its blocks) and ``own_tile`` (the tile can hold a pair of a query's own block).
         """
         jb0 = j0 // BLK
         inr = (selr >= jb0) & (selr <= j1 // BLK)
         bits = tl.sum(tl.where(inr, 1 << tl.where(inr, selr - jb0, 0), 0), 1)  # [R]
-        own_hit = (j1 >= own_first) & (j0 <= t_hi) & (t0 // BLK <= j1 // BLK)
-        do_l = own_hit | (tl.max(bits, 0) > 0)
+        own_tile = (j1 >= own_first) & (j0 <= t_hi) & (t0 // BLK <= j1 // BLK)
+        has_sel = tl.max(bits, 0) > 0
+        do_l = own_tile | has_sel
         lo = t0 - j1
         hi = t_hi - j0
         do_s = (hi >= 0) & ((lo < WIN) | (j0 < NSINK) | pow2_in_range(lo, hi))
-        return do_l, do_s, bits, jb0
+        return do_l, do_s, bits, jb0, has_sel, own_tile
 
     @triton.jit
-    def ltis_tile_mask(t, row_ok, j, bits, jb0, BLK: tl.constexpr):
-        """LTIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: the own block
-        (``j // b == t // b``, ``j <= t``) or a block selected by the row's query (``bits``, see
-        :func:`tile_flags`)."""
-        delta = t[:, None] - j[None, :]
+    def ltis_tile_mask(t, j, bits, jb0, own_tile, BLK: tl.constexpr):
+        """LTIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: a block selected by the row's
+        query (``bits``, see :func:`tile_flags`) or, on a tile that can hold one (``own_tile``), the own block
+        (``j // b == t // b``, ``j <= t``). Rows past the length are not masked here: the kernels zero their q, do
+        and gates, so their pairs add nothing (their selections are -1, so they have no bits)."""
         jb = j // BLK
-        own = row_ok[:, None] & (delta >= 0) & ((t // BLK)[:, None] == jb[None, :])
-        selected = (((bits[:, None] >> (jb - jb0)[None, :]) & 1) != 0) & row_ok[:, None]
-        return own | selected
+        mask = ((bits[:, None] >> (jb - jb0)[None, :]) & 1) != 0
+        if own_tile:
+            mask = mask | (((t // BLK)[:, None] == jb[None, :]) & (t[:, None] >= j[None, :]))
+        return mask
 
     @triton.jit
-    def stis_tile_mask(t, row_ok, j, WIN: tl.constexpr, NSINK: tl.constexpr):
+    def stis_tile_mask(t, j, WIN: tl.constexpr, NSINK: tl.constexpr):
         """STIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: ``t - j`` in ``0..W-1``
-        or a power of two, or ``j`` a sink (``j < S``), with ``j <= t``."""
+        or a power of two, or ``j`` a sink (``j < S``), with ``j <= t`` (rows past the length: as
+        :func:`ltis_tile_mask`)."""
         delta = t[:, None] - j[None, :]
-        pow2 = (delta > 0) & ((delta & (delta - 1)) == 0)
-        return row_ok[:, None] & (delta >= 0) & ((delta < WIN) | pow2 | (j < NSINK)[None, :])
+        if WIN >= 1:  # the offset 0 is in the window, so the power-of-two test may accept it
+            near = (delta < WIN) | ((delta & (delta - 1)) == 0)
+        else:
+            near = (delta > 0) & ((delta & (delta - 1)) == 0)
+        if NSINK > 0:
+            near = near | (j < NSINK)[None, :]
+        return (delta >= 0) & near

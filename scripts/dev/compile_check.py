@@ -1,0 +1,152 @@
+"""Compile the Triton backend's kernels for a CUDA target on a machine without a GPU (ahead of a GPU call).
+
+The CPU interpreter runs the kernels as Python, so it misses what only the compiler checks (loop-carried types,
+layouts, constexpr rules). This script runs the launchers of ``triton_launch.py`` on CPU tensors with the kernel
+modules wrapped: every ``kernel[grid](**kwargs)`` is compiled with ``triton.compile`` for ``--arch`` (default sm_90,
+the H200) instead of launched. The local triton may be newer than the GPU machine's, so a pass here is necessary,
+not sufficient.
+
+    python scripts/dev/compile_check.py [--lengths 200 1024 4096] [--arch 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+
+import torch
+
+logger = logging.getLogger("compile_check")
+_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
+           torch.int64: "i64", torch.bool: "i1", torch.int8: "i8"}
+
+
+def _resources(cubin: bytes | None) -> str:
+    """Registers, spills and stack of a cubin (``cuobjdump --dump-resource-usage`` shipped with triton)."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if cubin is None or not tool.exists():
+        return "resources unknown"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        text = subprocess.run([str(tool), "--dump-resource-usage", fh.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+).*?STACK:(\d+)", text)
+    return f"regs {found.group(1)}, stack {found.group(2)} B" if found else "resources unknown"
+
+
+class _Compiling:
+    """Stands in for a kernel module: ``module.kernel[grid](**kwargs)`` compiles the kernel for the target."""
+
+    def __init__(self, module, target, seen: dict):
+        self._module, self._target, self._seen = module, target, seen
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+        target, seen = self._target, self._seen
+
+        class _Launch:
+            def __getitem__(self, grid):
+                def launch(**kwargs):
+                    import triton
+                    from triton.compiler import ASTSource
+
+                    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+                    signature, constexprs = {}, {}
+                    for param in fn.params:
+                        value = kwargs[param.name]
+                        if param.is_constexpr:
+                            signature[param.name] = "constexpr"
+                            constexprs[param.name] = value
+                        elif isinstance(value, torch.Tensor):
+                            signature[param.name] = "*" + _DTYPES[value.dtype]
+                        elif isinstance(value, bool):
+                            signature[param.name] = "i1"
+                        elif isinstance(value, int):
+                            signature[param.name] = "i64" if abs(value) >= 2**31 else "i32"
+                        else:
+                            signature[param.name] = "fp32"
+                    key = (name, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())),
+                           tuple(sorted(options.items())))
+                    if key in seen:
+                        return
+                    t0 = time.time()
+                    try:
+                        compiled = triton.compile(ASTSource(fn, signature, constexprs), target=target,
+                                                  options=options)
+                        seen[key] = (f"ok ({time.time() - t0:.1f} s, shared {compiled.metadata.shared} B, "
+                                     f"{_resources(compiled.asm.get('cubin'))})")
+                    except Exception as err:  # reported, the check fails
+                        seen[key] = f"FAILED: {type(err).__name__}: {str(err)[:2000]}"
+                    logger.info("%s %s: %s", name, options, seen[key])
+
+                return launch
+
+        return _Launch()
+
+
+def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=torch.bfloat16,
+          overrides: dict | None = None) -> dict:
+    from triton.backends.compiler import GPUTarget
+
+    from blossom_hf.models.blossomrec import attention_triton as at
+    from blossom_hf.models.blossomrec import triton_launch as tlaunch
+    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
+
+    target = GPUTarget("cuda", arch, 32)
+    seen: dict = {}
+    real = at._kernels()
+    kernels = tuple(_Compiling(k, target, seen) for k in real)
+    pattern = BlossomPattern()
+    for seq_len in lengths:
+        for serving in (False, True):
+            q = torch.randn(batch, heads, 1 if serving else seq_len, head_dim).to(dtype)
+            k = torch.randn(batch, groups, seq_len, head_dim).to(dtype)
+            v = torch.randn(batch, groups, seq_len, head_dim).to(dtype)
+            ck = torch.randn(batch, groups, seq_len // pattern.block_size, head_dim).to(dtype)
+            gate = torch.rand(batch, heads, q.shape[2], 2)
+            lens = torch.full((batch,), seq_len)
+            positions = torch.full((batch, 1), seq_len - 1) if serving else None
+            geo = tlaunch.plan(heads, groups, seq_len, head_dim, pattern, q.element_size(), "auto", serving)
+            if overrides and not serving:
+                geo = dataclasses.replace(geo, **overrides)
+            sel, psel, lse_z = tlaunch.launch_select(kernels[0], geo, q, ck, lens, 0.25, pattern, None, positions,
+                                                     seq_len)
+            sel.fill_(-1)
+            out, o_l, o_s, lse = tlaunch.launch_forward(kernels[1], geo, q, k, v, gate, sel, lens, 0.25, pattern,
+                                                        not serving, positions)
+            if not serving:
+                saved = (q, k, v, ck, gate, lens, sel, psel, lse_z, o_l, o_s, lse)
+                tlaunch.launch_backward(kernels, geo, saved, torch.randn(q.shape).to(dtype), 0.25, pattern, True,
+                                        True)
+    return seen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[200, 1024, 4096])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=INT",
+                        help="TritonGeometry fields to override (training calls), e.g. BNQ=16 warps_bwd_q=4")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
+    seen = check(args.lengths, args.arch, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32,
+                 overrides=overrides)
+    failed = [v for v in seen.values() if v.startswith("FAILED")]
+    logger.info("%d kernel variants compiled, %d failed", len(seen), len(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
