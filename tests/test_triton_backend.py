@@ -291,6 +291,9 @@ def test_clear_errors(generator):
     with pytest.raises(ValueError, match="multiple of kv heads"):
         triton_blossom_attention(q[:, :1], k.expand(1, 2, 8, 16), v.expand(1, 2, 8, 16),
                                  ck.expand(1, 2, 2, 16), gate[:, :1], lengths, **call)
+    for bad in (0.0, -0.25, float("nan")):  # the kernels take the row maximum of the raw scores
+        with pytest.raises(ValueError, match="scaling must be a positive number"):
+            triton_blossom_attention(q, k, v, ck, gate, lengths, scaling=bad, pattern=pattern)
     assert triton_availability() is None
     mp = pytest.MonkeyPatch()
     try:

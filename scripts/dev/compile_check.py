@@ -60,7 +60,7 @@ class _Compiling:
                     import triton
                     from triton.compiler import ASTSource
 
-                    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+                    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
                     signature, constexprs = {}, {}
                     for param in fn.params:
                         value = kwargs[param.name]

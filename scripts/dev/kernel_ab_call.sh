@@ -3,7 +3,7 @@
 # TESTS=triton: parity, CUDA graphs, fused losses), then scripts/dev/kernel_ab.py (this checkout's kernels against
 # the baseline package in .gpu/kb/kernel_base, interleaved in one process: operator, layer and model rows, full/sdpa
 # beside them), then optionally the geometry sweep of triton_tuning.py. Everything under $OUT (tarred).
-# Knobs: SECTIONS ("tests ab sweep"), TEST_TIMEOUT, AB_TIMEOUT, LENGTHS, MODEL_LENGTHS, ROUNDS, AB_SECTIONS,
+# Knobs: SECTIONS ("tests ab sweep crossover"), TEST_TIMEOUT, AB_TIMEOUT, LENGTHS, MODEL_LENGTHS, ROUNDS, AB_SECTIONS,
 # SWEEP_VARIANTS, SWEEP_LENGTHS.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,5 +44,11 @@ for line in open(sys.argv[1]):
         print(r["L"], r["strategy"], r["variant"], r.get("ms", r.get("error", "")[:200]),
               {k.split("_kernel")[0][-14:]: v for k, v in r.get("kernels", {}).items()})
 PY
+fi
+if [[ $SECTIONS == *" crossover "* ]]; then
+  # shellcheck disable=SC2086
+  timeout 120 python scripts/dev/triton_tuning.py --out-dir "$work" --sections crossover \
+    --cross-lengths ${CROSS_LENGTHS:-2048} > "$work/crossover.log" 2>&1
+  echo "crossover: exit $?"; grep -o '"L": [0-9]*, "strategy": "[a-z]*", "variant": "[a-z]*", "ms": [0-9.]*' "$work/tuning.jsonl" | grep -v '"sweep"'
 fi
 tar -czf "$OUT/results.tar.gz" -C "$work" .

@@ -38,6 +38,10 @@ VARIANTS = {
     "q_bn16_w4": dict(BNQ=16, warps_bwd_q=4),  # no register spill in the dq kernel (scripts/dev/compile_check.py)
     "sel_w8": dict(warps_select=8, warps_select_bwd=8),  # no spill in the selection kernels at L >= 1024
     "selbwd_w4": dict(warps_select_bwd=4),
+    "fwd_r128": dict(maxreg_fwd=128),  # 4 programs of 4 warps per SM (140 registers without the cap)
+    "q_w4_r128": dict(warps_bwd_q=4, maxreg_bwd_q=128),
+    "kv_w4_r128": dict(warps_bwd_kv=4, maxreg_bwd_kv=128),
+    "q_bn16_w4_r128": dict(BNQ=16, warps_bwd_q=4, maxreg_bwd_q=128),
 }
 
 

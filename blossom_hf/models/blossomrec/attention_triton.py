@@ -179,6 +179,8 @@ def _check_inputs(query, key, value, compressed_key, gate, lengths, pattern, pos
 def _forward(query, key, value, compressed_key, gate, lengths, scaling, pattern, selected_blocks, strategy,
              geometry, save, positions=None):
     """Selection + fine attention; returns ``out`` and the tensors the backward needs (when ``save``)."""
+    if not scaling > 0:  # the kernels take the row maximum of the raw scores q.k, which needs a positive factor
+        raise ValueError(f"triton backend: scaling must be a positive number, got {scaling!r}")
     kernels = _kernels()
     batch, heads, num_queries, head_dim = query.shape
     groups, seq_len = key.shape[1], key.shape[2]

@@ -17,10 +17,11 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def bwd_q_part(q, do, kt, vt, mask, lse, gsc, dg, dq, scale, PREC: tl.constexpr):
-        """Query-side backward over one key tile; returns updated dq, dS (logit grads) and raw logits."""
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
-        p = tl.exp(tl.where(mask, s - lse[:, None], -1.0e30))
+    def bwd_q_part(q, do, kt, vt, mask, lse2, gsc, dg, dq, scale2, PREC: tl.constexpr):
+        """Query-side backward over one key tile (``lse2``: the row's logsumexp times ``log2(e)``, ``scale2`` the
+        score scale times ``log2(e)``); returns updated dq, dS (logit grads) and the raw scores ``q k^T``."""
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC)
+        p = tl.exp2(tl.where(mask, s * scale2 - lse2[:, None], -1.0e30))
         dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)
         ds = gsc[:, None] * p * (dpr - dg[:, None])
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
@@ -59,6 +60,9 @@ if triton is not None:
             do, da, db, lse_l, lse_s = bwd_row_state(DO, OL, OS, LSE, DGATE, bb, h, t, orow, row_ok, row_in, d,
                                                      dmask, sdb, sdh, sdt, sdd, HEAD_D)  # [R, DP], [R] x 4
             do = do.to(q.dtype)
+            scale2 = scale * 1.4426950408889634  # probabilities as exp2(scale2 * raw score - log2(e) * lse)
+            lse_l = lse_l * 1.4426950408889634
+            lse_s = lse_s * 1.4426950408889634
             alpha, beta = load_gate(GATE, bb, h, t, sgb, sgh, sgt, sgc, row_ok)
             # ---------------- LTIS own block ----------------
             ks = (t0 // BLK) * BLK
@@ -68,7 +72,7 @@ if triton is not None:
             vt = tl.load(vb + jo[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)
             cst = (t // BLK) * BLK
             mask = row_ok[:, None] & (jo[None, :] >= cst[:, None]) & (jo[None, :] <= t[:, None])
-            dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_l, alpha, da, dq, scale, PREC)
+            dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_l, alpha, da, dq, scale2, PREC)
             # ---------------- LTIS selected blocks ----------------
             cols = tl.arange(0, BQ * BP)
             cq = cols // BP
@@ -85,9 +89,9 @@ if triton is not None:
                 kc = tl.load(kb + jc[:, None] * skt + d[None, :] * skd, mask=cmask, other=0.0)
                 vc = tl.load(vb + jc[:, None] * svt + d[None, :] * svd, mask=cmask, other=0.0)
                 mask_k = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
-                dq, ds_k, s_k = bwd_q_part(q, do, kc, vc, mask_k, lse_l, alpha, da, dq, scale, PREC)
+                dq, ds_k, s_k = bwd_q_part(q, do, kc, vc, mask_k, lse_l, alpha, da, dq, scale2, PREC)
                 if ST:
-                    u = tl.sum(ds_k * s_k, 1)
+                    u = tl.sum(ds_k * s_k, 1) * scale  # dS * (scaled score)
                     dp_row = tl.where(pcols[None, :] == k, u[:, None], dp_row)
             if ST:
                 qidx = tl.arange(0, BQP)
@@ -100,11 +104,11 @@ if triton is not None:
             jn, kt, vt = window_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, WIN, KN)
             delta = t[:, None] - jn[None, :]
             mask = row_ok[:, None] & (jn[None, :] >= 0) & (delta >= 0) & (delta < WIN)
-            dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale, PREC)
+            dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale2, PREC)
             if NFP > 0:
                 fq, fok, kc, vc = far_stis_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, BQ, NFP, P0)
                 mask = row_ok[:, None] & (qi[:, None] == fq[None, :]) & fok[None, :]
-                dq, ds, s = bwd_q_part(q, do, kc, vc, mask, lse_s, beta, db, dq, scale, PREC)
+                dq, ds, s = bwd_q_part(q, do, kc, vc, mask, lse_s, beta, db, dq, scale2, PREC)
             if NSINK > 0:
                 js = tl.arange(0, SP)
                 smask = ((js < NSINK) & (js < seqlen))[:, None] & dmask[None, :]
@@ -113,7 +117,7 @@ if triton is not None:
                 delta = t[:, None] - js[None, :]
                 covered = (delta < WIN) | ((delta & (delta - 1)) == 0)
                 mask = row_ok[:, None] & (js[None, :] < NSINK) & (delta >= 0) & (~covered)
-                dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale, PREC)
+                dq, ds, s = bwd_q_part(q, do, kt, vt, mask, lse_s, beta, db, dq, scale2, PREC)
         else:  # a tile past the row's length: d gate is 0 there (DGATE is not zero-filled before the launch)
             tl.store(DGATE + orow * 2, tl.zeros([R], dtype=tl.float32), mask=row_in)
             tl.store(DGATE + orow * 2 + 1, tl.zeros([R], dtype=tl.float32), mask=row_in)

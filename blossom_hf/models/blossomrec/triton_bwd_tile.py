@@ -15,9 +15,9 @@ if triton is not None:
     from .triton_common import (
         bwd_row_state,
         load_gate,
-        ltis_tile_mask,
+        ltis_tile_scores,
         program_row,
-        stis_tile_mask,
+        stis_tile_scores,
         tile_flags,
         tile_rows,
     )
@@ -48,25 +48,24 @@ if triton is not None:
                         BLK: tl.constexpr, NSEL: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr,
                         BN: tl.constexpr, ST: tl.constexpr, PREC: tl.constexpr):
         """One key tile of the query-side backward: ``dq [R, DP]`` and the straight-through ``dp_row [R, NP]``
-        (in base-2 score units: the caller multiplies by ``ln 2``). ``lse_l, lse_s`` are base 2."""
+        (of the raw scores: the caller multiplies by ``scale``). ``lse_l, lse_s`` are base 2 (``log2(e)`` times the
+        natural ones), ``scale2 = scale * log2(e)``."""
         j = j0 + tl.arange(0, BN)
         kmask = (j < seqlen)[:, None] & dmask[None, :]
         kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
         vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2  # [R, BN], base 2
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC)  # [R, BN] raw scores
         dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
         ds = tl.zeros([q.shape[0], BN], dtype=tl.float32)
         if do_l:
-            ml = ltis_tile_mask(t, j, bits, jb0, own_tile, BLK)
-            p_l = tl.exp2(tl.where(ml, s - lse_l[:, None], -1.0e30))
+            p_l = tl.exp2(ltis_tile_scores(s * scale2 - lse_l[:, None], t, j, bits, jb0, own_tile, BLK, BN))
             ds_l = alpha[:, None] * p_l * (dpr - da[:, None])  # [R, BN]
             ds += ds_l
             if ST:
                 if has_sel:
                     dp_row = straight_through_rows(ds_l * s, j, jb0, selr, cols, dp_row, BLK, NSEL, BN)
         if do_s:
-            ms = stis_tile_mask(t, j, WIN, NSINK)
-            p_s = tl.exp2(tl.where(ms, s - lse_s[:, None], -1.0e30))
+            p_s = tl.exp2(stis_tile_scores(s * scale2 - lse_s[:, None], t, j, WIN, NSINK))
             ds += beta[:, None] * p_s * (dpr - db[:, None])
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
         return dq, dp_row
@@ -74,7 +73,8 @@ if triton is not None:
     @triton.jit
     def bwd_kv_tile_step(Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, own_tile, do_l,
                          do_s, dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale2,
-                         BLK: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr, PREC: tl.constexpr):
+                         BLK: tl.constexpr, WIN: tl.constexpr, NSINK: tl.constexpr, BN: tl.constexpr,
+                         PREC: tl.constexpr):
         """One query tile of the key-side backward: ``dk, dv [BN, DP]`` of the key tile ``kt, vt``."""
         rmask = row_ok[:, None] & dmask[None, :]
         q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
@@ -87,18 +87,17 @@ if triton is not None:
         lse_s = tl.load(LSE + orow * 2 + 1, mask=row_ok, other=0.0) * 1.4426950408889634
         da = tl.load(DGATE + orow * 2, mask=row_ok, other=0.0)
         db = tl.load(DGATE + orow * 2 + 1, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2  # [R, BN], base 2
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC)  # [R, BN] raw scores
         dpr = tl.dot(do, tl.trans(vt), input_precision=PREC)  # [R, BN]
         pw = tl.zeros(s.shape, dtype=tl.float32)  # gated probabilities of both branches
         ds = tl.zeros(s.shape, dtype=tl.float32)
         if do_l:
-            ml = ltis_tile_mask(t, j, bits, jb0, own_tile, BLK)
-            p_l = alpha[:, None] * tl.exp2(tl.where(ml, s - lse_l[:, None], -1.0e30))
+            p_l = alpha[:, None] * tl.exp2(ltis_tile_scores(s * scale2 - lse_l[:, None], t, j, bits, jb0, own_tile,
+                                                             BLK, BN))
             pw += p_l
             ds += p_l * (dpr - da[:, None])
         if do_s:
-            ms = stis_tile_mask(t, j, WIN, NSINK)
-            p_s = beta[:, None] * tl.exp2(tl.where(ms, s - lse_s[:, None], -1.0e30))
+            p_s = beta[:, None] * tl.exp2(stis_tile_scores(s * scale2 - lse_s[:, None], t, j, WIN, NSINK))
             pw += p_s
             ds += p_s * (dpr - db[:, None])
         dv += tl.dot(tl.trans(pw.to(q.dtype)), do, input_precision=PREC)
@@ -157,8 +156,8 @@ if triton is not None:
                         do_l, do_s, selr, cols, lse_l, lse_s, alpha, beta, da, db, dq, dp_row, scale2, BLK, NSEL, WIN,
                         NSINK, BN, ST, PREC)
             if ST:
-                # rows -> queries: sum the straight-through gradient over the group's heads (and back from base 2)
-                dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1) * 0.6931471805599453  # [BM, NP]
+                # rows -> queries: sum the straight-through gradient over the group's heads (raw -> scaled scores)
+                dpq = tl.sum(tl.reshape(dp_row, [BM, GP, NP]), 1) * scale  # [BM, NP]
                 tq = t0 + tl.arange(0, BM)
                 smask = (tq < L)[:, None] & (cols < NSEL)[None, :]
                 tl.store(DPS + ((bb * G + gam) * L + tq)[:, None] * NSEL + cols[None, :], dpq, mask=smask)
@@ -234,13 +233,13 @@ if triton is not None:
                 selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
                                mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
                 t_hi = tl.minimum(t0 + BM, seqlen) - 1
-                do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK, BLK, WIN,
-                                                                NSINK)
+                do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK,
+                                                                           BLK, WIN, NSINK)
                 if do_l | do_s:
                     dk, dv = bwd_kv_tile_step(
                         Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, own_tile, do_l, do_s,
                         dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale2, BLK, WIN,
-                        NSINK, PREC)
+                        NSINK, BN, PREC)
         smask = (j < L)[:, None] & dmask[None, :]
         # DK, DV have the strides of K, V (allocated like them: no transpose copy after)
         tl.store(DK + bb * skb + gam * skh + j[:, None] * skt + d[None, :] * skd, (dk * scale).to(DK.dtype.element_ty),

@@ -115,25 +115,29 @@ if triton is not None:
         return fq, fok, kc, vc
 
     @triton.jit
-    def softmax_update(s, mask, m, l, acc, vt, PREC: tl.constexpr):
-        """One online-softmax step in base 2: scores ``s [R, C]`` already multiplied by ``scale * log2(e)``,
-        restricted to ``mask [R, C]``, values ``vt [C, DP]``; running max ``m [R]`` (base-2 units), sum ``l [R]``,
-        output ``acc [R, DP]``. The masked scores are set to ``NEG`` once: a row with no pair yet subtracts 0
-        instead of its ``NEG`` maximum, so its ``exp2`` stays 0 without a second mask."""
-        s = tl.where(mask, s, -1.0e30)
+    def softmax_step(s, c, m, l, acc, vt, PREC: tl.constexpr):
+        """One online-softmax step on raw scores ``s = q k^T [R, C]`` that are ``NEG`` outside the set: ``c`` is
+        ``scale * log2(e)`` (> 0), so ``exp2(c s - c m)`` is the softmax numerator (one FMA and one ``exp2`` per
+        score); running max ``m [R]`` (raw units), sum ``l [R]``, output ``acc [R, DP]``. A row with no pair yet
+        subtracts 0 instead of its ``NEG`` maximum, so its ``exp2`` stays 0 without a second mask."""
         m_new = tl.maximum(m, tl.max(s, 1))
-        corr = tl.exp2(m - m_new)
-        p = tl.exp2(s - tl.where(m_new > -1.0e29, m_new, 0.0)[:, None])
+        corr = tl.exp2((m - m_new) * c)
+        p = tl.exp2(s * c - tl.where(m_new > -1.0e29, m_new * c, 0.0)[:, None])
         l = l * corr + tl.sum(p, 1)
         acc = acc * corr[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
         return m_new, l, acc
 
     @triton.jit
-    def natural_lse(m, l, ok):
-        """The natural logsumexp ``[R]`` of a base-2 online softmax (``m``, ``l`` of :func:`softmax_update`); 0
-        where not ``ok`` or no pair was seen."""
+    def softmax_update(s, mask, c, m, l, acc, vt, PREC: tl.constexpr):
+        """:func:`softmax_step` of the raw scores ``s [R, C]`` restricted to ``mask [R, C]``."""
+        return softmax_step(tl.where(mask, s, -1.0e30), c, m, l, acc, vt, PREC)
+
+    @triton.jit
+    def natural_lse(m, l, c, ok):
+        """The natural logsumexp ``[R]`` of an online softmax of :func:`softmax_step` (``m`` raw, ``c`` its score
+        factor): ``scale m + ln l``; 0 where not ``ok`` or no pair was seen."""
         has = ok & (l > 0)
-        return tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453, 0.0)
+        return tl.where(has, (m * c + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453, 0.0)
 
     @triton.jit
     def group_mean_query(Q, bb, gam, t, tmask, d, dmask, sqb, sqh, sqt, sqd,
@@ -179,22 +183,30 @@ if triton is not None:
         return do_l, do_s, bits, jb0, has_sel, own_tile
 
     @triton.jit
-    def ltis_tile_mask(t, j, bits, jb0, own_tile, BLK: tl.constexpr):
-        """LTIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: a block selected by the row's
-        query (``bits``, see :func:`tile_flags`) or, on a tile that can hold one (``own_tile``), the own block
-        (``j // b == t // b``, ``j <= t``). Rows past the length are not masked here: the kernels zero their q, do
-        and gates, so their pairs add nothing (their selections are -1, so they have no bits)."""
-        jb = j // BLK
-        mask = ((bits[:, None] >> (jb - jb0)[None, :]) & 1) != 0
+    def ltis_tile_scores(s, t, j, bits, jb0, own_tile, BLK: tl.constexpr, BN: tl.constexpr):
+        """``s [R, BN]`` where the pair ``(t [R], j [BN])`` is in LTIS, ``NEG`` elsewhere: a block selected by the
+        row's query (``bits``, see :func:`tile_flags`) or, on a tile that can hold one (``own_tile``), the own block
+        (``j // b == t // b``, ``j <= t``). On a tile of one or two whole blocks (``BN`` = ``b`` or ``2 b``) a column
+        picks one of the row's two selection flags (one select per score). Rows past the length are not masked
+        here: the kernels zero their q, do and gates, so their pairs add nothing (their selections are -1)."""
+        if BN == BLK:
+            out = tl.where(((bits & 1) != 0)[:, None], s, -1.0e30)
+        elif BN == 2 * BLK:
+            second = (j - jb0 * BLK) >= BLK  # [BN]: the column lies in the tile's second block
+            picked = tl.where(second[None, :], ((bits & 2) != 0)[:, None], ((bits & 1) != 0)[:, None])
+            out = tl.where(picked, s, -1.0e30)
+        else:
+            out = tl.where(((bits[:, None] >> (j // BLK - jb0)[None, :]) & 1) != 0, s, -1.0e30)
         if own_tile:
-            mask = mask | (((t // BLK)[:, None] == jb[None, :]) & (t[:, None] >= j[None, :]))
-        return mask
+            own = ((t // BLK)[:, None] == (j // BLK)[None, :]) & (t[:, None] >= j[None, :])
+            out = tl.where(own, s, out)
+        return out
 
     @triton.jit
-    def stis_tile_mask(t, j, WIN: tl.constexpr, NSINK: tl.constexpr):
-        """STIS membership of the pairs ``(t [R], j [C])`` as an ``[R, C]`` bool tile: ``t - j`` in ``0..W-1``
-        or a power of two, or ``j`` a sink (``j < S``), with ``j <= t`` (rows past the length: as
-        :func:`ltis_tile_mask`)."""
+    def stis_tile_scores(s, t, j, WIN: tl.constexpr, NSINK: tl.constexpr):
+        """``s [R, C]`` where the pair ``(t [R], j [C])`` is in STIS, ``NEG`` elsewhere: ``t - j`` in ``0..W-1`` or
+        a power of two, or ``j`` a sink (``j < S``), with ``j <= t`` (rows past the length: as
+        :func:`ltis_tile_scores`)."""
         delta = t[:, None] - j[None, :]
         if WIN >= 1:  # the offset 0 is in the window, so the power-of-two test may accept it
             near = (delta < WIN) | ((delta & (delta - 1)) == 0)
@@ -202,4 +214,4 @@ if triton is not None:
             near = (delta > 0) & ((delta & (delta - 1)) == 0)
         if NSINK > 0:
             near = near | (j < NSINK)[None, :]
-        return (delta >= 0) & near
+        return tl.where((delta >= 0) & near, s, -1.0e30)

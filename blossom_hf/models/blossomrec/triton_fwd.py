@@ -20,11 +20,12 @@ if triton is not None:
     from .triton_common import (
         far_stis_keys,
         load_gate,
-        ltis_tile_mask,
+        ltis_tile_scores,
         natural_lse,
         program_row,
+        softmax_step,
         softmax_update,
-        stis_tile_mask,
+        stis_tile_scores,
         tile_flags,
         tile_rows,
         window_keys,
@@ -63,7 +64,7 @@ if triton is not None:
         vb = V + bb * svb + gam * svh
         orow = ((bb * H + h) * QN + tq)  # [R] int64, row index into [B, H, QN, *] buffers
         out = tl.zeros([R, DP], dtype=tl.float32)
-        scale2 = scale * 1.4426950408889634  # base-2 softmaxes (softmax_update)
+        scale2 = scale * 1.4426950408889634  # the softmaxes are exp2(scale2 * raw score - ...)
         if t0 < seqlen:
             q = tl.load(Q + bb * sqb + h[:, None] * sqh + tq[:, None] * sqt + d[None, :] * sqd,
                         mask=row_ok[:, None] & dmask[None, :], other=0.0)
@@ -76,10 +77,10 @@ if triton is not None:
             kmask = (jo < seqlen)[:, None] & dmask[None, :]
             kt = tl.load(kb + jo[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)
             vt = tl.load(vb + jo[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)
-            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC)  # raw scores
             cst = (t // BLK) * BLK
             mask = row_ok[:, None] & (jo[None, :] >= cst[:, None]) & (jo[None, :] <= t[:, None])
-            m_l, l_l, acc_l = softmax_update(s, mask, m_l, l_l, acc_l, vt, PREC)
+            m_l, l_l, acc_l = softmax_update(s, mask, scale2, m_l, l_l, acc_l, vt, PREC)
             cols = tl.arange(0, BQ * BP)
             cq = cols // BP
             ci = cols % BP
@@ -92,33 +93,33 @@ if triton is not None:
                 cmask = cok[:, None] & dmask[None, :]
                 kc = tl.load(kb + jc[:, None] * skt + d[None, :] * skd, mask=cmask, other=0.0)
                 vc = tl.load(vb + jc[:, None] * svt + d[None, :] * svd, mask=cmask, other=0.0)
-                s_k = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale2
+                s_k = tl.dot(q, tl.trans(kc), input_precision=PREC)  # raw scores
                 mask_k = row_ok[:, None] & (qi[:, None] == cq[None, :]) & cok[None, :]
-                m_l, l_l, acc_l = softmax_update(s_k, mask_k, m_l, l_l, acc_l, vc, PREC)
+                m_l, l_l, acc_l = softmax_update(s_k, mask_k, scale2, m_l, l_l, acc_l, vc, PREC)
             # ---------------- STIS: window, far powers of two, sinks ----------------
             m_s = tl.full([R], -1.0e30, tl.float32)
             l_s = tl.zeros([R], dtype=tl.float32)
             acc_s = tl.zeros([R, DP], dtype=tl.float32)
             jn, kt, vt = window_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, WIN, KN)
-            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC)  # raw scores
             delta = t[:, None] - jn[None, :]
             mask = row_ok[:, None] & (jn[None, :] >= 0) & (delta >= 0) & (delta < WIN)
-            m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vt, PREC)
+            m_s, l_s, acc_s = softmax_update(s, mask, scale2, m_s, l_s, acc_s, vt, PREC)
             if NFP > 0:
                 fq, fok, kc, vc = far_stis_keys(kb, vb, t0, seqlen, d, dmask, skt, skd, svt, svd, BQ, NFP, P0)
-                s = tl.dot(q, tl.trans(kc), input_precision=PREC) * scale2
+                s = tl.dot(q, tl.trans(kc), input_precision=PREC)  # raw scores
                 mask = row_ok[:, None] & (qi[:, None] == fq[None, :]) & fok[None, :]
-                m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vc, PREC)
+                m_s, l_s, acc_s = softmax_update(s, mask, scale2, m_s, l_s, acc_s, vc, PREC)
             if NSINK > 0:
                 js = tl.arange(0, SP)
                 smask = ((js < NSINK) & (js < seqlen))[:, None] & dmask[None, :]
                 kt = tl.load(kb + js[:, None] * skt + d[None, :] * skd, mask=smask, other=0.0)
                 vt = tl.load(vb + js[:, None] * svt + d[None, :] * svd, mask=smask, other=0.0)
-                s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2
+                s = tl.dot(q, tl.trans(kt), input_precision=PREC)  # raw scores
                 delta = t[:, None] - js[None, :]
                 covered = (delta < WIN) | ((delta & (delta - 1)) == 0)
                 mask = row_ok[:, None] & (js[None, :] < NSINK) & (delta >= 0) & (~covered)
-                m_s, l_s, acc_s = softmax_update(s, mask, m_s, l_s, acc_s, vt, PREC)
+                m_s, l_s, acc_s = softmax_update(s, mask, scale2, m_s, l_s, acc_s, vt, PREC)
             # ---------------- gate ----------------
             o_l = acc_l / tl.where(l_l > 0, l_l, 1.0)[:, None]
             o_s = acc_s / tl.where(l_s > 0, l_s, 1.0)[:, None]
@@ -132,8 +133,8 @@ if triton is not None:
                          tl.where(zero_pad, o_l, 0.0).to(OL.dtype.element_ty), mask=smask2)
                 tl.store(OS + orow[:, None] * HEAD_D + d[None, :],
                          tl.where(zero_pad, o_s, 0.0).to(OS.dtype.element_ty), mask=smask2)
-                lse_l = natural_lse(m_l, l_l, row_ok)
-                lse_s = natural_lse(m_s, l_s, row_ok)
+                lse_l = natural_lse(m_l, l_l, scale2, row_ok)
+                lse_s = natural_lse(m_s, l_s, scale2, row_ok)
                 tl.store(LSE + orow * 2, lse_l, mask=row_in)
                 tl.store(LSE + orow * 2 + 1, lse_s, mask=row_in)
         # OUT has the strides of Q (launch_forward allocates it like the query: no transpose copy after)
@@ -151,13 +152,12 @@ if triton is not None:
         kmask = (j < seqlen)[:, None] & dmask[None, :]
         kt = tl.load(kb + j[:, None] * skt + d[None, :] * skd, mask=kmask, other=0.0)  # [BN, DP]
         vt = tl.load(vb + j[:, None] * svt + d[None, :] * svd, mask=kmask, other=0.0)  # [BN, DP]
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale2  # [R, BN], base 2
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC)  # [R, BN] raw scores
         if do_l:
-            ml = ltis_tile_mask(t, j, bits, jb0, own_tile, BLK)
-            m_l, l_l, acc_l = softmax_update(s, ml, m_l, l_l, acc_l, vt, PREC)
+            s_l = ltis_tile_scores(s, t, j, bits, jb0, own_tile, BLK, BN)
+            m_l, l_l, acc_l = softmax_step(s_l, scale2, m_l, l_l, acc_l, vt, PREC)
         if do_s:
-            ms = stis_tile_mask(t, j, WIN, NSINK)
-            m_s, l_s, acc_s = softmax_update(s, ms, m_s, l_s, acc_s, vt, PREC)
+            m_s, l_s, acc_s = softmax_step(stis_tile_scores(s, t, j, WIN, NSINK), scale2, m_s, l_s, acc_s, vt, PREC)
         return m_l, l_l, acc_l, m_s, l_s, acc_s
 
     @triton.jit
@@ -179,7 +179,7 @@ if triton is not None:
         dmask = d < HEAD_D
         orow = (bb * H + h) * L + t  # [R] int64, row index into [B, H, L, *] buffers
         out = tl.zeros([R, DP], dtype=tl.float32)
-        scale2 = scale * 1.4426950408889634  # base-2 softmaxes (softmax_update)
+        scale2 = scale * 1.4426950408889634  # the softmaxes are exp2(scale2 * raw score - ...)
         if t0 < seqlen:
             q = tl.load(Q + bb * sqb + h[:, None] * sqh + t[:, None] * sqt + d[None, :] * sqd,
                         mask=row_ok[:, None] & dmask[None, :], other=0.0)  # [R, DP]
@@ -197,8 +197,8 @@ if triton is not None:
             t_hi = tl.minimum(t0 + BM, seqlen) - 1
             own_first = (t0 // BLK) * BLK
             for j0 in range(0, t_hi + 1, BN):  # key tiles without a pair of either set are skipped
-                do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first, BLK, WIN,
-                                                                NSINK)
+                do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr,
+                                                                           own_first, BLK, WIN, NSINK)
                 if do_l | do_s:
                     m_l, l_l, acc_l, m_s, l_s, acc_s = fwd_tile_step(
                         q, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, bits, jb0, own_tile, do_l, do_s,
@@ -213,8 +213,8 @@ if triton is not None:
                          tl.where(row_ok[:, None], o_l, 0.0).to(OL.dtype.element_ty), mask=smask)
                 tl.store(OS + orow[:, None] * HEAD_D + d[None, :],
                          tl.where(row_ok[:, None], o_s, 0.0).to(OS.dtype.element_ty), mask=smask)
-                lse_l = natural_lse(m_l, l_l, row_ok)
-                lse_s = natural_lse(m_s, l_s, row_ok)
+                lse_l = natural_lse(m_l, l_l, scale2, row_ok)
+                lse_s = natural_lse(m_s, l_s, scale2, row_ok)
                 tl.store(LSE + orow * 2, lse_l, mask=row_in)
                 tl.store(LSE + orow * 2 + 1, lse_s, mask=row_in)
         # OUT has the strides of Q (launch_forward allocates it like the query: no transpose copy after)

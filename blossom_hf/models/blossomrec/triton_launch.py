@@ -16,7 +16,7 @@ from .triton_common import cdiv, next_pow2
 
 #: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
 #: crossover on an H200, docs/BENCHMARKS.md)
-TILE_MAX_SEQ_LEN = 1536
+TILE_MAX_SEQ_LEN = 2048
 STRATEGIES = ("auto", "tile", "gather")
 
 
@@ -63,6 +63,15 @@ class TritonGeometry:
     warps_select_bwd: int = 4
     warps_bwd_q: int = 4
     warps_bwd_kv: int = 4
+    # register caps (triton's ``maxnreg``; 0 = the compiler's choice) of the dense-tile forward and backward kernels
+    maxreg_fwd: int = 0
+    maxreg_bwd_q: int = 0
+    maxreg_bwd_kv: int = 0
+
+
+def _regs(cap: int) -> dict:
+    """Launch options of a register cap (none for 0)."""
+    return {"maxnreg": cap} if cap > 0 else {}
 
 
 @lru_cache(maxsize=512)
@@ -104,7 +113,9 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     bw = max(16, min(64 if dp <= 32 else 32, next_pow2(seq_len // b)))
     # measured at head dim 16 (H200, docs/triton_notes.md, one field at a time): 2 warps beat 4 for the two tile
     # backward kernels and the selection's backward, and for the selection up to 64 x 32 score tiles (16-key
-    # tiles also helped the dq kernel, but less than 2 warps at L >= 512, and the pair was not measured)
+    # tiles also helped the dq kernel, but less than 2 warps at L >= 512, and the pair was not measured); at head dim
+    # 16 the dq kernel with 4 warps capped at 128 registers (4 programs per SM) beat 2 warps at 255 registers with
+    # spills by 4-8% (docs/BENCHMARKS.md, "Kernel round"; scripts/dev/compile_check.py prints the registers)
     small = dp <= 32
     return TritonGeometry(
         strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
@@ -114,7 +125,8 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
         CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
         TQ=tq, BW=bw, warps_select=2 if small and tq * bw <= 2048 else 4, warps_select_bwd=2 if small else 4,
-        warps_bwd_q=2 if small else 4, warps_bwd_kv=2 if small else 4,
+        warps_bwd_q=4 if dp == 16 else 2 if small else 4, maxreg_bwd_q=128 if dp == 16 else 0,
+        warps_bwd_kv=2 if small else 4,
     )
 
 
@@ -264,7 +276,8 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
         raise ValueError("query positions need the gathered strategy with one query per program (plan(serving=True))")
     if geo.strategy == "tile":
         kfwd.fwd_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
-            **common, GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R, num_warps=geo.num_warps)
+            **common, GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R, num_warps=geo.num_warps,
+            **_regs(geo.maxreg_fwd))
     else:
         kfwd.fwd_gather_kernel[(cdiv(num_queries, geo.BQ), batch * groups)](
             **common, **_position_args(positions, lens), QN=num_queries, BP=geo.BP, BQ=geo.BQ, R=geo.RG, KO=geo.KO,
@@ -319,7 +332,8 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     if geo.strategy == "tile":
         kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
             **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, **_cs(compressed_key), M=num_windows,
-            GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BW, SELQ=fused_selq, num_warps=geo.warps_bwd_q)
+            GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BW, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
+            **_regs(geo.maxreg_bwd_q))
     else:
         kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
             **q_args, BP=geo.BP, BQ=geo.BQ, BQP=geo.BQP, R=geo.RG, KO=geo.KO, KN=geo.KN, P0=geo.P0, NFP=geo.NFP,
@@ -341,6 +355,7 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
             Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
             **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape, GP=geo.GP, NSEL=n, NP=geo.NP,
             WIN=win, NSINK=nsink, BM=geo.BM, BN=geo.BN, R=geo.R, PREC=prec, num_warps=geo.warps_bwd_kv,
+            **_regs(geo.maxreg_bwd_kv),
         )
     else:
         dk, dv = _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate, sel, num_windows,
