@@ -221,6 +221,12 @@ def _model_inputs(config, batch: int, seq_len: int, seed: int):
 
 def model_case(seq_len: int, attention_type: str, backend: str, warmup: int, steps: int):
     """Whole-model training step: 2 layers, CE at every position, AdamW, bf16 autocast, fp32 weights."""
+    step, clear = model_step(seq_len, attention_type, backend)
+    return measure(step, warmup, steps, clear)
+
+
+def model_step(seq_len: int, attention_type: str, backend: str):
+    """:func:`model_case`'s training step on the benchmark's inputs: ``(step, clear)``."""
     from blossom_hf import BlossomRecConfig, BlossomRecModel
 
     batch = TOKENS // seq_len
@@ -241,7 +247,7 @@ def model_case(seq_len: int, attention_type: str, backend: str, warmup: int, ste
         loss.backward()
         optimizer.step()
 
-    return measure(step, warmup, steps, clear)
+    return step, clear
 
 
 def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bool, warmup: int, steps: int,

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger("kernel_ab")
-TOKENS = 262144
 
 
 def _emit(out: Path, record: dict) -> None:
@@ -57,21 +56,11 @@ def register_base(base_dir: Path) -> object:
 
 
 def _op_steps(seq_len: int, base) -> dict:
-    from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
+    from triton_tuning import _op_inputs  # this folder (scripts/dev) is on sys.path
+
     from blossom_hf.models.blossomrec.attention_triton import triton_blossom_attention
 
-    batch = TOKENS // seq_len
-    gen = torch.Generator(device="cuda").manual_seed(seq_len)
-    lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=gen, device="cuda")
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.bfloat16).requires_grad_()
-
-    q, k, v = rnd(batch, 8, seq_len, 16), rnd(batch, 2, seq_len, 16), rnd(batch, 2, seq_len, 16)
-    ck = rnd(batch, 2, seq_len // 16, 16)
-    gate = torch.rand(batch, 8, seq_len, 2, generator=gen, device="cuda").requires_grad_()
-    grad = torch.randn(batch, 8, seq_len, 16, generator=gen, device="cuda", dtype=torch.bfloat16)
-    pattern = BlossomPattern()
+    (q, k, v, ck, gate, lengths), grad, pattern = _op_inputs(seq_len)
 
     def make(fn):
         def step():
@@ -143,34 +132,12 @@ def layer_section(out: Path, lengths, rounds: int) -> None:
         torch.cuda.empty_cache()
 
 
-def _model_step(seq_len: int, attention_type: str, backend: str):
-    from blossom_hf import BlossomRecConfig, BlossomRecModel
-    from blossom_hf.benchmarks.gpu import CATALOGUE, _model_inputs
-
-    config = BlossomRecConfig(vocab_size=CATALOGUE, max_history_length=seq_len, attention_type=attention_type,
-                              attn_implementation=backend)
-    torch.manual_seed(0)
-    model = BlossomRecModel(config).to("cuda").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ids, labels = _model_inputs(config, TOKENS // seq_len, seq_len, seq_len + 1)
-
-    def clear():
-        optimizer.zero_grad(set_to_none=True)
-
-    def step():
-        clear()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-
-    return step, clear
-
-
 def model_section(out: Path, lengths, rounds: int) -> None:
+    from blossom_hf.benchmarks.gpu import model_step
+
     rows = (("blossom", "triton"), ("blossom", "triton_base"), ("full", "sdpa"))
     for seq_len in lengths:
-        steps = {f"{a}/{b}": _model_step(seq_len, a, b) for a, b in rows}
+        steps = {f"{a}/{b}": model_step(seq_len, a, b) for a, b in rows}
         _interleaved(out, "model", seq_len, steps, rounds, 2, 6)
         del steps
         torch.cuda.empty_cache()
