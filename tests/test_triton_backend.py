@@ -127,6 +127,8 @@ CASES = {
     # b = 8, n = 4: a 32-key tile is 4 whole blocks <= n, so the dq kernel sums the straight-through gradient per
     # block first (the other cases take one pass per selected slot)
     "b8_n4_block_sums": (2, 4, 2, 72, 16, dict(block_size=8, num_selected_blocks=4, stis_window=3)),
+    # b = 32: a key tile is one whole block (the kernels' one-flag LTIS test)
+    "b32_one_block_tiles": (1, 4, 2, 100, 16, dict(block_size=32, num_selected_blocks=2, stis_window=3)),
     # g = 8 (8 heads per kv head: 8-query tiles, the selection's dq in its own kernel), b = 2: a key tile
     # spans 16 blocks
     "g8_b2_many_windows": (1, 8, 1, 40, 16, dict(block_size=2, num_selected_blocks=4, stis_window=2,

@@ -95,7 +95,7 @@ class _Compiling:
 
 
 def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=torch.bfloat16,
-          overrides: dict | None = None) -> dict:
+          overrides: dict | None = None, block_size: int = 16) -> dict:
     from triton.backends.compiler import GPUTarget
 
     from blossom_hf.models.blossomrec import attention_triton as at
@@ -106,7 +106,7 @@ def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=tor
     seen: dict = {}
     real = at._kernels()
     kernels = tuple(_Compiling(k, target, seen) for k in real)
-    pattern = BlossomPattern()
+    pattern = BlossomPattern(block_size=block_size, compression_window=2 * block_size)
     for seq_len in lengths:
         for serving in (False, True):
             q = torch.randn(batch, heads, 1 if serving else seq_len, head_dim).to(dtype)
@@ -136,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="*", default=[200, 1024, 4096])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=INT",
                         help="TritonGeometry fields to override (training calls), e.g. BNQ=16 warps_bwd_q=4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     seen = check(args.lengths, args.arch, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32,
-                 overrides=overrides)
+                 overrides=overrides, block_size=args.block_size)
     failed = [v for v in seen.values() if v.startswith("FAILED")]
     logger.info("%d kernel variants compiled, %d failed", len(seen), len(failed))
     return 1 if failed else 0
