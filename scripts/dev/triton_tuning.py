@@ -42,6 +42,29 @@ VARIANTS = {
     "q_w4_r128": dict(warps_bwd_q=4, maxreg_bwd_q=128),
     "kv_w4_r128": dict(warps_bwd_kv=4, maxreg_bwd_kv=128),
     "q_bn16_w4_r128": dict(BNQ=16, warps_bwd_q=4, maxreg_bwd_q=128),
+    # the selection's tiles (TQ queries x BW windows; BW is also the window tile of its backward)
+    "sel_tq32": dict(TQ=32),
+    "sel_tq128": dict(TQ=128),
+    "sel_bw16": dict(BW=16),
+    "sel_bw32": dict(BW=32),
+    "selb_bw16": dict(BWB=16),
+    "selb_bw32": dict(BWB=32),
+    "sel_bw16_b16": dict(BW=16, BWB=16),
+    "sel_bw16_b32": dict(BW=16, BWB=32),
+    "sel_bw32_b16": dict(BW=32, BWB=16),
+    "sel_bw32_b32": dict(BW=32, BWB=32),
+    "sel_bw128": dict(BW=128),
+    "sel_tq32_bw128": dict(TQ=32, BW=128),
+    "sel_w4": dict(warps_select=4),
+    "sel_bw16_w2": dict(BW=16, warps_select=2),
+    "sel_bw64_b64": dict(BW=64, BWB=64, warps_select=4),  # v6's geometry of the selection at L >= 1024
+    # register caps: more programs per SM (ncu at L = 1024: the dk/dv kernel at 240 registers runs 8 warps per SM)
+    "kv_r168": dict(maxreg_bwd_kv=168),
+    "kv_r192": dict(maxreg_bwd_kv=192),
+    "fwd_r96": dict(maxreg_fwd=96),
+    "fwd_r80": dict(maxreg_fwd=80),
+    "q_r96": dict(maxreg_bwd_q=96),
+    "sel_bw32_w2": dict(BW=32, warps_select=2),
 }
 
 

@@ -53,9 +53,10 @@ class TritonGeometry:
     NFK: int
     BP5: int
     CH: int
-    # selection: TQ queries x BW windows
+    # selection: TQ queries x BW windows; its backward kernels (and the dq kernel's share of it): BWB windows a tile
     TQ: int
     BW: int
+    BWB: int
     # warps per program: forward kernels (both strategies) and the gathered backward; the selection; the
     # selection's backward; the dense-tile backward, query side and key side (docs/triton_notes.md, sweep)
     num_warps: int = 4
@@ -110,12 +111,18 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         nfk += 1
     cq = max(1, (64 if dp <= 64 else 32) // gp)
     tq = 64 if dp <= 32 else 32
-    bw = max(16, min(64 if dp <= 32 else 32, next_pow2(seq_len // b)))
+    # window tiles of 16 at head dims <= 32: the packed-key selection and the selection's backward kernels were
+    # 3-6% faster on the whole operator than with 32- or 64-window tiles at L = 512..4096 (fewer registers per
+    # program, more programs per SM; docs/BENCHMARKS.md, "Kernel round v7"); larger head dims keep 32 (not measured)
+    bw = 16 if dp <= 32 else max(16, min(32, next_pow2(seq_len // b)))
+    bwb = bw
     # measured at head dim 16 (H200, docs/triton_notes.md, one field at a time): 2 warps beat 4 for the two tile
     # backward kernels and the selection's backward, and for the selection up to 64 x 32 score tiles (16-key
     # tiles also helped the dq kernel, but less than 2 warps at L >= 512, and the pair was not measured); at head dim
     # 16 the dq kernel with 4 warps capped at 128 registers (4 programs per SM) beat 2 warps at 255 registers with
-    # spills by 4-8% (docs/BENCHMARKS.md, "Kernel round"; scripts/dev/compile_check.py prints the registers)
+    # spills by 4-8% (docs/BENCHMARKS.md, "Kernel round"; scripts/dev/compile_check.py prints the registers); the tile
+    # forward capped at 80 registers (6 programs of 4 warps per SM instead of 4) was 8% faster at L = 512-2048 in bf16
+    # (v7; caps on the dk/dv kernel, 168 or 192, and on the dq kernel, 96, were slower)
     small = dp <= 32
     return TritonGeometry(
         strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
@@ -124,9 +131,9 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         KO=max(16, next_pow2(b if b % bq == 0 else b - 1 + bq)), KN=max(16, next_pow2(w - 1 + bq)), P0=p0,
         NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
         CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
-        TQ=tq, BW=bw, warps_select=2 if small and tq * bw <= 2048 else 4, warps_select_bwd=2 if small else 4,
+        TQ=tq, BW=bw, BWB=bwb, warps_select=2 if small and tq * bw <= 2048 else 4, warps_select_bwd=2 if small else 4,
         warps_bwd_q=4 if dp == 16 else 2 if small else 4, maxreg_bwd_q=128 if dp == 16 else 0,
-        warps_bwd_kv=2 if small else 4,
+        warps_bwd_kv=2 if small else 4, maxreg_fwd=80 if dp == 16 and itemsize == 2 else 0,
     )
 
 
@@ -332,7 +339,7 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     if geo.strategy == "tile":
         kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
             **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, **_cs(compressed_key), M=num_windows,
-            GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BW, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
+            GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BWB, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
             **_regs(geo.maxreg_bwd_q))
     else:
         kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
@@ -341,12 +348,12 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     dck = None
     sel_args = dict(Q=query, CK=compressed_key, LENS=lens, SEL=sel, PSEL=psel, DPS=dps, LSEZ=lse_z,
                     **_qs(query), **_cs(compressed_key), L=seq_len, M=num_windows, G=groups, scale=scaling,
-                    **shape, NSEL=n, TQ=geo.TQ, BW=geo.BW, num_warps=geo.warps_select_bwd)
+                    **shape, NSEL=n, TQ=geo.TQ, BW=geo.BWB, num_warps=geo.warps_select_bwd)
     if st and need_q and not fused_selq:
         ksel.select_bwd_q_kernel[(cdiv(seq_len, geo.TQ), batch * groups)](**sel_args, DQ=dq, H=heads)
     if st and need_ck:
         dck = torch.empty(batch, groups, num_windows, head_dim, dtype=compressed_key.dtype, device=device)
-        ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BW), batch * groups)](**sel_args, DCK=dck)
+        ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BWB), batch * groups)](**sel_args, DCK=dck)
 
     if geo.strategy == "tile":
         dk = torch.empty_like(key)

@@ -1,8 +1,9 @@
 """LTIS block selection of the fused Triton backend (MODEL.md steps 3-5) and its straight-through backward.
 
 * ``select_kernel``: scores ``z̄ = τ <mean_h q, k~>`` tile by tile over the compression windows, an online
-  logsumexp and a running top-n merge (ties -> larger ``w``). Writes ``sel [B, G, L, n]`` (int32, -1 = none),
-  ``p`` of each selected window and the logsumexp of ``z̄`` per query; no ``L x M`` tensor.
+  logsumexp and a running top-n of packed (score, window) int64 keys (one ``max`` per slot; ties -> larger
+  ``w``). Writes ``sel [B, G, L, n]`` (int32, -1 = none), ``p`` of each selected window and the logsumexp of
+  ``z̄`` per query; no ``L x M`` tensor.
 * ``select_bwd_q_kernel``: the compressor path of the straight-through gradient into ``dq``.
 * ``select_bwd_w_kernel``: ``d compressed_key``, window-major (no atomics).
 
@@ -35,38 +36,25 @@ if triton is not None:
         ssum = ssum * tl.exp(m - m_new) + tl.sum(tl.exp(tl.where(elig, z - m_new[:, None], -1.0e30)), 1)
         return m_new, ssum
 
-    @triton.jit
-    def tile_topn(z, elig, w, cols, TQ: tl.constexpr, NP: tl.constexpr, NSEL: tl.constexpr):
-        """Top-n of one window tile, ``[TQ, NP]`` values and windows by decreasing score, ties -> larger w."""
-        zt = tl.where(elig, z, float("-inf"))
-        bv = tl.full([TQ, NP], float("-inf"), tl.float32)
-        bi = tl.full([TQ, NP], -1, tl.int32)
-        for k in tl.static_range(NSEL):
-            mx = tl.max(zt, 1)
-            am = tl.max(tl.where(zt == mx[:, None], w[None, :], -1), 1)
-            bv = tl.where(cols[None, :] == k, mx[:, None], bv)
-            bi = tl.where(cols[None, :] == k, am[:, None], bi)
-            zt = tl.where(w[None, :] == am[:, None], float("-inf"), zt)
-        return bv, bi
+    #: no window (below every packed key of a real score)
+    NO_KEY = tl.constexpr(-(2**63))
 
     @triton.jit
-    def merge_topn(av, ai, bv, bi, cols, TQ: tl.constexpr, NP: tl.constexpr, NSEL: tl.constexpr):
-        """Merge the running list A (older, smaller w) with B (a later tile): B wins ties."""
-        jok = (cols < NSEL)[None, None, :]
-        cnt_a = tl.sum(((bv[:, None, :] >= av[:, :, None]) & jok).to(tl.int32), 2)
-        cnt_b = tl.sum(((av[:, None, :] > bv[:, :, None]) & jok).to(tl.int32), 2)
-        pos_a = cols[None, :] + cnt_a
-        pos_b = cols[None, :] + cnt_b
-        nv = tl.full([TQ, NP], float("-inf"), tl.float32)
-        ni = tl.full([TQ, NP], -1, tl.int32)
-        for k in tl.static_range(NSEL):
-            va = tl.max(tl.where(pos_a == k, av, float("-inf")), 1)
-            vb = tl.max(tl.where(pos_b == k, bv, float("-inf")), 1)
-            ia = tl.max(tl.where(pos_a == k, ai, -1), 1)
-            ib = tl.max(tl.where(pos_b == k, bi, -1), 1)
-            nv = tl.where(cols[None, :] == k, tl.maximum(va, vb)[:, None], nv)
-            ni = tl.where(cols[None, :] == k, tl.maximum(ia, ib)[:, None], ni)
-        return nv, ni
+    def packed_keys(z, w, elig):
+        """int64 keys that order ``(z, w)`` lexicographically: the fp32 score's order-preserving int32 (sign bit
+        kept, the other bits flipped for negatives) in the high half, the window in the low half. One ``max``
+        then gives the largest score and, among equal scores, the larger window (MODEL.md step 5's tie rule);
+        ``-0.0`` counts as ``+0.0``. Ineligible entries get :data:`NO_KEY`."""
+        bits = tl.where(z == 0.0, 0.0, z).to(tl.int32, bitcast=True)
+        order = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        packed = (order.to(tl.int64) << 32) | w[None, :].to(tl.int64)
+        return tl.where(elig, packed, NO_KEY)
+
+    @triton.jit
+    def key_score(key):
+        """The fp32 score of packed keys (:func:`packed_keys`; meaningless for :data:`NO_KEY`)."""
+        order = (key >> 32).to(tl.int32)
+        return (order ^ ((order >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
     @triton.jit
     def select_kernel(Q, CK, LENS, SEL_IN, SEL, PSEL, LSEZ, POS,
@@ -75,8 +63,8 @@ if triton is not None:
                       GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
                       NSEL: tl.constexpr, NP: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr,
                       HAS_SEL: tl.constexpr, HAS_POS: tl.constexpr):
-        """Top-n selection of ``TQ`` queries of one (batch row, kv head), windows in tiles of ``BW``. The first
-        tile's top-n is taken as is; later tiles are merged into it (none when ``M <= BW``). With ``HAS_SEL``
+        """Top-n selection of ``TQ`` queries of one (batch row, kv head), windows in tiles of ``BW`` merged into a
+        running top-n of packed (score, window) keys (:func:`packed_keys`). With ``HAS_SEL``
         the given selection is kept and only its probabilities are computed. With ``HAS_POS`` (serving path)
         the rows are the ``QN`` query rows of ``Q`` at positions ``POS [B, QN]``, else positions ``0..L-1``."""
         pid_t = tl.program_id(0)
@@ -98,8 +86,8 @@ if triton is not None:
         tlim = t // BLK  # window w is eligible for t iff w < t // b (w*b + b - 1 < t)
         if HAS_POS:
             tmax = tl.max(tl.where(tok, t, 0), 0)
-        else:
-            tmax = tl.minimum(t0 + TQ, seqlen) - 1
+        else:  # a tile past the row's length has no window to score (tmax < 0)
+            tmax = tl.where(t0 < seqlen, tl.minimum(t0 + TQ, seqlen) - 1, -1)
         w_end = tl.minimum(M, tl.maximum(tmax, 0) // BLK)
         m = tl.full([TQ], -1.0e30, tl.float32)
         ssum = tl.zeros([TQ], dtype=tl.float32)
@@ -115,22 +103,36 @@ if triton is not None:
                     zk = tl.sum(tl.where(w[None, :] == gk[:, None], z, 0.0), 1)
                     av = tl.where(cols[None, :] == k, av + zk[:, None], av)
         else:
-            # first window tile (fully masked when no query of the tile has an eligible window)
-            w, z, elig = window_scores(ck_base, qm, 0, M, tok, tlim, d, dmask, scw, scd, scale, BW)
-            m, ssum = lse_update(m, ssum, z, elig)
-            av, ai = tile_topn(z, elig, w, cols, TQ, NP, NSEL)  # [TQ, NP] running top-n
-            for w0 in range(BW, w_end, BW):
+            # the running top-n as packed keys, by decreasing key; each window tile's top-n is merged into it in
+            # the same NSEL max passes (one reduction over the tile per slot), and the tile's first maximum also
+            # moves the online logsumexp (one more reduction, the sum): 5 reductions a tile for n = 4
+            top = tl.full([TQ, NP], NO_KEY, tl.int64)
+            for w0 in range(0, w_end, BW):
                 w, z, elig = window_scores(ck_base, qm, w0, M, tok, tlim, d, dmask, scw, scd, scale, BW)
-                m, ssum = lse_update(m, ssum, z, elig)
-                bv, bi = tile_topn(z, elig, w, cols, TQ, NP, NSEL)
-                av, ai = merge_topn(av, ai, bv, bi, cols, TQ, NP, NSEL)
+                keys = packed_keys(z, w, elig)
+                run = top
+                top = tl.full([TQ, NP], NO_KEY, tl.int64)
+                for k in tl.static_range(NSEL):
+                    tile_max = tl.max(keys, 1)
+                    if k == 0:
+                        has_tile = tile_max != NO_KEY
+                        m_new = tl.where(has_tile, tl.maximum(m, key_score(tile_max)), m)
+                        ssum = ssum * tl.exp(m - m_new) + tl.sum(tl.exp(tl.where(elig, z - m_new[:, None],
+                                                                                 -1.0e30)), 1)
+                        m = m_new
+                    best = tl.maximum(tile_max, tl.max(run, 1))
+                    top = tl.where(cols[None, :] == k, best[:, None], top)
+                    keys = tl.where(keys == best[:, None], NO_KEY, keys)
+                    run = tl.where(run == best[:, None], NO_KEY, run)
+            ai = (top & 0x7FFFFFFF).to(tl.int32)  # windows are < 2**31
+            av = tl.where(top != NO_KEY, key_score(top), float("-inf"))
         has = ssum > 0
         lse = tl.where(has, m + tl.log(tl.where(has, ssum, 1.0)), 0.0)
         if HAS_SEL:
             valid = (ai >= 0) & (ai < tlim[:, None]) & (ai < M) & tok[:, None]
             sel_out = ai
         else:
-            valid = (av > float("-inf")) & (ai >= 0)
+            valid = top != NO_KEY
             sel_out = tl.where(valid, ai, -1)
         p = tl.exp(tl.where(valid, av - lse[:, None], -1.0e30))
         smask = tin[:, None] & colok[None, :]
