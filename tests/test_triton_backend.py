@@ -235,6 +235,25 @@ def test_selection_tie_rule_is_exact(generator):
     torch.testing.assert_close(got_p, want_p, rtol=1e-5, atol=1e-7)
 
 
+@needs_interpreter
+def test_selection_all_scores_tied():
+    """A zero query scores every window exactly 0 (keys of either sign): all of them tie, so the tie rule alone picks
+    the n most recent eligible windows, across three window tiles (40 windows) of the kernel's running top-n."""
+    batch, heads, groups, seq_len, head_dim = 1, 4, 2, 80, 16
+    pattern = BlossomPattern(block_size=2, compression_window=4, num_selected_blocks=4)
+    q = torch.zeros(batch, heads, seq_len, head_dim)
+    windows = torch.arange(seq_len // 2)
+    ck = torch.where((windows % 2 == 0)[None, None, :, None], -1.0, 1.0).expand(batch, groups, -1, head_dim).clone()
+    lengths = torch.tensor([seq_len])
+    z = ltis_scores(q, ck, 0.25)
+    assert bool((z == 0).all()), "every score must be zero"
+    got, _ = triton_ltis_select(q, ck, lengths, scaling=0.25, pattern=pattern)
+    want, _ = ltis_select(q, ck, lengths, 0.25, pattern)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    t = seq_len - 1  # eligible windows 0 .. t // b - 1; the top-4 are the last four, most recent first
+    assert got[0, 0, t].tolist() == [t // 2 - 1 - k for k in range(4)]
+
+
 @pytest.mark.parametrize("straight_through", [True, False])
 @needs_interpreter
 def test_whole_model_gradients_match_eager(generator, straight_through):

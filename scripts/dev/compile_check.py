@@ -44,6 +44,10 @@ def _resources(cubin: bytes | None) -> str:
     return f"regs {found.group(1)}, stack {found.group(2)} B" if found else "resources unknown"
 
 
+#: PTX instructions counted per kernel (shared-memory traffic, barriers, tensor-core products)
+_PTX_OPS = ("st.shared", "ld.shared", "ldmatrix", "bar.sync", "mma.sync", "wgmma.mma_async")
+
+
 class _Compiling:
     """Stands in for a kernel module: ``module.kernel[grid](**kwargs)`` compiles the kernel for the target."""
 
@@ -83,8 +87,12 @@ class _Compiling:
                     try:
                         compiled = triton.compile(ASTSource(fn, signature, constexprs), target=target,
                                                   options=options)
+                        ttgir, ptx = compiled.asm.get("ttgir", ""), compiled.asm.get("ptx", "")
                         seen[key] = (f"ok ({time.time() - t0:.1f} s, shared {compiled.metadata.shared} B, "
-                                     f"{_resources(compiled.asm.get('cubin'))})")
+                                     f"{_resources(compiled.asm.get('cubin'))}, "
+                                     f"{ttgir.count('ttg.convert_layout')} layout conversions, "
+                                     f"{ttgir.count('ttg.local_alloc')} shared-memory stores in the TTGIR; PTX: "
+                                     + ", ".join(f"{ptx.count(op)} {op}" for op in _PTX_OPS) + ")")
                     except Exception as err:  # reported, the check fails
                         seen[key] = f"FAILED: {type(err).__name__}: {str(err)[:2000]}"
                     logger.info("%s %s: %s", name, options, seen[key])

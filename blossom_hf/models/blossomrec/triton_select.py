@@ -43,8 +43,9 @@ if triton is not None:
     def packed_keys(z, w, elig):
         """int64 keys that order ``(z, w)`` lexicographically: the fp32 score's order-preserving int32 (sign bit
         kept, the other bits flipped for negatives) in the high half, the window in the low half. One ``max``
-        then gives the largest score and, among equal scores, the larger window (MODEL.md step 5's tie rule);
-        ``-0.0`` counts as ``+0.0``. Ineligible entries get :data:`NO_KEY`."""
+        then gives the largest score and, among equal scores, the larger window (MODEL.md step 5's tie rule).
+        ``-0.0`` is mapped to ``+0.0`` first, so that the two compare equal as floats do. A dot product with a
+        ``+0`` accumulator never returns ``-0.0``, so this is only a guard. Ineligible entries get :data:`NO_KEY`."""
         bits = tl.where(z == 0.0, 0.0, z).to(tl.int32, bitcast=True)
         order = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         packed = (order.to(tl.int64) << 32) | w[None, :].to(tl.int64)
