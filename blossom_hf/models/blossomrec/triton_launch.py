@@ -115,7 +115,6 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     # 3-6% faster on the whole operator than with 32- or 64-window tiles at L = 512..4096 (fewer registers per
     # program, more programs per SM; docs/BENCHMARKS.md, "Kernel round v7"); larger head dims keep 32 (not measured)
     bw = 16 if dp <= 32 else max(16, min(32, next_pow2(seq_len // b)))
-    bwb = bw
     # measured at head dim 16 (H200, docs/triton_notes.md, one field at a time): 2 warps beat 4 for the two tile
     # backward kernels and the selection's backward, and for the selection up to 64 x 32 score tiles (16-key
     # tiles also helped the dq kernel, but less than 2 warps at L >= 512, and the pair was not measured); at head dim
@@ -131,7 +130,7 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         KO=max(16, next_pow2(b if b % bq == 0 else b - 1 + bq)), KN=max(16, next_pow2(w - 1 + bq)), P0=p0,
         NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
         CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
-        TQ=tq, BW=bw, BWB=bwb, warps_select=2 if small and tq * bw <= 2048 else 4, warps_select_bwd=2 if small else 4,
+        TQ=tq, BW=bw, BWB=bw, warps_select=2 if small else 4, warps_select_bwd=2 if small else 4,
         warps_bwd_q=4 if dp == 16 else 2 if small else 4, maxreg_bwd_q=128 if dp == 16 else 0,
         warps_bwd_kv=2 if small else 4, maxreg_fwd=80 if dp == 16 and itemsize == 2 else 0,
     )

@@ -30,9 +30,10 @@ if triton is not None:
         return w, z, elig
 
     @triton.jit
-    def lse_update(m, ssum, z, elig):
-        """Online logsumexp over the eligible scores of one window tile."""
-        m_new = tl.maximum(m, tl.max(tl.where(elig, z, -1.0e30), 1))
+    def lse_update(m, ssum, z, elig, tile_m):
+        """Online logsumexp over the eligible scores of one window tile, whose maximum is ``tile_m [TQ]``
+        (``-1e30`` where none is eligible)."""
+        m_new = tl.maximum(m, tile_m)
         ssum = ssum * tl.exp(m - m_new) + tl.sum(tl.exp(tl.where(elig, z - m_new[:, None], -1.0e30)), 1)
         return m_new, ssum
 
@@ -98,7 +99,7 @@ if triton is not None:
             av = tl.zeros([TQ, NP], dtype=tl.float32)  # [TQ, NP] scores of the given windows
             for w0 in range(0, w_end, BW):
                 w, z, elig = window_scores(ck_base, qm, w0, M, tok, tlim, d, dmask, scw, scd, scale, BW)
-                m, ssum = lse_update(m, ssum, z, elig)
+                m, ssum = lse_update(m, ssum, z, elig, tl.max(tl.where(elig, z, -1.0e30), 1))
                 for k in tl.static_range(NSEL):
                     gk = tl.sum(tl.where(cols[None, :] == k, ai, 0), 1)
                     zk = tl.sum(tl.where(w[None, :] == gk[:, None], z, 0.0), 1)
@@ -115,12 +116,9 @@ if triton is not None:
                 top = tl.full([TQ, NP], NO_KEY, tl.int64)
                 for k in tl.static_range(NSEL):
                     tile_max = tl.max(keys, 1)
-                    if k == 0:
-                        has_tile = tile_max != NO_KEY
-                        m_new = tl.where(has_tile, tl.maximum(m, key_score(tile_max)), m)
-                        ssum = ssum * tl.exp(m - m_new) + tl.sum(tl.exp(tl.where(elig, z - m_new[:, None],
-                                                                                 -1.0e30)), 1)
-                        m = m_new
+                    if k == 0:  # the tile's largest eligible score
+                        m, ssum = lse_update(m, ssum, z, elig,
+                                             tl.where(tile_max != NO_KEY, key_score(tile_max), -1.0e30))
                     best = tl.maximum(tile_max, tl.max(run, 1))
                     top = tl.where(cols[None, :] == k, best[:, None], top)
                     keys = tl.where(keys == best[:, None], NO_KEY, keys)
