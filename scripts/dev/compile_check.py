@@ -6,7 +6,10 @@ modules wrapped: every ``kernel[grid](**kwargs)`` is compiled with ``triton.comp
 the H200) instead of launched. The local triton may be newer than the GPU machine's, so a pass here is necessary,
 not sufficient.
 
-    python scripts/dev/compile_check.py [--lengths 200 1024 4096] [--arch 90]
+    python scripts/dev/compile_check.py [--lengths 200 1024 4096] [--arch 90] [--sass-dir DIR]
+
+``--sass-dir`` also writes each kernel's SASS (``nvdisasm`` shipped with triton) to ``DIR/<kernel>_<n>.sass`` and logs
+its instruction mix (the opcodes counted over the whole kernel, loops not unrolled): where the ALU work goes.
 """
 
 from __future__ import annotations
@@ -16,12 +19,36 @@ import dataclasses
 import logging
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 logger = logging.getLogger("compile_check")
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
            torch.int64: "i64", torch.bool: "i1", torch.int8: "i8"}
+
+
+def _sass(cubin: bytes | None, path) -> str:
+    """Write the SASS of ``cubin`` to ``path``; return its most frequent opcodes (``nvdisasm`` shipped with triton)."""
+    import collections
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if cubin is None or not tool.exists():
+        return "no SASS"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        text = subprocess.run([str(tool), "-c", fh.name], capture_output=True, text=True).stdout
+    Path(path).write_text(text)
+    ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)",
+                                                                          text, re.M))
+    return f"{sum(ops.values())} SASS instructions: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(14))
 
 
 def _resources(cubin: bytes | None) -> str:
@@ -51,12 +78,12 @@ _PTX_OPS = ("st.shared", "ld.shared", "ldmatrix", "bar.sync", "mma.sync", "wgmma
 class _Compiling:
     """Stands in for a kernel module: ``module.kernel[grid](**kwargs)`` compiles the kernel for the target."""
 
-    def __init__(self, module, target, seen: dict):
-        self._module, self._target, self._seen = module, target, seen
+    def __init__(self, module, target, seen: dict, sass_dir=None):
+        self._module, self._target, self._seen, self._sass_dir = module, target, seen, sass_dir
 
     def __getattr__(self, name):
         fn = getattr(self._module, name)
-        target, seen = self._target, self._seen
+        target, seen, sass_dir = self._target, self._seen, self._sass_dir
 
         class _Launch:
             def __getitem__(self, grid):
@@ -93,6 +120,10 @@ class _Compiling:
                                      f"{ttgir.count('ttg.convert_layout')} layout conversions, "
                                      f"{ttgir.count('ttg.local_alloc')} shared-memory stores in the TTGIR; PTX: "
                                      + ", ".join(f"{ptx.count(op)} {op}" for op in _PTX_OPS) + ")")
+                        if sass_dir is not None:
+                            seen[key] += "; " + _sass(compiled.asm.get("cubin"),
+                                                      f"{sass_dir}/{name}_{len(seen)}.sass")
+                            Path(f"{sass_dir}/{name}_{len(seen)}.ttgir").write_text(ttgir)
                     except Exception as err:  # reported, the check fails
                         seen[key] = f"FAILED: {type(err).__name__}: {str(err)[:2000]}"
                     logger.info("%s %s: %s", name, options, seen[key])
@@ -103,7 +134,7 @@ class _Compiling:
 
 
 def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=torch.bfloat16,
-          overrides: dict | None = None, block_size: int = 16) -> dict:
+          overrides: dict | None = None, block_size: int = 16, sass_dir: str | None = None) -> dict:
     from triton.backends.compiler import GPUTarget
 
     from blossom_hf.models.blossomrec import attention_triton as at
@@ -113,7 +144,7 @@ def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=tor
     target = GPUTarget("cuda", arch, 32)
     seen: dict = {}
     real = at._kernels()
-    kernels = tuple(_Compiling(k, target, seen) for k in real)
+    kernels = tuple(_Compiling(k, target, seen, sass_dir) for k in real)
     pattern = BlossomPattern(block_size=block_size, compression_window=2 * block_size)
     for seq_len in lengths:
         for serving in (False, True):
@@ -147,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=INT",
                         help="TritonGeometry fields to override (training calls), e.g. BNQ=16 warps_bwd_q=4")
+    parser.add_argument("--sass-dir", default=None, help="write each kernel's SASS there and log its instruction mix")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     seen = check(args.lengths, args.arch, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32,
-                 overrides=overrides, block_size=args.block_size)
+                 overrides=overrides, block_size=args.block_size, sass_dir=args.sass_dir)
     failed = [v for v in seen.values() if v.startswith("FAILED")]
     logger.info("%d kernel variants compiled, %d failed", len(seen), len(failed))
     return 1 if failed else 0

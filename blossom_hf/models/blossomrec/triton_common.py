@@ -186,15 +186,20 @@ if triton is not None:
     def ltis_tile_scores(s, t, j, bits, jb0, own_tile, BLK: tl.constexpr, BN: tl.constexpr):
         """``s [R, BN]`` where the pair ``(t [R], j [BN])`` is in LTIS, ``NEG`` elsewhere: a block selected by the
         row's query (``bits``, see :func:`tile_flags`) or, on a tile that can hold one (``own_tile``), the own block
-        (``j // b == t // b``, ``j <= t``). On a tile of one or two whole blocks (``BN`` = ``b`` or ``2 b``) a column
-        picks one of the row's two selection flags (one select per score). Rows past the length are not masked
-        here: the kernels zero their q, do and gates, so their pairs add nothing (their selections are -1)."""
-        if BN == BLK:
+        (``j // b == t // b``, ``j <= t``). Rows past the length are not masked here: the kernels zero their q, do
+        and gates, so their pairs add nothing (their selections are -1).
+
+        Every caller's tile starts at a multiple of ``BN`` (``j = j0 + arange(BN)``). On a tile of whole blocks
+        (``BN % b == 0``, so ``j0 = jb0 * b``) a column's bit is ``arange(BN) // b``: a constant per register, so the
+        test is one shift of the row's ``bits`` broadcast as ``[R, 1]`` and one select per score. Written this way the
+        compiler moves only the ``[R, 1]`` flags into the product's layout; a ``[R, BN]`` mask built from the row
+        flags and a column test went through shared memory on every tile (scripts/dev/compile_check.py
+        ``--sass-dir``, docs/triton_notes.md "v8")."""
+        if BN % BLK == 0:
+            shift = tl.arange(0, BN) // BLK
+            out = tl.where(((bits[:, None] >> shift[None, :]) & 1) != 0, s, -1.0e30)
+        elif BLK % BN == 0:  # the tile lies inside block jb0
             out = tl.where(((bits & 1) != 0)[:, None], s, -1.0e30)
-        elif BN == 2 * BLK:
-            second = (j - jb0 * BLK) >= BLK  # [BN]: the column lies in the tile's second block
-            picked = tl.where(second[None, :], ((bits & 2) != 0)[:, None], ((bits & 1) != 0)[:, None])
-            out = tl.where(picked, s, -1.0e30)
         else:
             out = tl.where(((bits[:, None] >> (j // BLK - jb0)[None, :]) & 1) != 0, s, -1.0e30)
         if own_tile:
@@ -208,10 +213,12 @@ if triton is not None:
         a power of two, or ``j`` a sink (``j < S``), with ``j <= t`` (rows past the length: as
         :func:`ltis_tile_scores`)."""
         delta = t[:, None] - j[None, :]
+        # delta & (delta - 1) == 0 holds for 0 and the powers of two, never for a negative delta (its sign bit stays),
+        # and the unsigned compare puts a negative delta past the window: so no separate delta >= 0 test
         if WIN >= 1:  # the offset 0 is in the window, so the power-of-two test may accept it
-            near = (delta < WIN) | ((delta & (delta - 1)) == 0)
+            near = (delta.to(tl.uint32, bitcast=True) < WIN) | ((delta & (delta - 1)) == 0)
         else:
-            near = (delta > 0) & ((delta & (delta - 1)) == 0)
+            near = (delta != 0) & ((delta & (delta - 1)) == 0)
         if NSINK > 0:
-            near = near | (j < NSINK)[None, :]
-        return tl.where((delta >= 0) & near, s, -1.0e30)
+            near = near | ((j < NSINK)[None, :] & (delta >= 0))
+        return tl.where(near, s, -1.0e30)
