@@ -28,6 +28,7 @@ import pytest
 import torch
 from conftest import random_histories, tiny_config
 from triton_interpreter import IN_PROCESS, INTERPRETER_FILES, needs_interpreter
+from union_words import check_union_words
 
 from blossom_hf import BlossomRecModel
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention
@@ -252,6 +253,18 @@ def test_selection_all_scores_tied():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     t = seq_len - 1  # eligible windows 0 .. t // b - 1; the top-4 are the last four, most recent first
     assert got[0, 0, t].tolist() == [t // 2 - 1 - k for k in range(4)]
+
+
+@pytest.mark.parametrize("heads,groups,head_dim,seq_len,block_size", [
+    (4, 2, 16, 200, 16), (8, 1, 40, 300, 16), (2, 2, 128, 100, 16), (4, 2, 16, 150, 2),
+], ids=["g2_d16", "g8_d40", "g1_d128", "b2_many_words"])
+@needs_interpreter
+def test_union_words_match_the_selection(heads, groups, head_dim, seq_len, block_size):
+    """The tile kernels skip a key tile when no query of the query tile selected one of its blocks, by the union
+    words the selection kernel writes: they must hold exactly the selected blocks (several words per tile with
+    b = 2; head dims above 32 take 32-query selection tiles, so two programs share a 64-query tile at g = 1)."""
+    pattern = BlossomPattern(block_size=block_size, compression_window=2 * block_size, num_selected_blocks=3)
+    check_union_words("cpu", heads, groups, seq_len, head_dim, torch.float32, pattern, seed=seq_len)
 
 
 @pytest.mark.parametrize("straight_through", [True, False])

@@ -28,6 +28,8 @@ pytestmark = [
 ]
 triton = pytest.importorskip("triton")
 
+from union_words import check_union_words  # noqa: E402
+
 from blossom_hf import BlossomRecModel  # noqa: E402
 from blossom_hf.models.blossomrec.attention_eager import eager_blossom_attention  # noqa: E402
 from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern, ltis_scores, ltis_select  # noqa: E402
@@ -128,6 +130,17 @@ def test_parity_other_shapes(dtype, heads, groups, head_dim, sinks, st, strategy
         if name == "d_compressed_key" and not st:
             continue
         assert err < (out_tol if name == "output" else grad_tol), (name, errors)
+
+
+@pytest.mark.parametrize("heads,groups,head_dim,seq_len,block_size,dtype", [
+    (8, 2, 16, 1024, 16, torch.bfloat16), (8, 1, 40, 700, 16, torch.float32), (2, 2, 128, 700, 16, torch.bfloat16),
+    (4, 4, 64, 700, 16, torch.bfloat16), (8, 2, 16, 2048, 4, torch.bfloat16),
+], ids=["paper_1024", "g8_d40", "g1_d128", "mha_d64", "b4_many_words"])
+def test_union_words_match_the_selection_on_gpu(heads, groups, head_dim, seq_len, block_size, dtype):
+    """The compiled selection kernel's union words (read by the tile kernels to skip key tiles) hold exactly the
+    selected blocks of each query tile."""
+    pattern = BlossomPattern(block_size=block_size, compression_window=2 * block_size, num_selected_blocks=3)
+    check_union_words("cuda", heads, groups, seq_len, head_dim, dtype, pattern, seed=seq_len)
 
 
 def test_selection_matches_reference_on_gpu():

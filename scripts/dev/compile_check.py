@@ -46,8 +46,8 @@ def _sass(cubin: bytes | None, path) -> str:
         fh.flush()
         text = subprocess.run([str(tool), "-c", fh.name], capture_output=True, text=True).stdout
     Path(path).write_text(text)
-    ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)",
-                                                                          text, re.M))
+    opcode = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", re.M)
+    ops = collections.Counter(m.group(1).split(".")[0] for m in opcode.finditer(text))
     return f"{sum(ops.values())} SASS instructions: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(14))
 
 
@@ -158,13 +158,14 @@ def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=tor
             geo = tlaunch.plan(heads, groups, seq_len, head_dim, pattern, q.element_size(), "auto", serving)
             if overrides and not serving:
                 geo = dataclasses.replace(geo, **overrides)
-            sel, psel, lse_z = tlaunch.launch_select(kernels[0], geo, q, ck, lens, 0.25, pattern, None, positions,
-                                                     seq_len)
+            sel, psel, lse_z, union = tlaunch.launch_select(kernels[0], geo, q, ck, lens, 0.25, pattern, None,
+                                                            positions, seq_len)
             sel.fill_(-1)
             out, o_l, o_s, lse = tlaunch.launch_forward(kernels[1], geo, q, k, v, gate, sel, lens, 0.25, pattern,
-                                                        not serving, positions)
+                                                        not serving, positions, union)
             if not serving:
-                saved = (q, k, v, ck, gate, lens, sel, psel, lse_z, o_l, o_s, lse)
+                saved = (q, k, v, ck, gate, lens, sel, psel, lse_z, o_l, o_s, lse) + ((union,) if union is not None
+                                                                                     else ())
                 tlaunch.launch_backward(kernels, geo, saved, torch.randn(q.shape).to(dtype), 0.25, pattern, True,
                                         True)
     return seen

@@ -65,6 +65,19 @@ VARIANTS = {
     "fwd_r80": dict(maxreg_fwd=80),
     "q_r96": dict(maxreg_bwd_q=96),
     "sel_bw32_w2": dict(BW=32, warps_select=2),
+    # the gathered strategy's kernels (L > 2048) take the same fields (ncu at L = 4096: its dq kernel runs 8 warps per
+    # SM at 188 registers, the forward 16 at 105, the key-side one 16 at 112)
+    "g_q_r128": dict(maxreg_bwd_q=128),
+    "g_q_r168": dict(maxreg_bwd_q=168),
+    "g_q_w2": dict(warps_bwd_q=2),
+    "g_q_w8": dict(warps_bwd_q=8),
+    "g_fwd_r80": dict(maxreg_fwd=80),
+    "g_fwd_r96": dict(maxreg_fwd=96),
+    "g_kv_r96": dict(maxreg_bwd_kv=96),
+    "g_kv_w2": dict(warps_bwd_kv=2),
+    "g_q_w1": dict(warps_bwd_q=1),
+    "g_kv_w1": dict(warps_bwd_kv=1),
+    "g_v7": dict(warps_bwd_q=4, warps_bwd_kv=4, maxreg_fwd=0),  # the gathered kernels as before the v8 sweep
 }
 
 

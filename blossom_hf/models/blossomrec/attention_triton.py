@@ -188,11 +188,13 @@ def _forward(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                            positions is not None)
     lens = lengths.to(query.device).contiguous()  # the kernels clamp it to 0..L (no launch here)
     query, key, value = dense_layout(query), dense_layout(key), dense_layout(value)
-    sel, psel, lse_z = launch_select(kernels[0], geo, query, compressed_key, lens, scaling, pattern, selected_blocks,
-                                     positions, seq_len)
+    sel, psel, lse_z, union = launch_select(kernels[0], geo, query, compressed_key, lens, scaling, pattern,
+                                            selected_blocks, positions, seq_len)
     out, o_l, o_s, lse = launch_forward(kernels[1], geo, query, key, value, gate, sel, lens, scaling, pattern, save,
-                                        positions)
+                                        positions, union)
     saved = (query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse) if save else None
+    if save and union is not None:
+        saved = (*saved, union)
     return out, geo, saved
 
 
@@ -317,7 +319,7 @@ def triton_ltis_select(
     batch, heads, seq_len, head_dim = query.shape
     geo = plan(heads, compressed_key.shape[1], seq_len, head_dim, pattern, query.element_size())
     lens = lengths.to(query.device).contiguous()
-    sel, psel, _ = launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, None)
+    sel, psel, _, _ = launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, None)
     return sel.long(), psel
 
 

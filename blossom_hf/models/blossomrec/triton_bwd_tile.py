@@ -105,10 +105,10 @@ if triton is not None:
         return dk, dv
 
     @triton.jit
-    def bwd_q_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, OL, OS, LSE, DQ, DGATE, DPS, CK, PSEL, LSEZ,
+    def bwd_q_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, OL, OS, LSE, DQ, DGATE, DPS, CK, PSEL, LSEZ, UNION,
                           sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
                           sdb, sdh, sdt, sdd, scb, sch, scw, scd,
-                          L, H, G, M, scale,
+                          L, H, G, M, scale, NQT, NWD,
                           GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
                           BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
                           NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
@@ -147,9 +147,10 @@ if triton is not None:
             dp_row = tl.zeros([R, NP], dtype=tl.float32)
             t_hi = tl.minimum(t0 + BM, seqlen) - 1
             own_first = (t0 // BLK) * BLK
+            urow = UNION + ((bb * G + gam) * NQT + pid_t) * NWD
             for j0 in range(0, t_hi + 1, BN):
                 do_l, do_s, bits, jb0, has_sel, own_tile = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first,
-                                                                      BLK, WIN, NSINK)
+                                                                      urow, NWD, BLK, WIN, NSINK)
                 if do_l | do_s:
                     dq, dp_row = bwd_q_tile_step(
                         q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, bits, jb0, own_tile, has_sel,
@@ -196,10 +197,10 @@ if triton is not None:
                  (dq * scale).to(DQ.dtype.element_ty), mask=row_in[:, None] & dmask[None, :])
 
     @triton.jit
-    def bwd_kv_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, LSE, DGATE, DK, DV,
+    def bwd_kv_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, LSE, DGATE, DK, DV, UNION,
                            sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
                            sdb, sdh, sdt, sdd,
-                           L, H, G, scale,
+                           L, H, G, scale, NQT, NWD,
                            GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
                            BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
                            NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
@@ -233,8 +234,9 @@ if triton is not None:
                 selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
                                mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
                 t_hi = tl.minimum(t0 + BM, seqlen) - 1
+                urow = UNION + ((bb * G + gam) * NQT + t0 // BM) * NWD
                 do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK,
-                                                                           BLK, WIN, NSINK)
+                                                                           urow, NWD, BLK, WIN, NSINK)
                 if do_l | do_s:
                     dk, dv = bwd_kv_tile_step(
                         Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, own_tile, do_l, do_s,

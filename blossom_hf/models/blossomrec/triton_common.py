@@ -162,20 +162,32 @@ if triton is not None:
         return hi > x
 
     @triton.jit
-    def tile_flags(t0, t_hi, j0, j1, selr, own_first, BLK: tl.constexpr, WIN: tl.constexpr,
+    def union_has_sel(UROW, jb0, jb1, NWD):
+        """Scalar: a query of the tile selected one of the blocks ``jb0 .. jb1`` (at most 32 of them). ``UROW``
+        points at the tile's ``NWD`` union words (bit ``w % 32`` of word ``w // 32`` set when some real query of
+        the tile selected block ``w``; written by ``select_kernel``): two scalar loads instead of a reduction over
+        the tile's rows, which spans the warps (shared memory and two barriers on every tile)."""
+        lo = tl.load(UROW + jb0 // 32, mask=jb0 // 32 < NWD, other=0).to(tl.int64) & 0xFFFFFFFF
+        hi = tl.load(UROW + jb1 // 32, mask=jb1 // 32 < NWD, other=0).to(tl.int64)
+        span = (((hi << 32) | lo) >> (jb0 % 32)) & ((1 << (jb1 - jb0 + 1).to(tl.int64)) - 1)
+        return span != 0
+
+    @triton.jit
+    def tile_flags(t0, t_hi, j0, j1, selr, own_first, UROW, NWD, BLK: tl.constexpr, WIN: tl.constexpr,
                    NSINK: tl.constexpr):
         """Scalars for one (query tile, key tile) pair: can it hold an LTIS pair, an STIS pair?
 
         Queries ``t0..t_hi`` (real ones), keys ``j0..j1``, ``selr [R, NP]`` the queries' selected blocks
-        (-1 = none), ``own_first`` the first key of the first query's own block. Also returns ``bits [R]``
-        (bit ``i`` set when block ``j0 // BLK + i`` is selected by the row's query), ``has_sel`` (a row of the tile
-        selected one of its blocks) and ``own_tile`` (the tile can hold a pair of a query's own block).
+        (-1 = none), ``own_first`` the first key of the first query's own block, ``UROW``/``NWD`` the tile's
+        union words (:func:`union_has_sel`). Also returns ``bits [R]`` (bit ``i`` set when block ``j0 // BLK + i``
+        is selected by the row's query), ``has_sel`` (a row of the tile selected one of its blocks) and
+        ``own_tile`` (the tile can hold a pair of a query's own block).
         """
         jb0 = j0 // BLK
         inr = (selr >= jb0) & (selr <= j1 // BLK)
         bits = tl.sum(tl.where(inr, 1 << tl.where(inr, selr - jb0, 0), 0), 1)  # [R]
         own_tile = (j1 >= own_first) & (j0 <= t_hi) & (t0 // BLK <= j1 // BLK)
-        has_sel = tl.max(bits, 0) > 0
+        has_sel = union_has_sel(UROW, jb0, j1 // BLK, NWD)
         do_l = own_tile | has_sel
         lo = t0 - j1
         hi = t_hi - j0

@@ -57,14 +57,16 @@ class TritonGeometry:
     TQ: int
     BW: int
     BWB: int
-    # warps per program: forward kernels (both strategies) and the gathered backward; the selection; the
-    # selection's backward; the dense-tile backward, query side and key side (docs/triton_notes.md, sweep)
+    # warps per program: forward kernels (both strategies) and the gathered backward's selected-block and sink
+    # kernels; the selection; the selection's backward; the backward's query-side and key-side kernel (of either
+    # strategy: plan() sets them per strategy; docs/triton_notes.md, sweep)
     num_warps: int = 4
     warps_select: int = 4
     warps_select_bwd: int = 4
     warps_bwd_q: int = 4
     warps_bwd_kv: int = 4
-    # register caps (triton's ``maxnreg``; 0 = the compiler's choice) of the dense-tile forward and backward kernels
+    # register caps (triton's ``maxnreg``; 0 = the compiler's choice) of the forward, the query-side and the key-side
+    # backward kernel (either strategy; the gathered key side: ``bwd_kv_gather_kernel``)
     maxreg_fwd: int = 0
     maxreg_bwd_q: int = 0
     maxreg_bwd_kv: int = 0
@@ -123,6 +125,11 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     # forward capped at 80 registers (6 programs of 4 warps per SM instead of 4) was 8% faster at L = 512-2048 in bf16
     # (v7; caps on the dk/dv kernel, 168 or 192, and on the dq kernel, 96, were slower)
     small = dp <= 32
+    tile = strategy == "tile"
+    # the gathered strategy at head dim 16 (v8 sweep, H200, L = 4096 and 8192, one field at a time): its dq kernel
+    # with 2 warps instead of 4 took 3.37 -> 1.53 ms (188 registers at 4 warps: 8 warps per SM), its key-side kernel
+    # with 2 warps 1.04 -> 0.52, its forward capped at 80 registers 2.00 -> 1.74 (not the serving path: unmeasured)
+    gather16 = not tile and dp == 16
     return TritonGeometry(
         strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
         BM=bm, BN=bn, R=bm * gp, BNQ=bn,
@@ -131,16 +138,20 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
         CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
         TQ=tq, BW=bw, BWB=bw, warps_select=2 if small else 4, warps_select_bwd=2 if small else 4,
-        warps_bwd_q=4 if dp == 16 else 2 if small else 4, maxreg_bwd_q=128 if dp == 16 else 0,
-        warps_bwd_kv=2 if small else 4, maxreg_fwd=80 if dp == 16 and itemsize == 2 else 0,
+        # the fields are shared by the two strategies, the measurements are not (other head dims: 4 warps, no caps)
+        warps_bwd_q=(4 if dp == 16 else 2 if small else 4) if tile else 2 if gather16 else 4,
+        maxreg_bwd_q=128 if dp == 16 and tile else 0,
+        warps_bwd_kv=2 if (small and tile) or gather16 else 4,
+        maxreg_fwd=80 if dp == 16 and itemsize == 2 and (tile or not serving) else 0,
     )
 
 
 def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, selected_blocks, positions=None,
                   seq_len=None):
-    """LTIS selection ``sel [B, G, Q, n]`` (int32), its probabilities and the logsumexp of the scores, for the
-    ``Q`` query rows of ``query`` (positions ``0..L-1``, or ``positions [B, Q]`` with the key length ``seq_len``
-    on the serving path)."""
+    """LTIS selection ``sel [B, G, Q, n]`` (int32), its probabilities, the logsumexp of the scores and (dense-tile
+    strategy, else None) the union words ``[B, G, cdiv(Q, BM), cdiv(M, 32)]`` int32 of the selected blocks of each
+    query tile, for the ``Q`` query rows of ``query`` (positions ``0..L-1``, or ``positions [B, Q]`` with the key
+    length ``seq_len`` on the serving path)."""
     batch, heads, num_queries, head_dim = query.shape
     groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
     seq_len = num_queries if seq_len is None else seq_len
@@ -149,6 +160,9 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
     sel = torch.empty(batch, groups, num_queries, n, dtype=torch.int32, device=device)
     psel = torch.empty(batch, groups, num_queries, n, dtype=torch.float32, device=device)
     lse_z = torch.empty(batch, groups, num_queries, dtype=torch.float32, device=device)
+    tiles = geo.strategy == "tile" and positions is None
+    union = (torch.zeros(batch, groups, cdiv(num_queries, geo.BM), max(1, cdiv(num_windows, 32)), dtype=torch.int32,
+                         device=device) if tiles else None)
     if num_windows == 0:
         if selected_blocks is not None:
             sel.copy_(selected_blocks.to(device=device, dtype=torch.int32))
@@ -158,7 +172,7 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
             sel.fill_(-1)
         psel.zero_()
         lse_z.zero_()
-        return sel, psel, lse_z
+        return sel, psel, lse_z, union
     has_sel = selected_blocks is not None
     sel_in = sel
     if has_sel:
@@ -171,12 +185,18 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
     grid = (cdiv(num_queries, geo.TQ), batch * groups)
     ksel.select_kernel[grid](
         Q=query, CK=compressed_key, LENS=lens, SEL_IN=sel_in, SEL=sel, PSEL=psel, LSEZ=lse_z,
-        **_position_args(positions, lens), **_qs(query), **_cs(compressed_key), L=seq_len, QN=num_queries,
-        M=num_windows, G=groups, scale=float(scaling), GQ=geo.g, HEAD_D=head_dim, DP=geo.DP,
-        BLK=pattern.block_size, NSEL=n, NP=geo.NP, TQ=geo.TQ, BW=geo.BW, HAS_SEL=has_sel,
-        HAS_POS=positions is not None, num_warps=geo.warps_select,
+        UNION=sel if union is None else union, **_position_args(positions, lens), **_qs(query),
+        **_cs(compressed_key), L=seq_len, QN=num_queries, M=num_windows, G=groups, scale=float(scaling),
+        **_union_shape(union), GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, BLK=pattern.block_size, NSEL=n, NP=geo.NP,
+        TQ=geo.TQ, BW=geo.BW, HAS_SEL=has_sel, HAS_POS=positions is not None, UBM=geo.BM if tiles else 0,
+        UQG=min(geo.TQ, geo.BM), num_warps=geo.warps_select,
     )
-    return sel, psel, lse_z
+    return sel, psel, lse_z, union
+
+
+def _union_shape(union) -> dict:
+    """``NQT`` (query tiles) and ``NWD`` (words per tile) of the union words (1, 1 without them: never read)."""
+    return dict(NQT=1, NWD=1) if union is None else dict(NQT=int(union.shape[2]), NWD=int(union.shape[3]))
 
 
 def _position_args(positions, placeholder) -> dict:
@@ -239,8 +259,8 @@ def _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate,
     base = dict(Q=query, K=key, V=value, GATE=gate, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv, **strides,
                 L=seq_len, H=heads, G=groups, scale=scaling, PREC=prec, num_warps=geo.num_warps)
     kbg.bwd_kv_gather_kernel[(cdiv(seq_len, geo.BK), batch * groups)](
-        **base, LENS=lens, NFK=geo.NFK, **shape, WIN=pattern.stis_window, DN=geo.DN, PF0=geo.PF0, BK=geo.BK,
-        CQ=geo.CQ, R=geo.RK,
+        **{**base, "num_warps": geo.warps_bwd_kv}, LENS=lens, NFK=geo.NFK, **shape, WIN=pattern.stis_window,
+        DN=geo.DN, PF0=geo.PF0, BK=geo.BK, CQ=geo.CQ, R=geo.RK, **_regs(geo.maxreg_bwd_kv),
     )
     if num_windows > 0:
         offsets, queries = _inverse_selection(sel, num_windows)
@@ -257,7 +277,8 @@ def _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate,
 
 
 
-def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, pattern, save, positions=None):
+def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, pattern, save, positions=None,
+                   union=None):
     """Fine attention forward: ``out`` and, when ``save``, ``o_L, o_S`` and the logsumexps ``lse [B, H, L, 2]``.
     With ``positions [B, Q]`` (serving path; gathered strategy with one query per program) the ``Q`` query rows
     sit at those positions."""
@@ -281,13 +302,16 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
     if positions is not None and (geo.strategy != "gather" or geo.BQ != 1):
         raise ValueError("query positions need the gathered strategy with one query per program (plan(serving=True))")
     if geo.strategy == "tile":
+        if union is None:
+            raise ValueError("the dense-tile forward needs the union words of launch_select")
         kfwd.fwd_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
-            **common, GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R, num_warps=geo.num_warps,
-            **_regs(geo.maxreg_fwd))
+            **common, UNION=union, **_union_shape(union), GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R,
+            num_warps=geo.num_warps, **_regs(geo.maxreg_fwd))
     else:
         kfwd.fwd_gather_kernel[(cdiv(num_queries, geo.BQ), batch * groups)](
             **common, **_position_args(positions, lens), QN=num_queries, BP=geo.BP, BQ=geo.BQ, R=geo.RG, KO=geo.KO,
-            KN=geo.KN, P0=geo.P0, NFP=geo.NFP, SP=geo.SP, HAS_POS=positions is not None, num_warps=geo.num_warps)
+            KN=geo.KN, P0=geo.P0, NFP=geo.NFP, SP=geo.SP, HAS_POS=positions is not None, num_warps=geo.num_warps,
+            **_regs(geo.maxreg_fwd))
     return out, o_l, o_s, lse
 
 
@@ -313,7 +337,8 @@ def precision(query: torch.Tensor) -> str:
 def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, need_ck):
     """Gradients ``dq, dk, dv, d compressed_key, d gate`` (None where not needed) from the saved tensors."""
     ksel, _, kbt, kbg = kernels
-    query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse = saved
+    query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse, *rest = saved
+    union = rest[0] if rest else None  # the union words (dense-tile strategy)
     batch, heads, seq_len, head_dim = query.shape
     groups, num_windows = key.shape[1], compressed_key.shape[2]
     n = pattern.num_selected_blocks
@@ -336,14 +361,17 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     # the tile strategy folds the selection's share of dq into its dq kernel (needs >= 16 queries a tile)
     fused_selq = geo.strategy == "tile" and st and need_q and geo.BM >= 16
     if geo.strategy == "tile":
+        if union is None:
+            raise ValueError("the dense-tile backward needs the union words of launch_select")
         kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
-            **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, **_cs(compressed_key), M=num_windows,
+            **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, UNION=union, **_union_shape(union),
+            **_cs(compressed_key), M=num_windows,
             GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BWB, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
             **_regs(geo.maxreg_bwd_q))
     else:
         kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
             **q_args, BP=geo.BP, BQ=geo.BQ, BQP=geo.BQP, R=geo.RG, KO=geo.KO, KN=geo.KN, P0=geo.P0, NFP=geo.NFP,
-            SP=geo.SP, num_warps=geo.num_warps)
+            SP=geo.SP, num_warps=geo.warps_bwd_q, **_regs(geo.maxreg_bwd_q))
     dck = None
     sel_args = dict(Q=query, CK=compressed_key, LENS=lens, SEL=sel, PSEL=psel, DPS=dps, LSEZ=lse_z,
                     **_qs(query), **_cs(compressed_key), L=seq_len, M=num_windows, G=groups, scale=scaling,
@@ -359,7 +387,8 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
         dv = torch.empty_like(value)
         kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BN), batch * groups)](
             Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
-            **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape, GP=geo.GP, NSEL=n, NP=geo.NP,
+            UNION=union, **_union_shape(union), **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
+            GP=geo.GP, NSEL=n, NP=geo.NP,
             WIN=win, NSINK=nsink, BM=geo.BM, BN=geo.BN, R=geo.R, PREC=prec, num_warps=geo.warps_bwd_kv,
             **_regs(geo.maxreg_bwd_kv),
         )
