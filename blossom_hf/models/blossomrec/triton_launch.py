@@ -126,10 +126,11 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     # (v7; caps on the dk/dv kernel, 168 or 192, and on the dq kernel, 96, were slower)
     small = dp <= 32
     tile = strategy == "tile"
-    # the gathered strategy at head dim 16 (v8 sweep, H200, L = 4096 and 8192, one field at a time): its dq kernel
-    # with 2 warps instead of 4 took 3.37 -> 1.53 ms (188 registers at 4 warps: 8 warps per SM), its key-side kernel
-    # with 2 warps 1.04 -> 0.52, its forward capped at 80 registers 2.00 -> 1.74 (not the serving path: unmeasured)
-    gather16 = not tile and dp == 16
+    # the gathered strategy at head dim 16 (v8 sweeps, H200, L = 4096 and 8192): its dq kernel with 2 warps instead of
+    # 4 took 3.37 -> 1.53 ms at 4096 (188 registers at 4 warps: 8 warps per SM) and with 1 warp 0.85 (its tiles are
+    # 16 rows); its key-side kernel with 2 warps 1.04 -> 0.52 (1 warp: the same); its forward capped at 80 registers
+    # 2.00 -> 1.74 (not the serving path: unmeasured)
+    gather16 = not tile and dp == 16 and itemsize == 2  # bf16/fp16 (fp32 at 1 warp spills: not measured)
     return TritonGeometry(
         strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
         BM=bm, BN=bn, R=bm * gp, BNQ=bn,
@@ -139,7 +140,7 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
         CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
         TQ=tq, BW=bw, BWB=bw, warps_select=2 if small else 4, warps_select_bwd=2 if small else 4,
         # the fields are shared by the two strategies, the measurements are not (other head dims: 4 warps, no caps)
-        warps_bwd_q=(4 if dp == 16 else 2 if small else 4) if tile else 2 if gather16 else 4,
+        warps_bwd_q=(4 if dp == 16 else 2 if small else 4) if tile else 1 if gather16 else 4,
         maxreg_bwd_q=128 if dp == 16 and tile else 0,
         warps_bwd_kv=2 if (small and tile) or gather16 else 4,
         maxreg_fwd=80 if dp == 16 and itemsize == 2 and (tile or not serving) else 0,
