@@ -8,8 +8,11 @@ not sufficient.
 
     python scripts/dev/compile_check.py [--lengths 200 1024 4096] [--arch 90] [--sass-dir DIR]
 
-``--sass-dir`` also writes each kernel's SASS (``nvdisasm`` shipped with triton) to ``DIR/<kernel>_<n>.sass`` and logs
-its instruction mix (the opcodes counted over the whole kernel, loops not unrolled): where the ALU work goes.
+``--sass-dir`` also writes each kernel's SASS (``nvdisasm`` shipped with triton) and TTGIR to ``DIR/<kernel>_<n>.sass``
+and ``.ttgir`` and logs its instruction mix (the opcodes counted over the whole kernel, loops not unrolled): where the
+ALU work goes, and which layout conversions sit in a loop. The signature is built by hand, without triton's
+specialization of integer arguments equal to 1 and its divisibility hints, so loads are not vectorized here and the
+counts run ~30% above the GPU's (docs/triton_notes.md, v8); masks and layout conversions agree.
 """
 
 from __future__ import annotations
@@ -28,23 +31,31 @@ _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
            torch.int64: "i64", torch.bool: "i1", torch.int8: "i8"}
 
 
-def _sass(cubin: bytes | None, path) -> str:
-    """Write the SASS of ``cubin`` to ``path``; return its most frequent opcodes (``nvdisasm`` shipped with triton)."""
-    import collections
-    import re
+def _cuda_tool(name: str, cubin: bytes | None, *args: str) -> str | None:
+    """stdout of the CUDA binary tool ``name`` shipped with triton (``nvdisasm``, ``cuobjdump``) run on ``cubin``,
+    or None where there is no cubin or no tool."""
     import subprocess
     import tempfile
-    from pathlib import Path
 
     import triton
 
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if cubin is None or not tool.exists():
-        return "no SASS"
+        return None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
         fh.write(cubin)
         fh.flush()
-        text = subprocess.run([str(tool), "-c", fh.name], capture_output=True, text=True).stdout
+        return subprocess.run([str(tool), *args, fh.name], capture_output=True, text=True).stdout
+
+
+def _sass(cubin: bytes | None, path) -> str:
+    """Write the SASS of ``cubin`` to ``path``; return its most frequent opcodes."""
+    import collections
+    import re
+
+    text = _cuda_tool("nvdisasm", cubin, "-c")
+    if text is None:
+        return "no SASS"
     Path(path).write_text(text)
     opcode = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", re.M)
     ops = collections.Counter(m.group(1).split(".")[0] for m in opcode.finditer(text))
@@ -52,22 +63,11 @@ def _sass(cubin: bytes | None, path) -> str:
 
 
 def _resources(cubin: bytes | None) -> str:
-    """Registers, spills and stack of a cubin (``cuobjdump --dump-resource-usage`` shipped with triton)."""
+    """Registers, spills and stack of a cubin (``cuobjdump --dump-resource-usage``)."""
     import re
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if cubin is None or not tool.exists():
-        return "resources unknown"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
-        fh.write(cubin)
-        fh.flush()
-        text = subprocess.run([str(tool), "--dump-resource-usage", fh.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+).*?STACK:(\d+)", text)
+    text = _cuda_tool("cuobjdump", cubin, "--dump-resource-usage")
+    found = re.search(r"REG:(\d+).*?STACK:(\d+)", text or "")
     return f"regs {found.group(1)}, stack {found.group(2)} B" if found else "resources unknown"
 
 
