@@ -164,8 +164,7 @@ def check(lengths, arch: int, heads=8, groups=2, head_dim=16, batch=2, dtype=tor
             out, o_l, o_s, lse = tlaunch.launch_forward(kernels[1], geo, q, k, v, gate, sel, lens, 0.25, pattern,
                                                         not serving, positions, union)
             if not serving:
-                saved = (q, k, v, ck, gate, lens, sel, psel, lse_z, o_l, o_s, lse) + ((union,) if union is not None
-                                                                                     else ())
+                saved = (q, k, v, ck, gate, lens, sel, psel, lse_z, o_l, o_s, lse, union)
                 tlaunch.launch_backward(kernels, geo, saved, torch.randn(q.shape).to(dtype), 0.25, pattern, True,
                                         True)
     return seen

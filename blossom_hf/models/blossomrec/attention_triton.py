@@ -192,9 +192,8 @@ def _forward(query, key, value, compressed_key, gate, lengths, scaling, pattern,
                                             selected_blocks, positions, seq_len)
     out, o_l, o_s, lse = launch_forward(kernels[1], geo, query, key, value, gate, sel, lens, scaling, pattern, save,
                                         positions, union)
-    saved = (query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse) if save else None
-    if save and union is not None:
-        saved = (*saved, union)
+    # union: the dense-tile strategy's union words, None for the gathered one (save_for_backward keeps a None)
+    saved = (query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse, union) if save else None
     return out, geo, saved
 
 

@@ -338,8 +338,7 @@ def precision(query: torch.Tensor) -> str:
 def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, need_ck):
     """Gradients ``dq, dk, dv, d compressed_key, d gate`` (None where not needed) from the saved tensors."""
     ksel, _, kbt, kbg = kernels
-    query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse, *rest = saved
-    union = rest[0] if rest else None  # the union words (dense-tile strategy)
+    query, key, value, compressed_key, gate, lens, sel, psel, lse_z, o_l, o_s, lse, union = saved
     batch, heads, seq_len, head_dim = query.shape
     groups, num_windows = key.shape[1], compressed_key.shape[2]
     n = pattern.num_selected_blocks
