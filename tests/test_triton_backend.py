@@ -164,17 +164,41 @@ def test_fp16_and_bf16(generator, strategy):
     _compare(generator, 2, 4, 2, 24, 16, pattern, dtype=torch.bfloat16, rtol=1e-2, atol=1e-2, strategy=strategy)
 
 
-@pytest.mark.parametrize("variant", [dict(BNQ=32, BN=16, warps_bwd_q=4), dict(BN=64, num_warps=2), dict(BM=4, R=16)])
+@pytest.mark.parametrize("variant", [
+    dict(BNQ=32, BN=16, warps_bwd_q=4), dict(BN=64, BNK=64, num_warps=2), dict(BM=4, R=16),
+    # plan()'s backward at L >= SMALL_BWD_MIN_SEQ_LEN in bf16: 4-query, one-block tiles at 1 warp (union rows of 4
+    # queries, read 4 at a time by the 16-query forward)
+    dict(BMB=4, RB=16, BNQ=16, BNK=16, warps_bwd_q=1, warps_bwd_kv=1, maxreg_bwd_q=0),
+    dict(BM=4, R=16, BN=16, BMB=4, RB=16, BNQ=16, BNK=16, num_warps=1, warps_bwd_q=1, warps_bwd_kv=1),
+    dict(BM=8, R=32, BN=16, BMB=4, RB=16, BNQ=16),
+    # the selection's share of dq inside the dq kernel at 4-query tiles (broadcast products instead of tl.dot)
+    dict(BMB=4, RB=16, BNQ=16, BNK=16, warps_bwd_q=1, warps_bwd_kv=1, SELQ_MIN_BM=1),
+], ids=["bnq32_bn16", "bn64", "bm4", "small_bwd", "all_small", "bm8_bmb4", "small_bwd_fused_selq"])
 @needs_interpreter
 def test_tile_geometry_variants_match_eager(generator, variant):
     """The tuning knobs of the dense-tile kernels (TritonGeometry) change speed only: key tiles of 16, 32 or 64
-    in either kernel, 4-query tiles (the selection's dq then in its own kernel)."""
+    in each kernel, 4- and 8-query tiles in the forward and the backward apart (the selection's dq then in its own
+    kernel), one-block key tiles."""
     import dataclasses
 
     pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=3,
                              stis_num_sinks=1)
     geometry = dataclasses.replace(plan(4, 1, 37, 16, pattern, strategy="tile"), **variant)
     _compare(generator, 2, 4, 1, 37, 16, pattern, geometry=geometry)
+
+
+@pytest.mark.parametrize("variant", [dict(BMB=4, RB=16, BNQ=16, BNK=16, warps_bwd_q=1, warps_bwd_kv=1),
+                                     dict(BM=8, R=32, BMB=4, RB=16, SELQ_MIN_BM=1)], ids=["small_bwd", "bm8_bmb4"])
+@needs_interpreter
+def test_union_rows_finer_than_the_tile(generator, variant):
+    """A query tile that spans several rows of union words (backward tiles smaller than the forward's) must read all
+    of them: at L = 160 with no sinks many key tiles hold only LTIS pairs, so a tile that read only its first row
+    would skip blocks its later queries selected."""
+    import dataclasses
+
+    pattern = BlossomPattern(block_size=4, compression_window=8, num_selected_blocks=2, stis_window=2)
+    geometry = dataclasses.replace(plan(4, 1, 160, 16, pattern, strategy="tile"), **variant)
+    _compare(generator, 1, 4, 1, 160, 16, pattern, lengths=[150], geometry=geometry)
 
 
 def test_plan_picks_the_strategy_by_length():
@@ -255,16 +279,17 @@ def test_selection_all_scores_tied():
     assert got[0, 0, t].tolist() == [t // 2 - 1 - k for k in range(4)]
 
 
-@pytest.mark.parametrize("heads,groups,head_dim,seq_len,block_size", [
-    (4, 2, 16, 200, 16), (8, 1, 40, 300, 16), (2, 2, 128, 100, 16), (4, 2, 16, 150, 2),
-], ids=["g2_d16", "g8_d40", "g1_d128", "b2_many_words"])
+@pytest.mark.parametrize("heads,groups,head_dim,seq_len,block_size,variant", [
+    (4, 2, 16, 200, 16, None), (8, 1, 40, 300, 16, None), (2, 2, 128, 100, 16, None), (4, 2, 16, 150, 2, None),
+    (8, 2, 16, 150, 2, dict(BMB=4, RB=16)),
+], ids=["g2_d16", "g8_d40", "g1_d128", "b2_many_words", "rows_of_4_queries"])
 @needs_interpreter
-def test_union_words_match_the_selection(heads, groups, head_dim, seq_len, block_size):
+def test_union_words_match_the_selection(heads, groups, head_dim, seq_len, block_size, variant):
     """The tile kernels skip a key tile when no query of the query tile selected one of its blocks, by the union
     words the selection kernel writes: they must hold exactly the selected blocks (several words per tile with
     b = 2; head dims above 32 take 32-query selection tiles, so two programs share a 64-query tile at g = 1)."""
     pattern = BlossomPattern(block_size=block_size, compression_window=2 * block_size, num_selected_blocks=3)
-    check_union_words("cpu", heads, groups, seq_len, head_dim, torch.float32, pattern, seed=seq_len)
+    check_union_words("cpu", heads, groups, seq_len, head_dim, torch.float32, pattern, seed=seq_len, variant=variant)
 
 
 @pytest.mark.parametrize("straight_through", [True, False])

@@ -91,7 +91,7 @@ def _parity(batch, heads, groups, seq_len, head_dim, dtype, pattern, seed, strat
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("seq_len,batch", [(50, 8), (200, 4), (1024, 2), (4096, 2)])
+@pytest.mark.parametrize("seq_len,batch", [(50, 8), (200, 4), (768, 2), (1024, 2), (4096, 2)])
 def test_parity_paper_shapes(dtype, seq_len, batch):
     errors = _parity(batch, 8, 2, seq_len, 16, dtype, BlossomPattern(**PAPER), seed=seq_len)
     _record({"test": "parity", "strategy": "auto", "dtype": str(dtype).split(".")[-1], "L": seq_len, "B": batch,

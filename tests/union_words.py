@@ -4,6 +4,8 @@ test_triton_gpu.py (compiled kernels)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
@@ -24,14 +26,19 @@ def union_words_reference(sel: torch.Tensor, lengths: torch.Tensor, tile: int, w
     return torch.where(out >= 2**31, out - 2**32, out).to(torch.int32)  # the int32 bit pattern
 
 
-def check_union_words(device, heads, groups, seq_len, head_dim, dtype, pattern: BlossomPattern, seed: int) -> None:
-    """The union words of one selection equal :func:`union_words_reference` of it, bit for bit."""
+def check_union_words(device, heads, groups, seq_len, head_dim, dtype, pattern: BlossomPattern, seed: int,
+                      variant: dict | None = None) -> None:
+    """The union words of one selection equal :func:`union_words_reference` of it, bit for bit (``variant``: fields
+    of plan()'s geometry to replace, e.g. smaller backward query tiles, which make the words' rows finer)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     batch = 2
     q = torch.randn(batch, heads, seq_len, head_dim, generator=gen, device=device).to(dtype)
     ck = torch.randn(batch, groups, seq_len // pattern.block_size, head_dim, generator=gen, device=device).to(dtype)
     lengths = torch.tensor([seq_len, max(1, seq_len - 37)], device=device)
     geo = plan(heads, groups, seq_len, head_dim, pattern, q.element_size(), "tile")
+    geo = dataclasses.replace(geo, **(variant or {}))
     sel, _, _, union = launch_select(_kernels()[0], geo, q, ck, lengths, head_dim**-0.5, pattern, None)
-    want = union_words_reference(sel, lengths, geo.BM, union.shape[-1])
-    torch.testing.assert_close(union.cpu(), want, rtol=0, atol=0)
+    want = union_words_reference(sel, lengths, geo.UBM, union.shape[-1])
+    # rows past the last query tile (padding to whole tiles of the larger query tile) stay 0
+    assert bool((union[:, :, want.shape[2]:] == 0).all())
+    torch.testing.assert_close(union[:, :, :want.shape[2]].cpu(), want, rtol=0, atol=0)

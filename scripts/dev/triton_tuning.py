@@ -65,8 +65,8 @@ VARIANTS = {
     "fwd_r80": dict(maxreg_fwd=80),
     "q_r96": dict(maxreg_bwd_q=96),
     "sel_bw32_w2": dict(BW=32, warps_select=2),
-    # the gathered strategy's kernels (L > 2048) take the same fields (ncu at L = 4096: its dq kernel runs 8 warps per
-    # SM at 188 registers, the forward 16 at 105, the key-side one 16 at 112)
+    # the gathered strategy's kernels (L > TILE_MAX_SEQ_LEN) take the same fields (ncu at L = 4096: its dq kernel runs
+    # 8 warps per SM at 188 registers, the forward 16 at 105, the key-side one 16 at 112)
     "g_q_r128": dict(maxreg_bwd_q=128),
     "g_q_r168": dict(maxreg_bwd_q=168),
     "g_q_w2": dict(warps_bwd_q=2),
@@ -78,6 +78,27 @@ VARIANTS = {
     "g_q_w1": dict(warps_bwd_q=1),
     "g_kv_w1": dict(warps_bwd_kv=1),
     "g_v7": dict(warps_bwd_q=4, warps_bwd_kv=4, maxreg_fwd=0),  # the gathered kernels as before the v8 sweep
+    # smaller query tiles (v9): fewer rows share a tile, so the union of their selected blocks covers fewer key
+    # tiles (random selections at L = 1024: ~28 of 32 causal blocks for 16 queries, ~13 for 4)
+    "bm8": dict(BM=8, R=32),
+    "bm8_bn16": dict(BM=8, R=32, BN=16, BNQ=16),
+    "bm8_bn16_w2": dict(BM=8, R=32, BN=16, BNQ=16, num_warps=2, warps_bwd_q=2, warps_bwd_kv=2),
+    "bm4": dict(BM=4, R=16),
+    "bm4_bn16": dict(BM=4, R=16, BN=16, BNQ=16),
+    # (the register caps of the 64-row tiles make the 1-warp kernels spill: compile_check, 168 / 72 B of stack)
+    "bm4_bn16_w1": dict(BM=4, R=16, BN=16, BNQ=16, num_warps=1, warps_bwd_q=1, warps_bwd_kv=1, maxreg_fwd=0,
+                        maxreg_bwd_q=0),
+    "bm4_bn16_w2": dict(BM=4, R=16, BN=16, BNQ=16, num_warps=2, warps_bwd_q=2, warps_bwd_kv=2, maxreg_bwd_q=0),
+    "bm4_w2": dict(BM=4, R=16, num_warps=2, warps_bwd_q=2, warps_bwd_kv=2, maxreg_bwd_q=0),
+    "bm8_w2": dict(BM=8, R=32, num_warps=2, warps_bwd_q=2, warps_bwd_kv=2),
+    # the backward's own query tiles (BMB; plan() takes 4-query, one-block tiles at L >= SMALL_BWD_MIN_SEQ_LEN)
+    "bwd_big": dict(BMB=16, RB=64, BNQ=32, BNK=32, warps_bwd_q=4, maxreg_bwd_q=128, warps_bwd_kv=2),
+    "bwd_small": dict(BMB=4, RB=16, BNQ=16, BNK=16, warps_bwd_q=1, maxreg_bwd_q=0, warps_bwd_kv=1),
+    "bwd_small_kv32": dict(BMB=4, RB=16, BNQ=16, BNK=32, warps_bwd_q=1, maxreg_bwd_q=0, warps_bwd_kv=1),
+    "fwd_big": dict(BM=16, R=64, BN=32, num_warps=4, maxreg_fwd=80),  # 16-query forward over 4-query union rows
+    "selq_fused": dict(SELQ_MIN_BM=1),  # the selection's dq share in the dq kernel at any query tile (v9: slower)
+    "bwd_small_fwd_bm8": dict(BM=8, R=32, BN=16, num_warps=2, BMB=4, RB=16, BNQ=16, BNK=16, warps_bwd_q=1,
+                              maxreg_bwd_q=0, warps_bwd_kv=1),
 }
 
 

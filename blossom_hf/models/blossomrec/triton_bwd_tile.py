@@ -17,8 +17,10 @@ if triton is not None:
         load_gate,
         ltis_tile_scores,
         program_row,
+        row_block_bits,
         stis_tile_scores,
         tile_flags,
+        tile_pair_flags,
         tile_rows,
     )
 
@@ -108,7 +110,7 @@ if triton is not None:
     def bwd_q_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, OL, OS, LSE, DQ, DGATE, DPS, CK, PSEL, LSEZ, UNION,
                           sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
                           sdb, sdh, sdt, sdd, scb, sch, scw, scd,
-                          L, H, G, M, scale, NQT, NWD,
+                          L, H, G, M, scale, NQT, NWD, UR: tl.constexpr,
                           GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
                           BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
                           NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
@@ -118,7 +120,8 @@ if triton is not None:
 
         With ``SELQ`` it also adds the selection's share of ``dq`` (the straight-through gradient through
         ``p = softmax(z̄)``, ``z̄ = τ <mean_h q, k~>``): ``dq_h += τ/g sum_w (c[w] - p_w sum_k p_k dp_k) k~_w``
-        with ``c[sel[t, k]] = p_k dp_k``, over window tiles of ``BW`` (needs ``BM >= 16`` for the products)."""
+        with ``c[sel[t, k]] = p_k dp_k``, over window tiles of ``BW`` (tensor-core products from ``BM >= 16``
+        queries, below that broadcast products summed in registers)."""
         pid_t = tl.program_id(0)
         bb, gam, seqlen = program_row(LENS, G, L)
         t0 = pid_t * BM
@@ -147,10 +150,10 @@ if triton is not None:
             dp_row = tl.zeros([R, NP], dtype=tl.float32)
             t_hi = tl.minimum(t0 + BM, seqlen) - 1
             own_first = (t0 // BLK) * BLK
-            urow = UNION + ((bb * G + gam) * NQT + pid_t) * NWD
+            urow = UNION + ((bb * G + gam) * NQT + pid_t * UR) * NWD
             for j0 in range(0, t_hi + 1, BN):
                 do_l, do_s, bits, jb0, has_sel, own_tile = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr, own_first,
-                                                                      urow, NWD, BLK, WIN, NSINK)
+                                                                      urow, NWD, BLK, WIN, NSINK, UR)
                 if do_l | do_s:
                     dq, dp_row = bwd_q_tile_step(
                         q, do, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, bits, jb0, own_tile, has_sel,
@@ -179,14 +182,20 @@ if triton is not None:
                         w = w0 + tl.arange(0, BW)
                         ck = tl.load(ck_base + w[:, None] * scw + d[None, :] * scd,
                                      mask=(w < M)[:, None] & dmask[None, :], other=0.0).to(tl.float32)  # [BW, DP]
-                        z = tl.dot(qm, tl.trans(ck), input_precision="ieee") * scale  # [BM, BW]
+                        if BM >= 16:  # tensor-core products need 16 rows
+                            z = tl.dot(qm, tl.trans(ck), input_precision="ieee") * scale  # [BM, BW]
+                        else:  # [BM, BW, DP] products summed over the head dim (tiny: e.g. 4 x 16 x 16)
+                            z = tl.sum(qm[:, None, :] * ck[None, :, :], 2) * scale
                         elig = tqok[:, None] & (w[None, :] < tlim[:, None]) & (w < M)[None, :]
                         dz = -tl.exp(tl.where(elig, z - lse_z[:, None], -1.0e30)) * c_sum[:, None]
                         for k in tl.static_range(NSEL):
                             sk = tl.sum(tl.where(cols[None, :] == k, selq, 0), 1)
                             pk = tl.sum(tl.where(cols[None, :] == k, pdp, 0.0), 1)
                             dz += tl.where(w[None, :] == sk[:, None], pk[:, None], 0.0)
-                        dqm += tl.dot(dz, ck, input_precision="ieee")
+                        if BM >= 16:
+                            dqm += tl.dot(dz, ck, input_precision="ieee")
+                        else:
+                            dqm += tl.sum(dz[:, :, None] * ck[None, :, :], 1)
                     # queries -> rows (the same vector for every head of the group)
                     dqm_rows = tl.reshape(tl.broadcast_to(dqm[:, None, :], [BM, GP, DP]), [R, DP])
                     dq += dqm_rows * (1.0 / GQ)
@@ -200,7 +209,7 @@ if triton is not None:
     def bwd_kv_tile_kernel(Q, K, V, GATE, SEL, LENS, DO, LSE, DGATE, DK, DV, UNION,
                            sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
                            sdb, sdh, sdt, sdd,
-                           L, H, G, scale, NQT, NWD,
+                           L, H, G, scale, NQT, NWD, UR: tl.constexpr,
                            GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
                            BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
                            NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
@@ -230,14 +239,16 @@ if triton is not None:
             scale2 = scale * 1.4426950408889634  # base-2 scores (exp2)
             for t0 in range((j0 // BM) * BM, seqlen, BM):
                 t = t0 + rows // GP  # [R]
-                row_ok = (hh < GQ) & (t < seqlen)
-                selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
-                               mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
                 t_hi = tl.minimum(t0 + BM, seqlen) - 1
-                urow = UNION + ((bb * G + gam) * NQT + t0 // BM) * NWD
-                do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j1, selr, (t0 // BLK) * BLK,
-                                                                           urow, NWD, BLK, WIN, NSINK)
+                urow = UNION + ((bb * G + gam) * NQT + (t0 // BM) * UR) * NWD
+                # the scalar test first: a query tile with no pair costs two scalar loads, not its selection
+                do_l, do_s, _sel_in_tile, own_tile = tile_pair_flags(t0, t_hi, j0, j1, (t0 // BLK) * BLK, urow, NWD,
+                                                                     BLK, WIN, NSINK, UR)
                 if do_l | do_s:
+                    row_ok = (hh < GQ) & (t < seqlen)
+                    selr = tl.load(SEL + (((bb * G + gam) * L + t) * NSEL)[:, None] + cols[None, :],
+                                   mask=row_ok[:, None] & (cols < NSEL)[None, :], other=-1)  # [R, NP]
+                    bits, jb0 = row_block_bits(selr, j0, j1, BLK)
                     dk, dv = bwd_kv_tile_step(
                         Q, DO, GATE, LSE, DGATE, bb, h, t, row_ok, kt, vt, j, d, dmask, bits, jb0, own_tile, do_l, do_s,
                         dk, dv, sqb, sqh, sqt, sqd, sdb, sdh, sdt, sdd, sgb, sgh, sgt, sgc, L, H, scale2, BLK, WIN,

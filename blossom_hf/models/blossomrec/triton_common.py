@@ -162,36 +162,52 @@ if triton is not None:
         return hi > x
 
     @triton.jit
-    def union_has_sel(UROW, jb0, jb1, NWD):
+    def union_has_sel(UROW, jb0, jb1, NWD, UR: tl.constexpr):
         """Scalar: a query of the tile selected one of the blocks ``jb0 .. jb1`` (at most 32 of them). ``UROW``
-        points at the tile's ``NWD`` union words (bit ``w % 32`` of word ``w // 32`` set when some real query of
-        the tile selected block ``w``; written by ``select_kernel``): two scalar loads instead of a reduction over
-        the tile's rows, which spans the warps (shared memory and two barriers on every tile)."""
-        lo = tl.load(UROW + jb0 // 32, mask=jb0 // 32 < NWD, other=0).to(tl.int64) & 0xFFFFFFFF
-        hi = tl.load(UROW + jb1 // 32, mask=jb1 // 32 < NWD, other=0).to(tl.int64)
-        span = (((hi << 32) | lo) >> (jb0 % 32)) & ((1 << (jb1 - jb0 + 1).to(tl.int64)) - 1)
+        points at the tile's ``UR`` rows of ``NWD`` union words (bit ``w % 32`` of word ``w // 32`` set when some real
+        query of the row selected block ``w``; written by ``select_kernel``): ``2 UR`` scalar loads instead of a
+        reduction over the tile's rows, which spans the warps (shared memory and two barriers on every tile)."""
+        lo = tl.zeros([], dtype=tl.int32)
+        hi = tl.zeros([], dtype=tl.int32)
+        for u in tl.static_range(UR):
+            lo = lo | tl.load(UROW + u * NWD + jb0 // 32, mask=jb0 // 32 < NWD, other=0)
+            hi = hi | tl.load(UROW + u * NWD + jb1 // 32, mask=jb1 // 32 < NWD, other=0)
+        both = (hi.to(tl.int64) << 32) | (lo.to(tl.int64) & 0xFFFFFFFF)
+        span = (both >> (jb0 % 32)) & ((tl.full([], 1, tl.int64) << (jb1 - jb0 + 1)) - 1)
         return span != 0
 
     @triton.jit
-    def tile_flags(t0, t_hi, j0, j1, selr, own_first, UROW, NWD, BLK: tl.constexpr, WIN: tl.constexpr,
-                   NSINK: tl.constexpr):
-        """Scalars for one (query tile, key tile) pair: can it hold an LTIS pair, an STIS pair?
-
-        Queries ``t0..t_hi`` (real ones), keys ``j0..j1``, ``selr [R, NP]`` the queries' selected blocks
-        (-1 = none), ``own_first`` the first key of the first query's own block, ``UROW``/``NWD`` the tile's
-        union words (:func:`union_has_sel`). Also returns ``bits [R]`` (bit ``i`` set when block ``j0 // BLK + i``
-        is selected by the row's query), ``has_sel`` (a row of the tile selected one of its blocks) and
-        ``own_tile`` (the tile can hold a pair of a query's own block).
-        """
-        jb0 = j0 // BLK
-        inr = (selr >= jb0) & (selr <= j1 // BLK)
-        bits = tl.sum(tl.where(inr, 1 << tl.where(inr, selr - jb0, 0), 0), 1)  # [R]
+    def tile_pair_flags(t0, t_hi, j0, j1, own_first, UROW, NWD, BLK: tl.constexpr, WIN: tl.constexpr,
+                        NSINK: tl.constexpr, UR: tl.constexpr):
+        """Scalars for one (query tile, key tile) pair, from the union words alone: can it hold an LTIS pair, an
+        STIS pair? Queries ``t0..t_hi`` (real ones), keys ``j0..j1``, ``own_first`` the first key of the first
+        query's own block, ``UROW``/``NWD`` the tile's ``UR`` rows of union words (:func:`union_has_sel`). Returns
+        ``do_l``, ``do_s``, ``has_sel`` (a row of the tile selected one of its blocks) and ``own_tile`` (the tile
+        can hold a pair of a query's own block). Needs no per-row load, so a key-side loop tests a query tile
+        before it loads anything of it."""
         own_tile = (j1 >= own_first) & (j0 <= t_hi) & (t0 // BLK <= j1 // BLK)
-        has_sel = union_has_sel(UROW, jb0, j1 // BLK, NWD)
+        has_sel = union_has_sel(UROW, j0 // BLK, j1 // BLK, NWD, UR)
         do_l = own_tile | has_sel
         lo = t0 - j1
         hi = t_hi - j0
         do_s = (hi >= 0) & ((lo < WIN) | (j0 < NSINK) | pow2_in_range(lo, hi))
+        return do_l, do_s, has_sel, own_tile
+
+    @triton.jit
+    def row_block_bits(selr, j0, j1, BLK: tl.constexpr):
+        """``bits [R]``: bit ``i`` set when block ``j0 // BLK + i`` (of the key tile ``j0..j1``) is selected by the
+        row's query (``selr [R, NP]``, -1 = none); and ``jb0 = j0 // BLK``."""
+        jb0 = j0 // BLK
+        inr = (selr >= jb0) & (selr <= j1 // BLK)
+        return tl.sum(tl.where(inr, 1 << tl.where(inr, selr - jb0, 0), 0), 1), jb0
+
+    @triton.jit
+    def tile_flags(t0, t_hi, j0, j1, selr, own_first, UROW, NWD, BLK: tl.constexpr, WIN: tl.constexpr,
+                   NSINK: tl.constexpr, UR: tl.constexpr):
+        """:func:`tile_pair_flags` and :func:`row_block_bits` of one (query tile, key tile) pair: ``do_l, do_s, bits,
+        jb0, has_sel, own_tile``."""
+        bits, jb0 = row_block_bits(selr, j0, j1, BLK)
+        do_l, do_s, has_sel, own_tile = tile_pair_flags(t0, t_hi, j0, j1, own_first, UROW, NWD, BLK, WIN, NSINK, UR)
         return do_l, do_s, bits, jb0, has_sel, own_tile
 
     @triton.jit

@@ -163,7 +163,7 @@ if triton is not None:
     @triton.jit
     def fwd_tile_kernel(Q, K, V, GATE, SEL, LENS, OUT, OL, OS, LSE, UNION,
                         sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sgb, sgh, sgt, sgc,
-                        L, H, G, scale, NQT, NWD,
+                        L, H, G, scale, NQT, NWD, UR: tl.constexpr,
                         GQ: tl.constexpr, GP: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr,
                         BLK: tl.constexpr, NSEL: tl.constexpr, NP: tl.constexpr, WIN: tl.constexpr,
                         NSINK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, R: tl.constexpr,
@@ -196,10 +196,10 @@ if triton is not None:
             acc_s = tl.zeros([R, DP], dtype=tl.float32)
             t_hi = tl.minimum(t0 + BM, seqlen) - 1
             own_first = (t0 // BLK) * BLK
-            urow = UNION + ((bb * G + gam) * NQT + pid_t) * NWD
+            urow = UNION + ((bb * G + gam) * NQT + pid_t * UR) * NWD
             for j0 in range(0, t_hi + 1, BN):  # key tiles without a pair of either set are skipped
                 do_l, do_s, bits, jb0, _sel_in_tile, own_tile = tile_flags(t0, t_hi, j0, j0 + BN - 1, selr,
-                                                                           own_first, urow, NWD, BLK, WIN, NSINK)
+                                                                           own_first, urow, NWD, BLK, WIN, NSINK, UR)
                 if do_l | do_s:
                     m_l, l_l, acc_l, m_s, l_s, acc_s = fwd_tile_step(
                         q, kb, vb, j0, seqlen, skt, skd, svt, svd, d, dmask, t, bits, jb0, own_tile, do_l, do_s,

@@ -15,8 +15,13 @@ from .attention_patterns import BlossomPattern
 from .triton_common import cdiv, next_pow2
 
 #: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
-#: crossover on an H200, docs/BENCHMARKS.md)
+#: crossover on an H200, docs/BENCHMARKS.md: in v9 the two operators are level at 2048, 4.3 ms, tile ahead at 1792,
+#: 4.0 against 4.3; the gathered step also launches ~40 more kernels, its inverse index's sorts among them)
 TILE_MAX_SEQ_LEN = 2048
+#: from these lengths on the tile strategy's backward, then its forward, use 4-query, one-block tiles (plan(); head
+#: dim 16, g = 4, bf16/fp16)
+SMALL_BWD_MIN_SEQ_LEN = 768
+SMALL_FWD_MIN_SEQ_LEN = 1024
 STRATEGIES = ("auto", "tile", "gather")
 
 
@@ -29,11 +34,15 @@ class TritonGeometry:
     GP: int  # g rounded up to a power of two (rows of one query in a tile)
     DP: int  # head dim rounded up to a power of two (>= 16)
     NP: int  # n rounded up to a power of two (>= 2)
-    # dense-tile strategy: BM queries x GP heads = R rows against BN keys (BNQ in the query-side backward)
+    # dense-tile strategy: the forward's BM queries x GP heads = R rows against BN keys; the backward's query tiles of
+    # BMB queries (RB rows) against BNQ keys (query side) and key tiles of BNK keys (key side)
     BM: int
     BN: int
     R: int
     BNQ: int
+    BMB: int
+    RB: int
+    BNK: int
     # gathered strategy (query-major): BQ queries x g heads = RG rows; gathered tiles of BQ x (b, far) keys
     BQ: int
     RG: int
@@ -70,6 +79,17 @@ class TritonGeometry:
     maxreg_fwd: int = 0
     maxreg_bwd_q: int = 0
     maxreg_bwd_kv: int = 0
+    # the tile dq kernel adds the selection's share of dq when its query tiles hold >= SELQ_MIN_BM queries, else
+    # select_bwd_q_kernel runs after it. Below 16 queries the share is broadcast products summed in registers: at 4
+    # queries and 1 warp that made the dq kernel 0.88 -> 1.25 ms at L = 1024, against 0.11 for the separate kernel
+    # (v9 sweep, H200), so plan() keeps 16
+    SELQ_MIN_BM: int = 16
+
+    @property
+    def UBM(self) -> int:  # noqa: N802 (a kernel constant, named like the others)
+        """Queries per row of the union words: the smaller of the forward's and the backward's query tiles (both
+        powers of two), so a kernel's tile covers a whole number of rows (``BM // UBM``, ``BMB // UBM``)."""
+        return min(self.BM, self.BMB)
 
 
 def _regs(cap: int) -> dict:
@@ -131,19 +151,33 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     # 16 rows); its key-side kernel with 2 warps 1.04 -> 0.52 (1 warp: the same); its forward capped at 80 registers
     # 2.00 -> 1.74 (not the serving path: unmeasured)
     gather16 = not tile and dp == 16 and itemsize == 2  # bf16/fp16 (fp32 at 1 warp spills: not measured)
+    # the tile backward at L >= SMALL_BWD_MIN_SEQ_LEN, head dim 16, 4 heads per kv head, bf16/fp16 (v9 sweep, H200):
+    # 4-query tiles (16 rows) against one-block (16-key) tiles at 1 warp visit fewer masked-out scores (fewer rows
+    # share a tile's union of selected blocks): dq kernel 1.13 -> 0.88 ms (+0.11 for the selection's share, then its
+    # own kernel), dk/dv kernel 1.15 -> 1.01 at L = 1024; 1.77 -> 1.23 and 1.90 -> 1.42 at 2048; at 512 no gain
+    small_bwd = tile and dp == 16 and gp == 4 and itemsize == 2 and seq_len >= SMALL_BWD_MIN_SEQ_LEN
+    bmb = 4 if small_bwd else bm
+    bnk = 16 if small_bwd else bn
+    # from SMALL_FWD_MIN_SEQ_LEN on the forward too (1 warp, no register cap: capped at 80 it spills): 0.70 -> 0.72 ms
+    # at 1024 (but 0.77 as a 16-query tile reading four 4-query rows of union words), 1.08 -> 1.01 at 2048; at 512
+    # 0.48 -> 0.56, so shorter histories keep 16-query tiles (union words at 4 queries, read 4 rows at a time)
+    small_fwd = small_bwd and seq_len >= SMALL_FWD_MIN_SEQ_LEN
+    if small_fwd:
+        bm, bn = 4, 16
     return TritonGeometry(
         strategy=strategy, g=g, GP=gp, DP=dp, NP=max(2, next_pow2(pattern.num_selected_blocks)),
-        BM=bm, BN=bn, R=bm * gp, BNQ=bn,
+        BM=bm, BN=bn, R=bm * gp, BNQ=bnk, BMB=bmb, RB=bmb * gp, BNK=bnk,
         BQ=bq, RG=max(16, next_pow2(bq * g)), BQP=max(2, bq), BP=max(next_pow2(b), -(-16 // bq)),
         KO=max(16, next_pow2(b if b % bq == 0 else b - 1 + bq)), KN=max(16, next_pow2(w - 1 + bq)), P0=p0,
         NFP=0 if nf == 0 else max(next_pow2(nf), -(-16 // bq)), SP=max(16, next_pow2(pattern.stis_num_sinks)),
         CQ=cq, RK=max(16, next_pow2(cq * g)), BK=16, DN=dn, PF0=pf0, NFK=nfk, BP5=max(16, next_pow2(b)), CH=256,
         TQ=tq, BW=bw, BWB=bw, warps_select=2 if small else 4, warps_select_bwd=2 if small else 4,
         # the fields are shared by the two strategies, the measurements are not (other head dims: 4 warps, no caps)
-        warps_bwd_q=(4 if dp == 16 else 2 if small else 4) if tile else 1 if gather16 else 4,
-        maxreg_bwd_q=128 if dp == 16 and tile else 0,
-        warps_bwd_kv=2 if (small and tile) or gather16 else 4,
-        maxreg_fwd=80 if dp == 16 and itemsize == 2 and (tile or not serving) else 0,
+        warps_bwd_q=1 if small_bwd else (4 if dp == 16 else 2 if small else 4) if tile else 1 if gather16 else 4,
+        maxreg_bwd_q=128 if dp == 16 and tile and not small_bwd else 0,
+        warps_bwd_kv=1 if small_bwd else 2 if (small and tile) or gather16 else 4,
+        num_warps=1 if small_fwd else 4,
+        maxreg_fwd=80 if dp == 16 and itemsize == 2 and (tile or not serving) and not small_fwd else 0,
     )
 
 
@@ -162,8 +196,11 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
     psel = torch.empty(batch, groups, num_queries, n, dtype=torch.float32, device=device)
     lse_z = torch.empty(batch, groups, num_queries, dtype=torch.float32, device=device)
     tiles = geo.strategy == "tile" and positions is None
-    union = (torch.zeros(batch, groups, cdiv(num_queries, geo.BM), max(1, cdiv(num_windows, 32)), dtype=torch.int32,
-                         device=device) if tiles else None)
+    # one row of words per UBM queries, padded to whole tiles of the larger of the two query tiles (the extra rows
+    # stay 0), so a kernel reads its tile's BM // UBM rows without bounds checks
+    big = max(geo.BM, geo.BMB)
+    union = (torch.zeros(batch, groups, cdiv(num_queries, big) * (big // geo.UBM), max(1, cdiv(num_windows, 32)),
+                         dtype=torch.int32, device=device) if tiles else None)
     if num_windows == 0:
         if selected_blocks is not None:
             sel.copy_(selected_blocks.to(device=device, dtype=torch.int32))
@@ -189,8 +226,8 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
         UNION=sel if union is None else union, **_position_args(positions, lens), **_qs(query),
         **_cs(compressed_key), L=seq_len, QN=num_queries, M=num_windows, G=groups, scale=float(scaling),
         **_union_shape(union), GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, BLK=pattern.block_size, NSEL=n, NP=geo.NP,
-        TQ=geo.TQ, BW=geo.BW, HAS_SEL=has_sel, HAS_POS=positions is not None, UBM=geo.BM if tiles else 0,
-        UQG=min(geo.TQ, geo.BM), num_warps=geo.warps_select,
+        TQ=geo.TQ, BW=geo.BW, HAS_SEL=has_sel, HAS_POS=positions is not None, UBM=geo.UBM if tiles else 0,
+        num_warps=geo.warps_select,
     )
     return sel, psel, lse_z, union
 
@@ -207,8 +244,15 @@ def _position_args(positions, placeholder) -> dict:
     return dict(POS=positions, spb=int(positions.stride(0)), spt=int(positions.stride(1)))
 
 
+@lru_cache
+def _stride_names(prefix: str, names: str) -> tuple[str, ...]:
+    return tuple(prefix + c for c in names)
+
+
 def _named_strides(prefix: str, x: torch.Tensor, names: str) -> dict[str, int]:
-    return {prefix + c: int(s) for c, s in zip(names, x.stride(), strict=True)}
+    """``{prefix + name: stride}`` of ``x`` (built ~14 times a layer step: the names are cached, the strides are
+    Python ints already)."""
+    return dict(zip(_stride_names(prefix, names), x.stride(), strict=True))
 
 
 def _qs(x):
@@ -306,7 +350,8 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
         if union is None:
             raise ValueError("the dense-tile forward needs the union words of launch_select")
         kfwd.fwd_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
-            **common, UNION=union, **_union_shape(union), GP=geo.GP, NP=geo.NP, BM=geo.BM, BN=geo.BN, R=geo.R,
+            **common, UNION=union, **_union_shape(union), UR=geo.BM // geo.UBM, GP=geo.GP, NP=geo.NP, BM=geo.BM,
+            BN=geo.BN, R=geo.R,
             num_warps=geo.num_warps, **_regs(geo.maxreg_fwd))
     else:
         kfwd.fwd_gather_kernel[(cdiv(num_queries, geo.BQ), batch * groups)](
@@ -358,15 +403,15 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     q_args = dict(Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, OL=o_l, OS=o_s, LSE=lse, DQ=dq,
                   DGATE=dgate, DPS=dps, **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
                   NSEL=n, NP=geo.NP, WIN=win, NSINK=nsink, ST=st, PREC=prec)
-    # the tile strategy folds the selection's share of dq into its dq kernel (needs >= 16 queries a tile)
-    fused_selq = geo.strategy == "tile" and st and need_q and geo.BM >= 16
+    # the tile strategy folds the selection's share of dq into its dq kernel (from SELQ_MIN_BM queries a tile)
+    fused_selq = geo.strategy == "tile" and st and need_q and geo.BMB >= geo.SELQ_MIN_BM
     if geo.strategy == "tile":
         if union is None:
             raise ValueError("the dense-tile backward needs the union words of launch_select")
-        kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
+        kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BMB), batch * groups)](
             **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, UNION=union, **_union_shape(union),
-            **_cs(compressed_key), M=num_windows,
-            GP=geo.GP, BM=geo.BM, BN=geo.BNQ, R=geo.R, BW=geo.BWB, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
+            UR=geo.BMB // geo.UBM, **_cs(compressed_key), M=num_windows,
+            GP=geo.GP, BM=geo.BMB, BN=geo.BNQ, R=geo.RB, BW=geo.BWB, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
             **_regs(geo.maxreg_bwd_q))
     else:
         kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
@@ -385,11 +430,12 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     if geo.strategy == "tile":
         dk = torch.empty_like(key)
         dv = torch.empty_like(value)
-        kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BN), batch * groups)](
+        kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BNK), batch * groups)](
             Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
-            UNION=union, **_union_shape(union), **strides, L=seq_len, H=heads, G=groups, scale=scaling, **shape,
+            UNION=union, **_union_shape(union), UR=geo.BMB // geo.UBM, **strides, L=seq_len, H=heads, G=groups,
+            scale=scaling, **shape,
             GP=geo.GP, NSEL=n, NP=geo.NP,
-            WIN=win, NSINK=nsink, BM=geo.BM, BN=geo.BN, R=geo.R, PREC=prec, num_warps=geo.warps_bwd_kv,
+            WIN=win, NSINK=nsink, BM=geo.BMB, BN=geo.BNK, R=geo.RB, PREC=prec, num_warps=geo.warps_bwd_kv,
             **_regs(geo.maxreg_bwd_kv),
         )
     else:

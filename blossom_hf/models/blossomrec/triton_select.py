@@ -59,29 +59,19 @@ if triton is not None:
         return (order ^ ((order >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def bit_or(a, b):
-        return a | b
-
-    @triton.jit
-    def store_union_words(UNION, sel, tok, bb, gam, G, t0, L, NQT, NWD, UBM: tl.constexpr, UQG: tl.constexpr,
-                          TQ: tl.constexpr, NP: tl.constexpr):
-        """OR the selected blocks of queries ``t0 .. t0+TQ-1`` (``sel [TQ, NP]``, real queries ``tok``) into the union
-        words ``UNION [B, G, NQT, NWD]`` of their query tiles of ``UBM`` queries (bit ``w % 32`` of word ``w // 32``:
-        block ``w``), in partials of ``UQG = min(TQ, UBM)`` consecutive queries: a row's word is the sum of its
-        bits (a query's blocks are distinct), a partial's word the OR of its rows' (one scalar atomic OR per partial
-        and word, none where the partial selects nothing in that word). Read by
-        :func:`triton_common.union_has_sel`."""
+    def store_union_words(UNION, sel, tok, bb, gam, G, tq, NQT, NWD, UBM: tl.constexpr):
+        """OR the selected blocks of the queries ``tq [TQ]`` (``sel [TQ, NP]``, real queries ``tok``) into the union
+        words ``UNION [B, G, NQT, NWD]``, one row of ``NWD`` words per ``UBM`` queries (bit ``w % 32`` of word
+        ``w // 32``: block ``w``). A query's word is the sum of its bits (its blocks are distinct); each query ORs it
+        into its row with one atomic (none where it selects nothing in that word): no reduction across the
+        program's rows, whatever ``UBM``. Read by :func:`triton_common.union_has_sel`."""
         use = tok[:, None] & (sel >= 0)
         word = tl.where(use, sel // 32, -1)
         bit = 1 << tl.where(use, sel % 32, 0)
-        part_of = tl.arange(0, TQ) // UQG  # [TQ] the row's partial
+        row = UNION + ((bb * G + gam) * NQT + tq // UBM) * NWD  # [TQ] pointers to the rows' first words
         for k in range(NWD):
             row_word = tl.sum(tl.where(word == k, bit, 0), 1)  # [TQ]
-            for p in tl.static_range(TQ // UQG):
-                part = tl.reduce(tl.where(part_of == p, row_word, 0), 0, bit_or)
-                first = t0 + p * UQG
-                tl.atomic_or(UNION + ((bb * G + gam) * NQT + first // UBM) * NWD + k, part,
-                             mask=(first < L) & (part != 0))
+            tl.atomic_or(row + k, row_word, mask=row_word != 0)
 
     @triton.jit
     def select_kernel(Q, CK, LENS, SEL_IN, SEL, PSEL, LSEZ, POS, UNION,
@@ -89,7 +79,7 @@ if triton is not None:
                       L, QN, M, G, scale, NQT, NWD,
                       GQ: tl.constexpr, HEAD_D: tl.constexpr, DP: tl.constexpr, BLK: tl.constexpr,
                       NSEL: tl.constexpr, NP: tl.constexpr, TQ: tl.constexpr, BW: tl.constexpr,
-                      HAS_SEL: tl.constexpr, HAS_POS: tl.constexpr, UBM: tl.constexpr, UQG: tl.constexpr):
+                      HAS_SEL: tl.constexpr, HAS_POS: tl.constexpr, UBM: tl.constexpr):
         """Top-n selection of ``TQ`` queries of one (batch row, kv head), windows in tiles of ``BW`` merged into a
         running top-n of packed (score, window) keys (:func:`packed_keys`). With ``HAS_SEL``
         the given selection is kept and only its probabilities are computed. With ``HAS_POS`` (serving path)
@@ -166,7 +156,7 @@ if triton is not None:
         tl.store(PSEL + row_base[:, None] + cols[None, :], p, mask=smask)
         tl.store(LSEZ + (bb * G + gam) * QN + tq, lse, mask=tin)
         if UBM > 0:
-            store_union_words(UNION, sel_out, tok, bb, gam, G, t0, L, NQT, NWD, UBM, UQG, TQ, NP)
+            store_union_words(UNION, sel_out, tok, bb, gam, G, tq, NQT, NWD, UBM)
 
 
     @triton.jit
