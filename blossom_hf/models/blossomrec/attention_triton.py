@@ -12,7 +12,10 @@ and the registration; the launches and the kernels are in flat files beside it:
 Strategy (:func:`plan`): histories up to :data:`TILE_MAX_SEQ_LEN` use FlashAttention-style dense key tiles
 with the LTIS/STIS masks computed in registers and empty tiles skipped (short histories pay no gather
 machinery); longer ones use per-query gathered key sets (work linear in ``L``). Both compute the same
-function; ``strategy="tile"`` / ``"gather"`` forces one.
+function; ``strategy="tile"`` / ``"gather"`` forces one. The dense tiles are 16 queries x the group's heads up to
+L = 512; from ``SMALL_BWD_MIN_SEQ_LEN`` (backward) and ``SMALL_FWD_MIN_SEQ_LEN`` (forward) they are 4 queries x 4 heads
+against one-block key tiles at 1 warp (head dim 16, bf16/fp16), so fewer queries share each tile's union of selected
+blocks and fewer masked-out scores are visited.
 
 Memory is linear in ``L``: no ``L x L`` or ``L x L/b`` tensor exists in the forward or the backward. What is
 kept for the backward: the inputs, the two branch outputs ``o_L, o_S`` (input dtype), per-row logsumexps,
