@@ -154,7 +154,8 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
     # the tile backward at L >= SMALL_BWD_MIN_SEQ_LEN, head dim 16, 4 heads per kv head, bf16/fp16 (v9 sweep, H200):
     # 4-query tiles (16 rows) against one-block (16-key) tiles at 1 warp visit fewer masked-out scores (fewer rows
     # share a tile's union of selected blocks): dq kernel 1.13 -> 0.88 ms (+0.11 for the selection's share, then its
-    # own kernel), dk/dv kernel 1.15 -> 1.01 at L = 1024; 1.77 -> 1.23 and 1.90 -> 1.42 at 2048; at 512 no gain
+    # own kernel), dk/dv kernel 1.15 -> 1.01 at L = 1024; 1.77 -> 1.23 and 1.90 -> 1.42 at 2048; the operator 2.77 ->
+    # 2.70 at 768, but 2.15 -> 2.21 at 512
     small_bwd = tile and dp == 16 and gp == 4 and itemsize == 2 and seq_len >= SMALL_BWD_MIN_SEQ_LEN
     bmb = 4 if small_bwd else bm
     bnk = 16 if small_bwd else bn
@@ -184,9 +185,10 @@ def plan(heads: int, groups: int, seq_len: int, head_dim: int, pattern: BlossomP
 def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, selected_blocks, positions=None,
                   seq_len=None):
     """LTIS selection ``sel [B, G, Q, n]`` (int32), its probabilities, the logsumexp of the scores and (dense-tile
-    strategy, else None) the union words ``[B, G, cdiv(Q, BM), cdiv(M, 32)]`` int32 of the selected blocks of each
-    query tile, for the ``Q`` query rows of ``query`` (positions ``0..L-1``, or ``positions [B, Q]`` with the key
-    length ``seq_len`` on the serving path)."""
+    strategy, else None) the union words ``[B, G, rows, cdiv(M, 32)]`` int32 of the selected blocks of each row of
+    ``geo.UBM`` queries (``rows``: whole tiles of the larger query tile, the extra rows 0), for the ``Q`` query rows
+    of ``query`` (positions ``0..L-1``, or ``positions [B, Q]`` with the key length ``seq_len`` on the serving
+    path)."""
     batch, heads, num_queries, head_dim = query.shape
     groups, num_windows = compressed_key.shape[1], compressed_key.shape[2]
     seq_len = num_queries if seq_len is None else seq_len
