@@ -299,22 +299,32 @@ def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
     rotary = BlossomRecRotaryEmbedding(config).cuda()(seq_len, torch.device("cuda"))
     pattern = BlossomPattern.from_config(config)
     results = []
+    # (windows + gate kernels, query and gate in one product, the autograd nodes that must then appear)
+    configs = [(True, True, {"CompressorWindowsBackward", "QueryGateBackward"}),
+               (True, False, {"CompressorWindowsBackward", "GateSigmoidBackward"}),
+               (False, False, set())]
+    fused_nodes = {"CompressorWindowsBackward", "QueryGateBackward", "GateSigmoidBackward"}
     try:
-        for fused in (True, False):
+        for fused, query_gate, expected in configs:
             layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = fused
+            layers.FUSED_QUERY_GATE = query_gate
             layer.zero_grad(set_to_none=True)
             xin = x.clone().requires_grad_()
             out = layer(xin, rotary, mask, lengths, pattern)
             nodes = _graph_nodes(out)
-            assert ({"CompressorWindowsBackward", "GateSigmoidBackward"} <= nodes) == fused, nodes
+            assert nodes & fused_nodes == expected, nodes
             out.backward(grad)
             results.append((out.detach(), xin.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
     finally:
-        layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = True
-    (out_f, dx_f, grads_f), (out_r, dx_r, grads_r) = results
+        layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = layers.FUSED_QUERY_GATE = True
+    for name, (out_f, dx_f, grads_f) in zip(("all fused", "no query gate"), results[:2], strict=True):
+        _check_fused_layer(name, backend, dtype, out_f, dx_f, grads_f, *results[2])
+
+
+def _check_fused_layer(name, backend, dtype, out_f, dx_f, grads_f, out_r, dx_r, grads_r):
     errors = {"output": _rel(out_f, out_r), "d_x": _rel(dx_f, dx_r)}
     errors.update({f"d_{n}": _rel(grads_f[n], grads_r[n]) for n in grads_r})
-    _record({"test": "fused_layer_ops", "backend": backend, "dtype": str(dtype), **errors})
+    _record({"test": "fused_layer_ops", "config": name, "backend": backend, "dtype": str(dtype), **errors})
     out_bound, grad_bound = (1e-5, 1e-4) if dtype == torch.float32 else (1e-2, 2e-2)
     assert errors["output"] <= out_bound, errors
     # fc2's bias gradient is the sum of d k~ over all windows: 0 in exact arithmetic (each query's selection-softmax
@@ -322,7 +332,7 @@ def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
     # against the size of fc2's weight gradient instead
     bias = "d_compressor.fc2.bias"
     assert max(v for k, v in errors.items() if k not in ("output", bias)) <= grad_bound, errors
-    name = "compressor.fc2."
-    assert float((grads_f[name + "bias"] - grads_r[name + "bias"]).norm()) <= grad_bound * float(
-        grads_r[name + "weight"].norm()), errors
+    fc2 = "compressor.fc2."
+    assert float((grads_f[fc2 + "bias"] - grads_r[fc2 + "bias"]).norm()) <= grad_bound * float(
+        grads_r[fc2 + "weight"].norm()), errors
 

@@ -111,3 +111,33 @@ def test_fused_gate_matches_the_pytorch_ops(generator, dtype):
     assert ga.dtype == dtype and ga.is_contiguous()
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(ga.float(), gb.float(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@needs_interpreter
+def test_fused_query_gate_matches_the_pytorch_ops(generator, dtype):
+    """triton_layer_ops.QueryGate (the query columns of one [Wq; Wg] product as a view, the gate from the other
+    columns plus the bias in the gate kernel) and its backward (d both in one buffer, d bias as an fp32 sum) against
+    the slice, add and sigmoid in PyTorch ops."""
+    from blossom_hf.models.blossomrec.triton_layer_ops import QueryGate
+
+    batch, num_queries, heads, head_dim = 2, 5, 3, 4
+    width = heads * head_dim
+    both = (3 * torch.randn(batch, num_queries, width + 2 * heads, generator=generator)).to(dtype)
+    bias = torch.randn(2 * heads, generator=generator)
+    ba, bb = both.clone().requires_grad_(), both.clone().requires_grad_()
+    pa, pb = bias.clone().requires_grad_(), bias.clone().requires_grad_()
+    query, gate = QueryGate.apply(ba, pa, heads)
+    want_q = bb[..., :width]
+    want_gate = torch.sigmoid(bb[..., width:].float() + pb).view(batch, num_queries, heads, 2).transpose(1, 2)
+    assert query.dtype == dtype and torch.equal(query, want_q.detach())
+    assert gate.dtype == torch.float32 and gate.stride() == want_gate.stride()
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(gate, want_gate, rtol=1e-6, atol=1e-6)
+    gq = torch.randn(query.shape, generator=generator).to(dtype)
+    gg = torch.randn(batch, heads, num_queries, 2, generator=generator)
+    da = torch.autograd.grad((query, gate), (ba, pa), (gq, gg))
+    db = torch.autograd.grad((want_q, want_gate), (bb, pb), (gq, gg))
+    assert da[0].dtype == dtype and da[1].dtype == torch.float32
+    torch.testing.assert_close(da[0].float(), db[0].float(), **tol)
+    torch.testing.assert_close(da[1], db[1], **tol)

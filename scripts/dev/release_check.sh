@@ -30,7 +30,8 @@ if [[ $SECTIONS == *" tests "* ]]; then
   triton_pid="" sdpa_pid=""
   if [[ $TESTS == *" triton "* ]]; then
     BLOSSOM_PARITY_JSON="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-170}" python -m pytest -m gpu -q -p no:cacheprovider \
-      -rfE tests/test_triton_gpu.py tests/test_cuda_graphs.py tests/test_fused_losses.py > "$OUT/triton_tests.log" 2>&1 &
+      -rfE tests/test_triton_gpu.py tests/test_triton_fast_launch.py tests/test_cuda_graphs.py tests/test_fused_losses.py \
+      > "$OUT/triton_tests.log" 2>&1 &
     triton_pid=$!
   fi
   if [[ $TESTS == *" sdpa "* ]]; then

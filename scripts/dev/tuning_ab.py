@@ -45,18 +45,31 @@ def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
 #: without a flag ignores it, so the same section runs on an older checkout as the baseline process
 #: (``--ab-variants fused`` there)
 OPS_VARIANTS = {
-    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True),
-    "ops-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False),
-    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True),
-    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False),
+    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
+    "ops-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
+    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
+    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
+    # v10: the query and the gate in one product (layers_blossomrec.FUSED_QUERY_GATE) and the direct launch of the
+    # kept compiled kernels (triton_fast_launch.ENABLED); "fused" above is v9's state
+    "v10": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=True, FAST_LAUNCH=True),
+    "v10-no-direct": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=True, FAST_LAUNCH=False),
+    "v10-no-qgate": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=False, FAST_LAUNCH=True),
 }
 
 
 def _set_flags(flags: dict) -> None:
+    """Set a variant's switches: the layer's module flags, and ``FAST_LAUNCH`` as triton_fast_launch.ENABLED (each
+    only where the checkout has it)."""
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
 
     for name, value in flags.items():
-        if hasattr(layers, name):
+        if name == "FAST_LAUNCH":
+            try:
+                from blossom_hf.models.blossomrec import triton_fast_launch
+            except ImportError:  # an older checkout
+                continue
+            triton_fast_launch.ENABLED = value
+        elif hasattr(layers, name):
             setattr(layers, name, value)
 
 
@@ -127,7 +140,7 @@ def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3
                 res = measure(steps[key][0], 3, 10, steps[key][1])
                 times[key].append(res["ms"])
                 peaks[key] = res["peak_mib"]
-        _set_flags(OPS_VARIANTS["fused"])
+        _set_flags(OPS_VARIANTS["v10"])
         for key, *_ in rows:
             _emit(out, {"section": "ops-ab", "tree": tag, "case": kind, "L": seq_len, "row": key,
                         "ms": round(statistics.median(times[key]), 3), "rounds": [round(t, 3) for t in times[key]],
@@ -167,6 +180,22 @@ def launch_overhead(out: Path, calls: int = 300) -> None:
             k, lengths, position, pattern.block_size, pattern.compression_window)
     except ImportError:  # an older checkout (the baseline of an A/B)
         pass
+    try:
+        from blossom_hf.models.blossomrec import triton_fast_launch
+    except ImportError:  # an older checkout
+        triton_fast_launch = None
+    if triton_fast_launch is not None:  # the same calls through triton's kernel[grid] and the direct launch
+
+        def switched(fn, enabled):
+            def call():
+                triton_fast_launch.ENABLED = enabled
+                return fn()
+            return call
+
+        for name in [n for n in cases if "one launch" in n or "select + forward" in n]:
+            fn = cases.pop(name)
+            cases[name + ", kernel[grid]"] = switched(fn, False)
+            cases[name + ", direct launch"] = switched(fn, True)
     with torch.no_grad():
         for name, fn in cases.items():
             for _ in range(20):
@@ -178,3 +207,5 @@ def launch_overhead(out: Path, calls: int = 300) -> None:
             torch.cuda.synchronize()
             per_call = (time.perf_counter() - t0) / calls
             _emit(out, {"section": "launch", "case": name, "us_per_call": round(per_call * 1e6, 1)})
+    if triton_fast_launch is not None:
+        triton_fast_launch.ENABLED = True

@@ -82,6 +82,12 @@ FUSED_COMPRESSOR_WINDOWS = True
 #: CUDA tensors compute the gate ``sigmoid(logits.float())`` in one Triton kernel each way
 #: (``triton_layer_ops.GateSigmoid``; the backward writes ``d logits`` in their layout and dtype directly).
 FUSED_GATE = True
+#: CUDA tensors project the query and the gate logits in one matrix product (``x [Wq; Wg]^T``, the two weights
+#: concatenated at each call; ``triton_layer_ops.QueryGate``: the gate's bias is added inside the gate kernel)
+#: instead of ``q_proj`` and ``gate_proj`` apart: one GEMM fewer forward and two fewer backward, and under autocast
+#: one cast of the input and of the weights instead of two. The same products; the gate logits are no longer rounded
+#: to the input dtype before the bias is added (one rounding fewer). Needs :data:`FUSED_GATE`.
+FUSED_QUERY_GATE = True
 _LAYER_OPS: list = []  # [the triton_rope / triton_layer_ops functions] once imported, or [None] where triton is missing
 
 
@@ -95,12 +101,12 @@ def _fused_layer_ops():
             logger.info("RoPE, the compressor windows and the gate on CUDA run as PyTorch ops (%s), not the fused "
                         "kernels", "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
         else:
-            from .triton_layer_ops import CompressorWindows, GateSigmoid, launch_gate
+            from .triton_layer_ops import CompressorWindows, GateSigmoid, QueryGate, launch_gate
             from .triton_rope import FusedRotary, FusedRotaryPair, launch_rope
 
             _LAYER_OPS.append(SimpleNamespace(FusedRotary=FusedRotary, FusedRotaryPair=FusedRotaryPair,
                                          launch_rope=launch_rope, CompressorWindows=CompressorWindows,
-                                         GateSigmoid=GateSigmoid, launch_gate=launch_gate))
+                                         GateSigmoid=GateSigmoid, QueryGate=QueryGate, launch_gate=launch_gate))
     return _LAYER_OPS[0]
 
 
@@ -231,7 +237,8 @@ class BlossomRecAttention(nn.Module):
             query_states = take_positions(hidden_states, query_positions)
             q_cos, q_sin = cos[query_positions][:, None], sin[query_positions][:, None]  # [B, 1, Q, D]
         num_queries = query_states.shape[1]
-        query = self.q_proj(query_states).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        query, gate = self._query_and_gate(query_states)
+        query = query.view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pair(query, key, q_cos, q_sin, cos, sin)
 
         extra = {"lengths": lengths, "pattern": pattern, "compressed_key": None, "gate": None}
@@ -243,7 +250,7 @@ class BlossomRecAttention(nn.Module):
             else:  # inference where the top-n keeps every eligible window whatever the scores: nothing reads them
                 extra["compressed_key"] = key.new_zeros(batch, self.num_key_value_heads, seq_len // pattern.block_size,
                                                         self.head_dim)
-            extra["gate"] = blossom_gate(self.gate_proj(query_states), self.num_heads)  # [B, H, Q, 2] fp32
+            extra["gate"] = gate  # [B, H, Q, 2] fp32
 
         attention_interface = get_attention_backend(self.config._attn_implementation).function
         attn_output, _ = attention_interface(
@@ -251,6 +258,22 @@ class BlossomRecAttention(nn.Module):
         )
         attn_output = attn_output.reshape(batch, num_queries, -1).to(hidden_states.dtype)
         return self.o_proj(attn_output)
+
+
+    def _query_and_gate(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(q_proj(states) [B, Q, H*D], gate [B, H, Q, 2] fp32 or None for attention_type="full")``: on CUDA one
+        product for both (:data:`FUSED_QUERY_GATE`), else the two linear layers and :func:`blossom_gate`."""
+        if self.config.attention_type != "blossom":
+            return self.q_proj(states), None
+        if (FUSED_QUERY_GATE and FUSED_GATE and states.is_cuda and _eager_mode()
+                and (ops := _fused_layer_ops()) is not None):
+            weight = torch.cat([self.q_proj.weight, self.gate_proj.weight])
+            both = F.linear(states, weight)  # [B, Q, H*D + 2H]
+            if torch.is_grad_enabled() and (both.requires_grad or self.gate_proj.bias.requires_grad):
+                return ops.QueryGate.apply(both, self.gate_proj.bias, self.num_heads)
+            width = both.shape[-1] - 2 * self.num_heads
+            return both[..., :width], ops.launch_gate(both[..., width:], self.num_heads, self.gate_proj.bias)
+        return self.q_proj(states), blossom_gate(self.gate_proj(states), self.num_heads)
 
 
 def take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 
 from .attention_patterns import BlossomPattern
 from .triton_common import cdiv, next_pow2
+from .triton_fast_launch import launch
 
 #: histories up to this length use the dense-tile strategy, longer ones the gathered one (measured
 #: crossover on an H200, docs/BENCHMARKS.md: in v9 the two operators are level at 2048, 4.3 ms, tile ahead at 1792,
@@ -223,7 +224,7 @@ def launch_select(ksel, geo, query, compressed_key, lens, scaling, pattern, sele
         if bool((sel_in >= num_windows).any()):
             raise ValueError(f"selected_blocks holds a block index >= L // block_size = {num_windows}")
     grid = (cdiv(num_queries, geo.TQ), batch * groups)
-    ksel.select_kernel[grid](
+    launch(ksel.select_kernel, grid,
         Q=query, CK=compressed_key, LENS=lens, SEL_IN=sel_in, SEL=sel, PSEL=psel, LSEZ=lse_z,
         UNION=sel if union is None else union, **_position_args(positions, lens), **_qs(query),
         **_cs(compressed_key), L=seq_len, QN=num_queries, M=num_windows, G=groups, scale=float(scaling),
@@ -305,17 +306,17 @@ def _gather_kv_backward(kbg, geo, query, key, value, gate, lens, do, lse, dgate,
     dv = torch.empty_like(dk)
     base = dict(Q=query, K=key, V=value, GATE=gate, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv, **strides,
                 L=seq_len, H=heads, G=groups, scale=scaling, PREC=prec, num_warps=geo.num_warps)
-    kbg.bwd_kv_gather_kernel[(cdiv(seq_len, geo.BK), batch * groups)](
+    launch(kbg.bwd_kv_gather_kernel, (cdiv(seq_len, geo.BK), batch * groups),
         **{**base, "num_warps": geo.warps_bwd_kv}, LENS=lens, NFK=geo.NFK, **shape, WIN=pattern.stis_window,
         DN=geo.DN, PF0=geo.PF0, BK=geo.BK, CQ=geo.CQ, R=geo.RK, **_regs(geo.maxreg_bwd_kv),
     )
     if num_windows > 0:
         offsets, queries = _inverse_selection(sel, num_windows)
-        kbg.bwd_sel_kv_gather_kernel[(batch * groups * num_windows,)](
+        launch(kbg.bwd_sel_kv_gather_kernel, (batch * groups * num_windows,),
             **base, OFFS=offsets, TLIST=queries, M=num_windows, **shape, BP=geo.BP5, CQ=geo.CQ, R=geo.RK,
         )
     if pattern.stis_num_sinks > 0:
-        kbg.bwd_sink_kv_gather_kernel[(cdiv(seq_len, geo.CH), batch * groups)](
+        launch(kbg.bwd_sink_kv_gather_kernel, (cdiv(seq_len, geo.CH), batch * groups),
             **base, LENS=lens, GQ=geo.g, HEAD_D=head_dim, DP=geo.DP, WIN=pattern.stis_window,
             NSINK=pattern.stis_num_sinks, SP=geo.SP, CH=geo.CH, CQ=geo.CQ, R=geo.RK,
         )
@@ -351,12 +352,12 @@ def launch_forward(kfwd, geo, query, key, value, gate, sel, lens, scaling, patte
     if geo.strategy == "tile":
         if union is None:
             raise ValueError("the dense-tile forward needs the union words of launch_select")
-        kfwd.fwd_tile_kernel[(cdiv(seq_len, geo.BM), batch * groups)](
+        launch(kfwd.fwd_tile_kernel, (cdiv(seq_len, geo.BM), batch * groups),
             **common, UNION=union, **_union_shape(union), UR=geo.BM // geo.UBM, GP=geo.GP, NP=geo.NP, BM=geo.BM,
             BN=geo.BN, R=geo.R,
             num_warps=geo.num_warps, **_regs(geo.maxreg_fwd))
     else:
-        kfwd.fwd_gather_kernel[(cdiv(num_queries, geo.BQ), batch * groups)](
+        launch(kfwd.fwd_gather_kernel, (cdiv(num_queries, geo.BQ), batch * groups),
             **common, **_position_args(positions, lens), QN=num_queries, BP=geo.BP, BQ=geo.BQ, R=geo.RG, KO=geo.KO,
             KN=geo.KN, P0=geo.P0, NFP=geo.NFP, SP=geo.SP, HAS_POS=positions is not None, num_warps=geo.num_warps,
             **_regs(geo.maxreg_fwd))
@@ -410,13 +411,13 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
     if geo.strategy == "tile":
         if union is None:
             raise ValueError("the dense-tile backward needs the union words of launch_select")
-        kbt.bwd_q_tile_kernel[(cdiv(seq_len, geo.BMB), batch * groups)](
+        launch(kbt.bwd_q_tile_kernel, (cdiv(seq_len, geo.BMB), batch * groups),
             **q_args, CK=compressed_key, PSEL=psel, LSEZ=lse_z, UNION=union, **_union_shape(union),
             UR=geo.BMB // geo.UBM, **_cs(compressed_key), M=num_windows,
             GP=geo.GP, BM=geo.BMB, BN=geo.BNQ, R=geo.RB, BW=geo.BWB, SELQ=fused_selq, num_warps=geo.warps_bwd_q,
             **_regs(geo.maxreg_bwd_q))
     else:
-        kbg.bwd_q_gather_kernel[(cdiv(seq_len, geo.BQ), batch * groups)](
+        launch(kbg.bwd_q_gather_kernel, (cdiv(seq_len, geo.BQ), batch * groups),
             **q_args, BP=geo.BP, BQ=geo.BQ, BQP=geo.BQP, R=geo.RG, KO=geo.KO, KN=geo.KN, P0=geo.P0, NFP=geo.NFP,
             SP=geo.SP, num_warps=geo.warps_bwd_q, **_regs(geo.maxreg_bwd_q))
     dck = None
@@ -424,15 +425,15 @@ def launch_backward(kernels, geo, saved, grad_out, scaling, pattern, need_q, nee
                     **_qs(query), **_cs(compressed_key), L=seq_len, M=num_windows, G=groups, scale=scaling,
                     **shape, NSEL=n, TQ=geo.TQ, BW=geo.BWB, num_warps=geo.warps_select_bwd)
     if st and need_q and not fused_selq:
-        ksel.select_bwd_q_kernel[(cdiv(seq_len, geo.TQ), batch * groups)](**sel_args, DQ=dq, H=heads)
+        launch(ksel.select_bwd_q_kernel, (cdiv(seq_len, geo.TQ), batch * groups), **sel_args, DQ=dq, H=heads)
     if st and need_ck:
         dck = torch.empty(batch, groups, num_windows, head_dim, dtype=compressed_key.dtype, device=device)
-        ksel.select_bwd_w_kernel[(cdiv(num_windows, geo.BWB), batch * groups)](**sel_args, DCK=dck)
+        launch(ksel.select_bwd_w_kernel, (cdiv(num_windows, geo.BWB), batch * groups), **sel_args, DCK=dck)
 
     if geo.strategy == "tile":
         dk = torch.empty_like(key)
         dv = torch.empty_like(value)
-        kbt.bwd_kv_tile_kernel[(cdiv(seq_len, geo.BNK), batch * groups)](
+        launch(kbt.bwd_kv_tile_kernel, (cdiv(seq_len, geo.BNK), batch * groups),
             Q=query, K=key, V=value, GATE=gate, SEL=sel, LENS=lens, DO=do, LSE=lse, DGATE=dgate, DK=dk, DV=dv,
             UNION=union, **_union_shape(union), UR=geo.BMB // geo.UBM, **strides, L=seq_len, H=heads, G=groups,
             scale=scaling, **shape,

@@ -23,8 +23,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .triton_common import cdiv, next_pow2, tl, triton
+from .triton_fast_launch import launch
 
-__all__ = ["CompressorWindows", "GateSigmoid", "launch_windows", "launch_windows_backward", "launch_gate"]
+__all__ = ["CompressorWindows", "GateSigmoid", "QueryGate", "launch_windows", "launch_windows_backward", "launch_gate",
+           "launch_gate_backward"]
 
 _WINDOW_ROWS = 128  # (window, slot) rows of one program of the windows kernel
 _KEY_ROWS = 64  # key positions of one program of its backward
@@ -87,17 +89,22 @@ if triton is not None:
                  mask=(p < L)[:, None] & dmask[None, :])
 
     @triton.jit
-    def gate_kernel(X, Y, N, BLOCK: tl.constexpr):
-        """``Y = sigmoid(float(X))`` on ``N`` contiguous elements."""
+    def gate_kernel(X, BIAS, Y, N, CH, SXR, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+        """``Y = sigmoid(float(X) (+ float(BIAS)))`` on ``N`` elements: rows of ``CH`` channels, ``X``'s rows
+        ``SXR`` elements apart (its channels contiguous), ``Y`` contiguous; ``BIAS [CH]`` when ``HAS_BIAS``."""
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = i < N
-        x = tl.load(X + i, mask=ok, other=0.0).to(tl.float32)
+        r = (i // CH).to(tl.int64)
+        c = i % CH
+        x = tl.load(X + r * SXR + c, mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(BIAS + c, mask=ok, other=0.0).to(tl.float32)
         tl.store(Y + i, tl.sigmoid(x), mask=ok)
 
     @triton.jit
-    def gate_bwd_kernel(DG, S, DX, N, Q, H, sdb, sdh, sdq, sdc, BLOCK: tl.constexpr):
-        """``DX[b, q, 2h + c] = DG[b, h, q, c] s (1 - s)`` (``DG`` with any strides, ``S`` and ``DX`` contiguous
-        ``[B, Q, 2H]``)."""
+    def gate_bwd_kernel(DG, S, DX, N, Q, H, sdb, sdh, sdq, sdc, SXR, BLOCK: tl.constexpr):
+        """``DX[b, q, 2h + c] = DG[b, h, q, c] s (1 - s)`` (``DG`` with any strides, ``S`` contiguous ``[B, Q, 2H]``,
+        ``DX``'s rows ``SXR`` elements apart, its channels contiguous)."""
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = i < N
         c = i % 2
@@ -107,7 +114,7 @@ if triton is not None:
         b = (bq // Q).to(tl.int64)
         dg = tl.load(DG + b * sdb + h * sdh + q * sdq + c * sdc, mask=ok, other=0.0).to(tl.float32)
         s = tl.load(S + i, mask=ok, other=0.0)
-        tl.store(DX + i, (dg * s * (1.0 - s)).to(DX.dtype.element_ty), mask=ok)
+        tl.store(DX + bq.to(tl.int64) * SXR + i % (2 * H), (dg * s * (1.0 - s)).to(DX.dtype.element_ty), mask=ok)
 
 
 def launch_windows(key: torch.Tensor, lengths: torch.Tensor, position: torch.Tensor, block_size: int,
@@ -121,7 +128,7 @@ def launch_windows(key: torch.Tensor, lengths: torch.Tensor, position: torch.Ten
         return x
     wlp = next_pow2(window)
     rows = max(_WINDOW_ROWS, wlp)
-    windows_kernel[(cdiv(num_windows, rows // wlp), batch * groups)](
+    launch(windows_kernel, (cdiv(num_windows, rows // wlp), batch * groups),
         key, lengths, position, x, seq_len, num_windows, groups, *key.stride(), *position.stride(),
         BLK=block_size, WL=window, WLP=wlp, HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), ROWS=rows,
         num_warps=4)
@@ -136,7 +143,7 @@ def launch_windows_backward(grad: torch.Tensor, lengths: torch.Tensor, key: torc
     if dk.numel() == 0:
         return dk
     grad = grad.contiguous()
-    windows_bwd_kernel[(cdiv(seq_len, _KEY_ROWS), batch * groups)](
+    launch(windows_bwd_kernel, (cdiv(seq_len, _KEY_ROWS), batch * groups),
         grad, lengths, dk, seq_len, seq_len // block_size, groups, *dk.stride(), BLK=block_size, WL=window,
         NR=cdiv(window, block_size), HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), BP=_KEY_ROWS, num_warps=4)
     return dk
@@ -171,17 +178,30 @@ class CompressorWindows(torch.autograd.Function):
         return dkey, None, dposition, None, None
 
 
-def launch_gate(logits: torch.Tensor, heads: int) -> torch.Tensor:
-    """``sigmoid(logits.float())`` of ``logits [B, Q, 2H]`` as the ``[B, H, Q, 2]`` fp32 gate (memory order
-    ``[B, Q, H, 2]``, the order of the logits)."""
+def launch_gate(logits: torch.Tensor, heads: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``sigmoid(logits.float() (+ bias.float()))`` of ``logits [B, Q, 2H]`` as the ``[B, H, Q, 2]`` fp32 gate
+    (memory order ``[B, Q, H, 2]``, the order of the logits). ``logits`` may be a column slice of a wider
+    projection (its channels contiguous, rows any distance apart: :class:`QueryGate`)."""
     batch, num_queries, channels = logits.shape
-    logits = logits.contiguous()
+    if logits.stride(-1) != 1 or (batch > 1 and logits.stride(0) != num_queries * logits.stride(1)):
+        logits = logits.contiguous()
     gate = torch.empty_strided((batch, heads, num_queries, 2), (num_queries * channels, 2, channels, 1),
                                dtype=torch.float32, device=logits.device)
     n = logits.numel()
     if n:
-        gate_kernel[(cdiv(n, _GATE_BLOCK),)](logits, gate, n, BLOCK=_GATE_BLOCK, num_warps=4)
+        launch(gate_kernel, (cdiv(n, _GATE_BLOCK),), logits, logits if bias is None else bias, gate, n, channels,
+               logits.stride(1), HAS_BIAS=bias is not None, BLOCK=_GATE_BLOCK, num_warps=4)
     return gate
+
+
+def launch_gate_backward(grad: torch.Tensor, gate: torch.Tensor, out: torch.Tensor) -> None:
+    """``d logits = d gate * s (1 - s)`` into ``out [B, Q, 2H]`` (its channels contiguous, rows any distance apart)
+    from ``grad [B, H, Q, 2]`` (any strides) and the saved gate."""
+    batch, heads, num_queries, _ = gate.shape
+    n = gate.numel()
+    if n:
+        launch(gate_bwd_kernel, (cdiv(n, _GATE_BLOCK),), grad, gate, out, n, num_queries, heads, *grad.stride(),
+               out.stride(1), BLOCK=_GATE_BLOCK, num_warps=4)
 
 
 class GateSigmoid(torch.autograd.Function):
@@ -200,8 +220,41 @@ class GateSigmoid(torch.autograd.Function):
         (gate,) = ctx.saved_tensors
         batch, heads, num_queries, _ = gate.shape
         dlogits = torch.empty(batch, num_queries, 2 * heads, dtype=ctx.logits_dtype, device=grad.device)
-        n = dlogits.numel()
-        if n:
-            gate_bwd_kernel[(cdiv(n, _GATE_BLOCK),)](grad, gate, dlogits, n, num_queries, heads, *grad.stride(),
-                                                     BLOCK=_GATE_BLOCK, num_warps=4)
+        launch_gate_backward(grad, gate, dlogits)
         return dlogits, None
+
+
+class QueryGate(torch.autograd.Function):
+    """The query projection and the gate from one matrix product: ``both = x [Wq; Wg]^T`` (``[B, Q, H*D + 2H]``,
+    no bias) in, ``(both[..., :H*D], sigmoid(both[..., H*D:] + bias))`` out, the first a view of ``both``, the
+    second the ``[B, H, Q, 2]`` fp32 gate. The backward writes ``d both`` in one buffer (the query's gradient
+    copied in, the gate's written by the gate kernel: no slice-and-sum of two full-size gradients) and ``d bias``
+    as one fp32 sum."""
+
+    @staticmethod
+    def forward(ctx, both, bias, heads):
+        width = both.shape[-1] - 2 * heads
+        both = both if both.is_contiguous() else both.contiguous()
+        gate = launch_gate(both[..., width:], heads, bias)
+        ctx.save_for_backward(gate)
+        ctx.meta = (width, bias.dtype, both.dtype)
+        return both[..., :width], gate
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dquery, dgate):
+        (gate,) = ctx.saved_tensors
+        width, bias_dtype, dtype = ctx.meta
+        batch, heads, num_queries, _ = gate.shape
+        dboth = torch.empty(batch, num_queries, width + 2 * heads, dtype=dtype, device=gate.device)
+        if dquery is None:
+            dboth[..., :width].zero_()
+        else:
+            dboth[..., :width].copy_(dquery)
+        dlogits = dboth[..., width:]
+        if dgate is None:
+            dlogits.zero_()
+        else:
+            launch_gate_backward(dgate, gate, dlogits)
+        dbias = dlogits.sum((0, 1), dtype=torch.float32).to(bias_dtype) if ctx.needs_input_grad[1] else None
+        return dboth, dbias, None

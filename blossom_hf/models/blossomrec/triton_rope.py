@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .triton_common import cdiv, next_pow2, tl, triton
+from .triton_fast_launch import launch
 
 __all__ = ["rope_kernel", "launch_rope", "FusedRotary", "FusedRotaryPair"]
 
@@ -91,7 +92,7 @@ def launch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward:
     """One launch of :func:`rope_kernel`: the rotation of ``x`` (or, with ``backward``, of a gradient); with ``x2``
     (and its tables ``cos2, sin2``, same head dim) also of ``x2`` in the same launch, returning both."""
     dim = x.shape[-1]
-    y = torch.empty_like(x)  # x's strides (dense tensors keep their layout)
+    y = torch.empty_like(x)  # x's dimension order (a view with gaps between rows gets that order without them)
     first = _args(x, cos, sin, y)
     if x2 is None:
         second, y2, rows = first, None, first[4]
@@ -100,7 +101,7 @@ def launch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward:
         second = _args(x2, cos2, sin2, y2)
         rows = max(first[4], second[4])
     if rows > 0:
-        rope_kernel[(cdiv(rows, _BLOCK_ROWS), 1 if x2 is None else 2)](
+        launch(rope_kernel, (cdiv(rows, _BLOCK_ROWS), 1 if x2 is None else 2),
             *first, *second, HALF=dim // 2, HP=next_pow2(dim // 2), BR=_BLOCK_ROWS, BACKWARD=backward,
             PAIR=x2 is not None, num_warps=4)
     return y if x2 is None else (y, y2)
