@@ -13,7 +13,9 @@ booleans, strings and None by value (so each of triton's integer specializations
 32/64-bit, gets its own entry), tensors by dtype and 16-byte alignment of the data pointer, plus the argument names,
 the launch options (``num_warps``, ``maxnreg``) and the current device. A later call with the same key launches that
 compiled kernel directly (``CompiledKernel.run``, the call triton's ``JITFunction.run`` ends with) on the current
-stream, with the arguments in the kernel's order.
+stream, with the arguments in the kernel's order. Each call site must pass an argument with the same Python type
+every time: ``True == 1`` and ``1.0 == 1`` in a key, so a parameter given a bool in one call and an int in another
+would share an entry (the model folder's call sites keep their types).
 
 Where the direct call is not used (each case takes triton's own path, the same kernel): the interpreter
 (``TRITON_INTERPRET=1``), a triton outside :data:`VERIFIED_TRITON` (its ``CompiledKernel.run`` arguments were read

@@ -234,7 +234,7 @@ class QueryGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, both, bias, heads):
         width = both.shape[-1] - 2 * heads
-        both = both if both.is_contiguous() else both.contiguous()
+        both = both.contiguous()  # itself when already contiguous (F.linear's output is)
         gate = launch_gate(both[..., width:], heads, bias)
         ctx.save_for_backward(gate)
         ctx.meta = (width, bias.dtype, both.dtype)
