@@ -272,53 +272,62 @@ def _graph_nodes(tensor: torch.Tensor) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, "autocast"], ids=["bf16", "fp32", "autocast"])
 @pytest.mark.parametrize("backend", ["triton", "sdpa"])
 def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
-    """One BlossomRecAttention layer fwd+bwd with the fused compressor windows and gate (triton_layer_ops) against
-    the same layer with them off (layers_blossomrec.FUSED_COMPRESSOR_WINDOWS / FUSED_GATE = False: the PyTorch
-    ops), paper pattern, padded rows. The forward values of both ops are the same roundings, so the outputs agree
-    to the backend's own run-to-run noise; the gradients differ only in summation order (and d P's fp32 sum)."""
+    """One BlossomRecAttention layer fwd+bwd with the fused layer ops (the whole compressor in triton_compressor, or
+    only its windows in triton_layer_ops; the gate, alone or with the query from one product) against the same layer
+    with them off (layers_blossomrec.FUSED_* = False: the PyTorch ops), paper pattern, padded rows, in bf16, fp32
+    and fp32 weights under bf16 autocast (the training setup). The forward values are the same roundings up to the
+    fp32 summation order of the compressor's products, so the outputs agree to the backend's own run-to-run noise;
+    the gradients differ only in summation order (and the fp32 sums of d P and the biases)."""
     from blossom_hf import BlossomRecConfig
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
     from blossom_hf.models.blossomrec.modeling_blossomrec import BlossomRecAttention, BlossomRecRotaryEmbedding
 
+    autocast = dtype == "autocast"
+    dtype = torch.bfloat16 if autocast else dtype
     seq_len, batch = 200, 12
     config = BlossomRecConfig(max_history_length=seq_len, attn_implementation=backend, hidden_dropout_prob=0.0)
     torch.manual_seed(0)
     layer = BlossomRecAttention(config, 0)
     with torch.no_grad():
         layer.compressor.intra_window_position.normal_()
-    layer = layer.cuda().to(dtype)
+    layer = layer.cuda().to(torch.float32 if autocast else dtype)
     gen = torch.Generator(device="cuda").manual_seed(3)
     lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=gen, device="cuda")
     lengths[-1] = 1
     mask = torch.arange(seq_len, device="cuda")[None, :] < lengths[:, None]
-    x = torch.randn(batch, seq_len, config.hidden_size, generator=gen, device="cuda").to(dtype)
+    x = torch.randn(batch, seq_len, config.hidden_size, generator=gen, device="cuda").to(layer.o_proj.weight.dtype)
     grad = torch.randn(batch, seq_len, config.hidden_size, generator=gen, device="cuda").to(dtype)
     rotary = BlossomRecRotaryEmbedding(config).cuda()(seq_len, torch.device("cuda"))
     pattern = BlossomPattern.from_config(config)
     results = []
-    # (windows + gate kernels, query and gate in one product, the autograd nodes that must then appear)
-    configs = [(True, True, {"CompressorWindowsBackward", "QueryGateBackward"}),
-               (True, False, {"CompressorWindowsBackward", "GateSigmoidBackward"}),
-               (False, False, set())]
-    fused_nodes = {"CompressorWindowsBackward", "QueryGateBackward", "GateSigmoidBackward"}
+    # (windows + gate kernels, query and gate in one product, the whole compressor, the autograd nodes then seen)
+    configs = [(True, True, True, {"FusedCompressorBackward", "QueryGateBackward"}),
+               (True, True, False, {"CompressorWindowsBackward", "QueryGateBackward"}),
+               (True, False, False, {"CompressorWindowsBackward", "GateSigmoidBackward"}),
+               (False, False, False, set())]
+    fused_nodes = {"CompressorWindowsBackward", "QueryGateBackward", "GateSigmoidBackward", "FusedCompressorBackward"}
     try:
-        for fused, query_gate, expected in configs:
+        for fused, query_gate, compressor, expected in configs:
             layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = fused
             layers.FUSED_QUERY_GATE = query_gate
+            layers.FUSED_COMPRESSOR_MLP = compressor
             layer.zero_grad(set_to_none=True)
             xin = x.clone().requires_grad_()
-            out = layer(xin, rotary, mask, lengths, pattern)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                out = layer(xin, rotary, mask, lengths, pattern)
             nodes = _graph_nodes(out)
             assert nodes & fused_nodes == expected, nodes
             out.backward(grad)
             results.append((out.detach(), xin.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
     finally:
         layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = layers.FUSED_QUERY_GATE = True
-    for name, (out_f, dx_f, grads_f) in zip(("all fused", "no query gate"), results[:2], strict=True):
-        _check_fused_layer(name, backend, dtype, out_f, dx_f, grads_f, *results[2])
+        layers.FUSED_COMPRESSOR_MLP = True
+    names = ("all fused", "no fused compressor MLP", "no query gate")
+    for name, (out_f, dx_f, grads_f) in zip(names, results[:3], strict=True):
+        _check_fused_layer(name, backend, dtype, out_f, dx_f, grads_f, *results[3])
 
 
 def _check_fused_layer(name, backend, dtype, out_f, dx_f, grads_f, out_r, dx_r, grads_r):

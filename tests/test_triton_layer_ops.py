@@ -141,3 +141,59 @@ def test_fused_query_gate_matches_the_pytorch_ops(generator, dtype):
     assert da[0].dtype == dtype and da[1].dtype == torch.float32
     torch.testing.assert_close(da[0].float(), db[0].float(), **tol)
     torch.testing.assert_close(da[1], db[1], **tol)
+
+
+_COMPRESSOR_KNOBS = [{}, {"BLOCK_ROWS": 32, "FWD_BLOCK_COLS": 64, "FWD_BLOCK_K": 32, "BWD_BLOCK_COLS": 64,
+                          "BWD_BLOCK_K": 32, "CAST_WEIGHTS": True, "DX_BY_GEMM": True}]
+
+
+@pytest.mark.parametrize("knobs", _COMPRESSOR_KNOBS, ids=["default", "other-tiles-cast-gemm"])
+@pytest.mark.parametrize("block_size,window,head_dim", [(4, 8, 16), (3, 7, 24), (16, 32, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@needs_interpreter
+def test_fused_compressor_matches_the_pytorch_form(generator, monkeypatch, block_size, window, head_dim, dtype,
+                                                    knobs):
+    """triton_compressor.FusedCompressor (windows + P, fc1, ReLU, fc2 in one kernel; its backward: one kernel for
+    dh and dx, two GEMMs, fp32 bias sums) against the PyTorch form of BlossomRecBlockCompressor (ltis_window_keys +
+    P, two nn.Linear, ReLU), forward and every gradient, on the projections' transposed key layout with padded rows
+    (a length 0, a length beyond L, a partial last block), more windows than one program's 64 rows, widths l * D
+    that are not a multiple of the 64-column chunks (7 * 24), fp32 weights read as stored. Tolerances: fp32 within
+    1e-5 relative (ieee products, other summation order); fp16 within a few fp16 roundings."""
+    from blossom_hf.models.blossomrec import triton_compressor
+    from blossom_hf.models.blossomrec.attention_patterns import ltis_window_keys
+    from blossom_hf.models.blossomrec.triton_compressor import FusedCompressor, launch_compressor
+
+    for name, value in knobs.items():  # the module's other configurations (rows per program, casts, dx by GEMM)
+        monkeypatch.setattr(triton_compressor, name, value)
+    batch, groups, seq_len = 5, 2, 7 * block_size + 2
+    pattern = BlossomPattern(block_size=block_size, compression_window=window, num_selected_blocks=2, stis_window=2)
+    width = window * head_dim
+    key = torch.randn(batch, seq_len, groups, head_dim, generator=generator).to(dtype).transpose(1, 2)
+    lengths = torch.tensor([seq_len, 0, seq_len + 3, seq_len // 2 + 1, 1])
+    params = [torch.randn(groups, window, head_dim, generator=generator),  # P
+              torch.randn(width, width, generator=generator) / width**0.5, torch.randn(width, generator=generator),
+              torch.randn(head_dim, width, generator=generator) / width**0.5,
+              torch.randn(head_dim, generator=generator)]
+    ka, kb = key.detach().clone().requires_grad_(), key.detach().clone().requires_grad_()
+    pa = [p.clone().requires_grad_() for p in params]
+    pb = [p.clone().requires_grad_() for p in params]
+    got = FusedCompressor.apply(ka, lengths, *pa, block_size, window, dtype)
+    flat = (ltis_window_keys(kb, lengths, pattern) + pb[0][None, :, None].to(dtype)).flatten(-2)
+    hidden = torch.relu(torch.nn.functional.linear(flat, pb[1].to(dtype), pb[2].to(dtype)))
+    want = torch.nn.functional.linear(hidden, pb[3].to(dtype), pb[4].to(dtype))
+    assert got.dtype == dtype and got.shape == want.shape == (batch, groups, seq_len // block_size, head_dim)
+    fp32 = dtype == torch.float32
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-5 if fp32 else 4e-3, atol=1e-5 if fp32 else 4e-3)
+    # no grad: the same values from the launcher alone
+    with torch.no_grad():
+        alone = launch_compressor(key, lengths, *params, block_size, window, dtype)[0]
+    torch.testing.assert_close(alone, got.detach(), rtol=0, atol=0)
+    grad = torch.randn(got.shape, generator=generator).to(dtype)
+    ga = torch.autograd.grad(got, [ka, *pa], grad)
+    gb = torch.autograd.grad(want, [kb, *pb], grad)
+    assert ga[0].dtype == dtype and ga[0].stride() == key.stride(), "d key in the key's layout"
+    for name, a, b in zip(("key", "P", "W1", "b1", "W2", "b2"), ga, gb, strict=True):
+        assert a.dtype == b.dtype, name
+        scale = float(b.float().abs().max())
+        tol = 1e-5 if fp32 else 8e-3
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * scale, msg=lambda m, n=name: f"{n}: {m}")

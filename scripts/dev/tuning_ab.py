@@ -41,19 +41,26 @@ def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
         torch.cuda.empty_cache()
 
 
+def _flags(windows: bool, gate: bool, query_gate: bool, fast_launch: bool, compressor: bool = False) -> dict:
+    return dict(FUSED_COMPRESSOR_MLP=compressor, FUSED_COMPRESSOR_WINDOWS=windows, FUSED_GATE=gate,
+                FUSED_QUERY_GATE=query_gate, FAST_LAUNCH=fast_launch)
+
+
 #: ``ops-ab`` variants: flags of ``layers_blossomrec`` (fused compressor windows, gate) per blossom row; a tree
 #: without a flag ignores it, so the same section runs on an older checkout as the baseline process
 #: (``--ab-variants fused`` there)
 OPS_VARIANTS = {
-    "fused": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
-    "ops-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=False, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
-    "windows-off": dict(FUSED_COMPRESSOR_WINDOWS=False, FUSED_GATE=True, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
-    "gate-off": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=False, FUSED_QUERY_GATE=False, FAST_LAUNCH=False),
+    "fused": _flags(True, True, False, False),
+    "ops-off": _flags(False, False, False, False),
+    "windows-off": _flags(False, True, False, False),
+    "gate-off": _flags(True, False, False, False),
     # v10: the query and the gate in one product (layers_blossomrec.FUSED_QUERY_GATE) and the direct launch of the
     # kept compiled kernels (triton_fast_launch.ENABLED); "fused" above is v9's state
-    "v10": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=True, FAST_LAUNCH=True),
-    "v10-no-direct": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=True, FAST_LAUNCH=False),
-    "v10-no-qgate": dict(FUSED_COMPRESSOR_WINDOWS=True, FUSED_GATE=True, FUSED_QUERY_GATE=False, FAST_LAUNCH=True),
+    "v10": _flags(True, True, True, True),
+    "v10-no-direct": _flags(True, True, True, False),
+    "v10-no-qgate": _flags(True, True, False, True),
+    # v11: the whole compressor (windows, fc1, ReLU, fc2) in triton_compressor (layers_blossomrec.FUSED_COMPRESSOR_MLP)
+    "v11": _flags(True, True, True, True, compressor=True),
 }
 
 
@@ -63,7 +70,13 @@ def _set_flags(flags: dict) -> None:
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
 
     for name, value in flags.items():
-        if name == "FAST_LAUNCH":
+        if name.startswith("COMPRESSOR_"):
+            try:
+                from blossom_hf.models.blossomrec import triton_compressor
+            except ImportError:  # an older checkout
+                continue
+            setattr(triton_compressor, name.removeprefix("COMPRESSOR_"), value)
+        elif name == "FAST_LAUNCH":
             try:
                 from blossom_hf.models.blossomrec import triton_fast_launch
             except ImportError:  # an older checkout

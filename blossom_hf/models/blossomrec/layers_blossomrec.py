@@ -79,6 +79,12 @@ FUSED_ROPE = True
 #: (``triton_layer_ops.CompressorWindows``) instead of the masked fill, pad, unfold and add of
 #: :func:`attention_patterns.ltis_window_keys` (four kernels forward, four or five backward). Same values.
 FUSED_COMPRESSOR_WINDOWS = True
+#: CUDA tensors run the whole compressor (windows + P, ``fc1``, ReLU, ``fc2``) as one Triton kernel forward and one
+#: kernel + two GEMMs + sums backward (``triton_compressor.FusedCompressor``) instead of the windows kernel and the
+#: two linear layers (8 launches forward under autocast, 14 backward). Used where the key is in the compute dtype
+#: (autocast's, else the weights'; the model always is) and there is at least one window; other cases take the
+#: PyTorch form. Same roundings, fp32 bias gradients (docs/MODEL.md values). Needs :data:`FUSED_COMPRESSOR_WINDOWS`.
+FUSED_COMPRESSOR_MLP = True
 #: CUDA tensors compute the gate ``sigmoid(logits.float())`` in one Triton kernel each way
 #: (``triton_layer_ops.GateSigmoid``; the backward writes ``d logits`` in their layout and dtype directly).
 FUSED_GATE = True
@@ -101,12 +107,14 @@ def _fused_layer_ops():
             logger.info("RoPE, the compressor windows and the gate on CUDA run as PyTorch ops (%s), not the fused "
                         "kernels", "triton is not installed" if triton is None else "TRITON_INTERPRET is set")
         else:
+            from .triton_compressor import FusedCompressor, launch_compressor
             from .triton_layer_ops import CompressorWindows, GateSigmoid, QueryGate, launch_gate
             from .triton_rope import FusedRotary, FusedRotaryPair, launch_rope
 
             _LAYER_OPS.append(SimpleNamespace(FusedRotary=FusedRotary, FusedRotaryPair=FusedRotaryPair,
                                          launch_rope=launch_rope, CompressorWindows=CompressorWindows,
-                                         GateSigmoid=GateSigmoid, QueryGate=QueryGate, launch_gate=launch_gate))
+                                         GateSigmoid=GateSigmoid, QueryGate=QueryGate, launch_gate=launch_gate,
+                                         FusedCompressor=FusedCompressor, launch_compressor=launch_compressor))
     return _LAYER_OPS[0]
 
 
@@ -179,6 +187,8 @@ class BlossomRecBlockCompressor(nn.Module):
         ``l / b`` column slices and a shifted sum, was measured 0.4-0.65 ms slower per layer step on an H200: its
         strided slice adds and their gradients cost more than the window copy; docs/triton_notes.md, "v4".)"""
         position = self.intra_window_position
+        if (fused := self._fused(key, pattern)) is not None:
+            return fused(key, lengths, position)
         if (FUSED_COMPRESSOR_WINDOWS and key.is_cuda and position.device == key.device and _eager_mode()
                 and (ops := _fused_layer_ops()) is not None):  # one kernel each way, same values
             flat = ops.CompressorWindows.apply(key, lengths, position, pattern.block_size, pattern.compression_window)
@@ -191,6 +201,26 @@ class BlossomRecBlockCompressor(nn.Module):
         # in place where no gradient is recorded (inference: one pass less over the M x l*D activations)
         hidden = F.relu(hidden) if torch.is_grad_enabled() else hidden.relu_()
         return self.fc2(hidden)  # [B, G, M, D]
+
+    def _fused(self, key: torch.Tensor, pattern: BlossomPattern):
+        """The whole compressor in Triton (:data:`FUSED_COMPRESSOR_MLP`) as ``fn(key, lengths, position)``, or None
+        where the PyTorch form runs instead (CPU, no triton, compiling/tracing, no window, the key in another dtype
+        than the compute dtype)."""
+        if not (FUSED_COMPRESSOR_MLP and FUSED_COMPRESSOR_WINDOWS and key.is_cuda and _eager_mode()
+                and key.shape[2] >= pattern.block_size and self.fc1.weight.device == key.device):
+            return None
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.fc1.weight.dtype
+        if key.dtype != dtype or (ops := _fused_layer_ops()) is None:
+            return None
+        fc1, fc2, block, window = self.fc1, self.fc2, pattern.block_size, pattern.compression_window
+        if not torch.is_autocast_enabled("cuda") and any(
+                t.dtype != dtype for t in (fc1.bias, fc2.weight, fc2.bias, self.intra_window_position)):
+            return None  # mixed dtypes without autocast: the PyTorch form (and its own error, where there is one)
+        if torch.is_grad_enabled() and (key.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return lambda k, lens, pos: ops.FusedCompressor.apply(k, lens, pos, fc1.weight, fc1.bias, fc2.weight,
+                                                                  fc2.bias, block, window, dtype)
+        return lambda k, lens, pos: ops.launch_compressor(k, lens.to(k.device), pos, fc1.weight, fc1.bias,
+                                                          fc2.weight, fc2.bias, block, window, dtype)[0]
 
 
 class BlossomRecAttention(nn.Module):
