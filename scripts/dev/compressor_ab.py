@@ -55,7 +55,7 @@ VARIANTS = {
 
 def _set(variant: str) -> None:
     knobs = VARIANTS[variant]
-    layers.FUSED_COMPRESSOR_MLP = knobs is not None
+    layers.FUSED_COMPRESSOR_MLP = layers.FUSED_COMPRESSOR_MLP_TRAINING = knobs is not None
     for name, value in (knobs or _DEFAULTS).items():
         setattr(tc, name, value)
 
@@ -103,6 +103,7 @@ def _measure(seq_len: int, args) -> list[dict]:
     for key in failed:
         times.pop(key, None)
     _set("default")
+    layers.FUSED_COMPRESSOR_MLP_TRAINING = False  # the module's default again
     for (variant, case), values in times.items():
         record = {"L": seq_len, "B": batch, "variant": variant, "case": case,
                   "ms": round(statistics.median(values), 4), "rounds": [round(v, 4) for v in values]}

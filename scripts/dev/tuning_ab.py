@@ -42,8 +42,9 @@ def layer_ab(out: Path, lengths, rounds: int = 3) -> None:
 
 
 def _flags(windows: bool, gate: bool, query_gate: bool, fast_launch: bool, compressor: bool = False) -> dict:
-    return dict(FUSED_COMPRESSOR_MLP=compressor, FUSED_COMPRESSOR_WINDOWS=windows, FUSED_GATE=gate,
-                FUSED_QUERY_GATE=query_gate, FAST_LAUNCH=fast_launch)
+    return dict(FUSED_COMPRESSOR_MLP=compressor, FUSED_COMPRESSOR_MLP_TRAINING=compressor,
+                FUSED_COMPRESSOR_WINDOWS=windows, FUSED_GATE=gate, FUSED_QUERY_GATE=query_gate,
+                FAST_LAUNCH=fast_launch)
 
 
 #: ``ops-ab`` variants: flags of ``layers_blossomrec`` (fused compressor windows, gate) per blossom row; a tree
@@ -61,6 +62,8 @@ OPS_VARIANTS = {
     "v10-no-qgate": _flags(True, True, False, True),
     # v11: the whole compressor (windows, fc1, ReLU, fc2) in triton_compressor (layers_blossomrec.FUSED_COMPRESSOR_MLP)
     "v11": _flags(True, True, True, True, compressor=True),
+    # the committed default: the fused compressor where no gradient is recorded only
+    "v11-serving": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False},
 }
 
 

@@ -79,12 +79,18 @@ FUSED_ROPE = True
 #: (``triton_layer_ops.CompressorWindows``) instead of the masked fill, pad, unfold and add of
 #: :func:`attention_patterns.ltis_window_keys` (four kernels forward, four or five backward). Same values.
 FUSED_COMPRESSOR_WINDOWS = True
-#: CUDA tensors run the whole compressor (windows + P, ``fc1``, ReLU, ``fc2``) as one Triton kernel forward and one
-#: kernel + two GEMMs + sums backward (``triton_compressor.FusedCompressor``) instead of the windows kernel and the
-#: two linear layers (8 launches forward under autocast, 14 backward). Used where the key is in the compute dtype
-#: (autocast's, else the weights'; the model always is) and there is at least one window; other cases take the
-#: PyTorch form. Same roundings, fp32 bias gradients (docs/MODEL.md values). Needs :data:`FUSED_COMPRESSOR_WINDOWS`.
+#: CUDA tensors run the whole compressor (windows + P, ``fc1``, ReLU, ``fc2``) as one Triton kernel where no gradient
+#: is recorded (the serving/evaluation forward; ``triton_compressor.launch_compressor``) instead of the windows kernel
+#: and the two linear layers (8 launches under autocast): 0.35-0.5 ms off a bf16-autocast serving forward on an H200
+#: (docs/BENCHMARKS.md, "Kernel round v11"). Used where the key is in the compute dtype (autocast's, else the
+#: weights'; the model's always is) and there is at least one window; other cases take the PyTorch form. The same
+#: roundings up to the fp32 summation order of the products. Needs :data:`FUSED_COMPRESSOR_WINDOWS`.
 FUSED_COMPRESSOR_MLP = True
+#: Also where a gradient is recorded (``triton_compressor.FusedCompressor``: one kernel + two GEMMs + fp32 sums
+#: backward, 9 launches against 14). Off by default: alone it takes 0.3-0.45 ms off a compressor fwd+bwd, but in the
+#: benchmark's layer and model steps it measured within noise of the PyTorch form, and slower in some rounds
+#: (its backward kernel's GPU time exceeds cuBLAS's where the step is not host-bound; "Kernel round v11").
+FUSED_COMPRESSOR_MLP_TRAINING = False
 #: CUDA tensors compute the gate ``sigmoid(logits.float())`` in one Triton kernel each way
 #: (``triton_layer_ops.GateSigmoid``; the backward writes ``d logits`` in their layout and dtype directly).
 FUSED_GATE = True
@@ -203,9 +209,10 @@ class BlossomRecBlockCompressor(nn.Module):
         return self.fc2(hidden)  # [B, G, M, D]
 
     def _fused(self, key: torch.Tensor, pattern: BlossomPattern):
-        """The whole compressor in Triton (:data:`FUSED_COMPRESSOR_MLP`) as ``fn(key, lengths, position)``, or None
-        where the PyTorch form runs instead (CPU, no triton, compiling/tracing, no window, the key in another dtype
-        than the compute dtype)."""
+        """The whole compressor in Triton (:data:`FUSED_COMPRESSOR_MLP`, :data:`FUSED_COMPRESSOR_MLP_TRAINING`) as
+        ``fn(key, lengths, position)``, or None where the PyTorch form runs instead (CPU, no triton,
+        compiling/tracing, no window, the key in another dtype than the compute dtype, a recorded gradient unless
+        the training flag is on)."""
         if not (FUSED_COMPRESSOR_MLP and FUSED_COMPRESSOR_WINDOWS and key.is_cuda and _eager_mode()
                 and key.shape[2] >= pattern.block_size and self.fc1.weight.device == key.device):
             return None
@@ -217,6 +224,8 @@ class BlossomRecBlockCompressor(nn.Module):
                 t.dtype != dtype for t in (fc1.bias, fc2.weight, fc2.bias, self.intra_window_position)):
             return None  # mixed dtypes without autocast: the PyTorch form (and its own error, where there is one)
         if torch.is_grad_enabled() and (key.requires_grad or any(p.requires_grad for p in self.parameters())):
+            if not FUSED_COMPRESSOR_MLP_TRAINING:
+                return None
             return lambda k, lens, pos: ops.FusedCompressor.apply(k, lens, pos, fc1.weight, fc1.bias, fc2.weight,
                                                                   fc2.bias, block, window, dtype)
         return lambda k, lens, pos: ops.launch_compressor(k, lens.to(k.device), pos, fc1.weight, fc1.bias,
