@@ -314,6 +314,7 @@ def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
             layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = fused
             layers.FUSED_QUERY_GATE = query_gate
             layers.FUSED_COMPRESSOR_MLP = layers.FUSED_COMPRESSOR_MLP_TRAINING = compressor
+            layers.FUSED_COMPRESSOR_MLP_FP32 = compressor
             layer.zero_grad(set_to_none=True)
             xin = x.clone().requires_grad_()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -324,7 +325,8 @@ def test_fused_layer_ops_match_the_pytorch_ops_on_gpu(backend, dtype):
             results.append((out.detach(), xin.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
     finally:
         layers.FUSED_COMPRESSOR_WINDOWS = layers.FUSED_GATE = layers.FUSED_QUERY_GATE = True
-        layers.FUSED_COMPRESSOR_MLP, layers.FUSED_COMPRESSOR_MLP_TRAINING = True, False
+        layers.FUSED_COMPRESSOR_MLP, layers.FUSED_COMPRESSOR_MLP_TRAINING, layers.FUSED_COMPRESSOR_MLP_FP32 = (
+            True, False, False)
     names = ("all fused", "no fused compressor MLP", "no query gate")
     for name, (out_f, dx_f, grads_f) in zip(names, results[:3], strict=True):
         _check_fused_layer(name, backend, dtype, out_f, dx_f, grads_f, *results[3])

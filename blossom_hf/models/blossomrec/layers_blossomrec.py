@@ -91,6 +91,10 @@ FUSED_COMPRESSOR_MLP = True
 #: benchmark's layer and model steps it measured within noise of the PyTorch form, and slower in some rounds
 #: (its backward kernel's GPU time exceeds cuBLAS's where the step is not host-bound; "Kernel round v11").
 FUSED_COMPRESSOR_MLP_TRAINING = False
+#: Also where the compute dtype is fp32. Off by default: the kernel's exact-fp32 products (``input_precision="ieee"``,
+#: no tensor cores) made a fp32 serving forward 3.8x slower than cuBLAS's fp32 GEMMs (11.61 against 3.06 ms at
+#: L = 200 on an H200; docs/BENCHMARKS.md, "Release check 9"), so fp32 takes the PyTorch form.
+FUSED_COMPRESSOR_MLP_FP32 = False
 #: CUDA tensors compute the gate ``sigmoid(logits.float())`` in one Triton kernel each way
 #: (``triton_layer_ops.GateSigmoid``; the backward writes ``d logits`` in their layout and dtype directly).
 FUSED_GATE = True
@@ -211,13 +215,15 @@ class BlossomRecBlockCompressor(nn.Module):
     def _fused(self, key: torch.Tensor, pattern: BlossomPattern):
         """The whole compressor in Triton (:data:`FUSED_COMPRESSOR_MLP`, :data:`FUSED_COMPRESSOR_MLP_TRAINING`) as
         ``fn(key, lengths, position)``, or None where the PyTorch form runs instead (CPU, no triton,
-        compiling/tracing, no window, the key in another dtype than the compute dtype, a recorded gradient unless
-        the training flag is on)."""
+        compiling/tracing, no window, the key in another dtype than the compute dtype, fp32 or a recorded gradient
+        unless their flag is on)."""
         if not (FUSED_COMPRESSOR_MLP and FUSED_COMPRESSOR_WINDOWS and key.is_cuda and _eager_mode()
                 and key.shape[2] >= pattern.block_size and self.fc1.weight.device == key.device):
             return None
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.fc1.weight.dtype
-        if key.dtype != dtype or (ops := _fused_layer_ops()) is None:
+        if key.dtype != dtype or (dtype == torch.float32 and not FUSED_COMPRESSOR_MLP_FP32):
+            return None
+        if (ops := _fused_layer_ops()) is None:
             return None
         fc1, fc2, block, window = self.fc1, self.fc2, pattern.block_size, pattern.compression_window
         if not torch.is_autocast_enabled("cuda") and any(
