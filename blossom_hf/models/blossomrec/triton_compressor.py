@@ -24,12 +24,16 @@ round them. The bias gradients are fp32 sums (the PyTorch form rounds them to th
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from .triton_common import cdiv, next_pow2, tl, triton
 from .triton_fast_launch import launch
 from .triton_layer_ops import launch_windows_backward
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FusedCompressor", "launch_compressor", "launch_compressor_backward"]
 
@@ -148,6 +152,43 @@ if triton is not None:
                 tl.store(DX + r64[:, None] * KW + k[None, :], accx.to(CD), mask=row_ok[:, None] & kok[None, :])
 
 
+#: tiles (rows, columns, inputs per chunk, warps) tried in turn where a GPU has too little shared memory for the
+#: configured ones (on the H200, 227 KiB per block, the backward at 64 x 256 x 64 asked for 258 KiB; GPUs with less
+#: shared memory, such as an A100 or consumer cards, may refuse the configured tiles too); the first that compiles is
+#: kept per kernel, device and dtypes, and a warning names it once
+SMALLER_TILES = ((64, 128, 64, 8), (64, 64, 64, 4), (32, 32, 32, 4))
+_FITTING: dict = {}
+
+
+def _out_of_resources() -> tuple:
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - a triton without the class
+        return ()
+    return (OutOfResources,)
+
+
+def _with_fitting_tiles(kind: str, key: tuple, first: tuple, run) -> None:
+    """``run(rows, cols, k, warps)`` with ``first``, or where that needs more shared memory than the GPU has, with the
+    first of :data:`SMALLER_TILES` that fits (remembered under ``(kind, *key, first)``; logged once)."""
+    memo = (kind, *key, first)
+    tiles = _FITTING.get(memo, first)
+    ladder = [tiles, *(t for t in SMALLER_TILES if t != tiles)]
+    errors = _out_of_resources()
+    for i, option in enumerate(ladder):
+        try:
+            run(*option)
+        except errors as error:
+            if i + 1 == len(ladder):
+                raise
+            logger.warning("LTIS compressor %s kernel: tiles %s do not fit this GPU (%s); using %s instead (set "
+                           "triton_compressor's tile constants to choose)", kind, option, str(error).split(".")[0],
+                           ladder[i + 1])
+            continue
+        _FITTING[memo] = option
+        return
+
+
 def _options(warps: int) -> dict:
     return {"num_warps": warps} if NUM_STAGES is None else {"num_warps": warps, "num_stages": NUM_STAGES}
 
@@ -175,11 +216,16 @@ def launch_compressor(key: torch.Tensor, lengths: torch.Tensor, position: torch.
     if rows:
         if CAST_WEIGHTS:
             w1, w2 = w1.to(dtype), w2.to(dtype)
-        launch(compressor_fwd_kernel, (cdiv(rows, BLOCK_ROWS),), key, lengths, position, w1, b1, w2, b2, out,
-               out if x is None else x, out if h is None else h, rows, seq_len, num_windows, groups, *key.stride(),
-               *position.stride(), *w1.stride(), *w2.stride(), BLK=block_size, WL=window, HEAD_D=head_dim,
-               DP=max(16, next_pow2(head_dim)), KW=width, BM=BLOCK_ROWS, BN=FWD_BLOCK_COLS, BK=FWD_BLOCK_K,
-               SAVE=save, PREC=_prec(dtype), **_options(FWD_WARPS))
+
+        def run(block_rows, cols, k, warps):
+            launch(compressor_fwd_kernel, (cdiv(rows, block_rows),), key, lengths, position, w1, b1, w2, b2, out,
+                   out if x is None else x, out if h is None else h, rows, seq_len, num_windows, groups,
+                   *key.stride(), *position.stride(), *w1.stride(), *w2.stride(), BLK=block_size, WL=window,
+                   HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), KW=width, BM=block_rows, BN=cols, BK=k,
+                   SAVE=save, PREC=_prec(dtype), **_options(warps))
+
+        _with_fitting_tiles("forward", (key.device, dtype, w1.dtype, save), (BLOCK_ROWS, FWD_BLOCK_COLS, FWD_BLOCK_K,
+                                                                              FWD_WARPS), run)
     return out, x, h
 
 
@@ -194,10 +240,13 @@ def launch_compressor_backward(grad: torch.Tensor, h: torch.Tensor, w1: torch.Te
     if CAST_WEIGHTS or DX_BY_GEMM:
         w1, w2 = w1.to(h.dtype), w2.to(h.dtype)
     if rows:
-        launch(compressor_bwd_kernel, (cdiv(rows, BLOCK_ROWS),), grad, h, w1, w2, dh if dx is None else dx, dh,
-               rows, *w1.stride(), *w2.stride(), HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), KW=width,
-               BM=BLOCK_ROWS, BN=BWD_BLOCK_COLS, BK=BWD_BLOCK_K, PREC=_prec(h.dtype),
-               WITH_DX=dx is not None, **_options(BWD_WARPS))
+        def run(block_rows, cols, k, warps):
+            launch(compressor_bwd_kernel, (cdiv(rows, block_rows),), grad, h, w1, w2, dh if dx is None else dx, dh,
+                   rows, *w1.stride(), *w2.stride(), HEAD_D=head_dim, DP=max(16, next_pow2(head_dim)), KW=width,
+                   BM=block_rows, BN=cols, BK=k, PREC=_prec(h.dtype), WITH_DX=dx is not None, **_options(warps))
+
+        _with_fitting_tiles("backward", (h.device, h.dtype, w1.dtype, dx is None), (BLOCK_ROWS, BWD_BLOCK_COLS,
+                                                                                    BWD_BLOCK_K, BWD_WARPS), run)
     if dx is None:
         dx = dh @ w1
     return dx, dh, grad
