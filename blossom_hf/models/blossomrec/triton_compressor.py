@@ -1,6 +1,8 @@
 """The LTIS block compressor φ as fused Triton kernels (docs/MODEL.md, LTIS step 2), used by
 ``layers_blossomrec.BlossomRecBlockCompressor`` on CUDA for every backend, with the PyTorch form (windows, ``fc1``,
-ReLU, ``fc2``) as its reference.
+ReLU, ``fc2``) as its reference. By default only where no gradient is recorded and the compute dtype is bf16/fp16
+(``layers_blossomrec.FUSED_COMPRESSOR_MLP``; the flags ``FUSED_COMPRESSOR_MLP_TRAINING`` and ``_FP32`` say why the
+other cases take the PyTorch form: docs/BENCHMARKS.md, "Kernel round v11").
 
 ``k~[w] = W2 ReLU(W1 x[w] + b1) + b2`` with ``x[w] = flatten(K_win[w] + P)`` (``l * D`` values per window).
 
