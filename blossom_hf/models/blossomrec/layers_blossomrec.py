@@ -81,15 +81,17 @@ FUSED_ROPE = True
 FUSED_COMPRESSOR_WINDOWS = True
 #: CUDA tensors run the whole compressor (windows + P, ``fc1``, ReLU, ``fc2``) as one Triton kernel where no gradient
 #: is recorded (the serving/evaluation forward; ``triton_compressor.launch_compressor``) instead of the windows kernel
-#: and the two linear layers (8 launches under autocast): 0.35-0.5 ms off a bf16-autocast serving forward on an H200
-#: (docs/BENCHMARKS.md, "Kernel round v11"). Used where the key is in the compute dtype (autocast's, else the
-#: weights'; the model's always is) and there is at least one window; other cases take the PyTorch form. The same
-#: roundings up to the fp32 summation order of the products. Needs :data:`FUSED_COMPRESSOR_WINDOWS`.
+#: and the two linear layers (8 launches under autocast, by count): 0.36-0.53 ms off a bf16-autocast serving forward
+#: on an H200 with the committed tiles (docs/BENCHMARKS.md, "Kernel round v11", call 5). Used where the key is in the
+#: compute dtype (autocast's, else the weights'; the model's always is) and there is at least one window; other cases
+#: take the PyTorch form. The same roundings up to the fp32 summation order of the products. Needs
+#: :data:`FUSED_COMPRESSOR_WINDOWS`.
 FUSED_COMPRESSOR_MLP = True
 #: Also where a gradient is recorded (``triton_compressor.FusedCompressor``: one kernel + two GEMMs + fp32 sums
-#: backward, 9 launches against 14). Off by default: alone it takes 0.3-0.45 ms off a compressor fwd+bwd, but in the
-#: benchmark's layer and model steps it measured within noise of the PyTorch form, and slower in some rounds
-#: (its backward kernel's GPU time exceeds cuBLAS's where the step is not host-bound; "Kernel round v11").
+#: backward, 9 launches against 14, by count). Off by default: alone it takes 0.3-0.45 ms off a compressor
+#: fwd+bwd, but in the benchmark's layer and model steps it measured within noise of the PyTorch form, and slower
+#: in some rounds (its backward kernel's GPU time exceeds cuBLAS's where the step is not host-bound; "Kernel round
+#: v11").
 FUSED_COMPRESSOR_MLP_TRAINING = False
 #: Also where the compute dtype is fp32. Off by default: the kernel's exact-fp32 products (``input_precision="ieee"``,
 #: no tensor cores) made a fp32 serving forward 3.8x slower than cuBLAS's fp32 GEMMs (11.61 against 3.06 ms at
