@@ -73,13 +73,7 @@ def _set_flags(flags: dict) -> None:
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
 
     for name, value in flags.items():
-        if name.startswith("COMPRESSOR_"):
-            try:
-                from blossom_hf.models.blossomrec import triton_compressor
-            except ImportError:  # an older checkout
-                continue
-            setattr(triton_compressor, name.removeprefix("COMPRESSOR_"), value)
-        elif name == "FAST_LAUNCH":
+        if name == "FAST_LAUNCH":
             try:
                 from blossom_hf.models.blossomrec import triton_fast_launch
             except ImportError:  # an older checkout

@@ -165,9 +165,12 @@ _FITTING: dict = {}
 def _out_of_resources() -> tuple:
     try:
         from triton.runtime.errors import OutOfResources
-    except ImportError:  # pragma: no cover - a triton without the class
+    except ImportError:  # pragma: no cover - no triton, or a triton without the class
         return ()
     return (OutOfResources,)
+
+
+_TILE_ERRORS = _out_of_resources()  # looked up once, not at every launch
 
 
 def _with_fitting_tiles(kind: str, key: tuple, first: tuple, run) -> None:
@@ -176,11 +179,10 @@ def _with_fitting_tiles(kind: str, key: tuple, first: tuple, run) -> None:
     memo = (kind, *key, first)
     tiles = _FITTING.get(memo, first)
     ladder = [tiles, *(t for t in SMALLER_TILES if t != tiles)]
-    errors = _out_of_resources()
     for i, option in enumerate(ladder):
         try:
             run(*option)
-        except errors as error:
+        except _TILE_ERRORS as error:
             if i + 1 == len(ladder):
                 raise
             logger.warning("LTIS compressor %s kernel: tiles %s do not fit this GPU (%s); using %s instead (set "
