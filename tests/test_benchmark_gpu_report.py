@@ -30,3 +30,13 @@ def test_markdown_tables_and_target_verdicts():
     assert "met" in lines[("model training step", "1024")]
     assert "missed by 20%" in lines[("inference fwd fp32", "200")]  # 9 / 6 = 1.5 > 1.25
     assert text.rstrip().endswith("Not run (time budget): model full/flex L=1024")
+
+
+def test_the_report_says_when_rows_were_interleaved():
+    env = {"date_utc": "d", "gpu": "GPU", "sms": 1, "torch": "t", "cuda": "c", "triton": "x", "transformers": "y",
+           "python": "3", "command": "c"}
+    plain = {"env": env, "layer": {"full/sdpa bf16 (flash)": {"200": _ok(5.0)}}, "ops": {}, "model": {},
+             "inference": {}, "skipped": []}
+    assert "interleaved" not in gpu.markdown(plain)
+    plain["layer"]["full/sdpa bf16 (flash)"]["200"]["rounds"] = 3
+    assert "timed side by side in 3 interleaved rounds" in gpu.markdown(plain)

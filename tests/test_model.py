@@ -132,6 +132,25 @@ def test_bad_input_errors(model):
     assert torch.isfinite(ok.logits[:, 1:]).all()
 
 
+def test_folded_input_checks_give_the_longest_row_and_the_same_compaction():
+    from blossom_hf.models.blossomrec.inputs_blossomrec import checked_input_ids, compact_histories
+
+    ids = torch.tensor([[0, 3, 0, 4, 5], [6, 0, 0, 0, 0], [7, 8, 9, 1, 2]])
+    real, longest = checked_input_ids(ids, 20, ids != 0)
+    assert longest == 5 and torch.equal(real, ids != 0)
+    for window in (2, 3, 5, 8):
+        given = compact_histories(ids, real, window, longest=longest)
+        read = compact_histories(ids, real, window)
+        assert given.input_ids.shape[1] == min(5, window)
+        for field in ("input_ids", "lengths", "source", "valid"):
+            assert torch.equal(getattr(given, field), getattr(read, field)), (window, field)
+    # several problems at once: the id range is reported first, as before the checks were folded
+    with pytest.raises(ValueError, match="item index 99 at row 1, position 0"):
+        checked_input_ids(torch.tensor([[0, 0], [99, 0]]), 20, torch.tensor([[1, 1], [1, 1]]))
+    with pytest.raises(ValueError, match=r"empty history .* row\(s\) \[0\]"):
+        checked_input_ids(torch.tensor([[0, 0], [3, 0]]), 20, torch.tensor([[1, 0], [1, 0]]))
+
+
 def test_training_after_inference_mode(generator):
     """Cached key tables built under torch.inference_mode must not break a later backward pass."""
     model = BlossomRecModel(tiny_config(max_history_length=23))

@@ -149,3 +149,64 @@ def test_recommend_on_gpu_with_each_backend(backend):
     for sample, rec in zip(samples["samples"], got, strict=True):
         assert rec.items == sample["items"], (backend, sample["history"][:5])
         torch.testing.assert_close(torch.tensor(rec.scores), torch.tensor(sample["scores"]), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("attention_type", ["full", "blossom"])
+def test_the_eager_forward_waits_for_the_device_once(attention_type):
+    """The input checks and the compacted width reach the host in one transfer (inputs_blossomrec.checked_input_ids):
+    one synchronising call per serving forward; the labels path adds one for its checks and the boolean selection of
+    the positions with a target."""
+    import warnings
+
+    backend = "triton" if attention_type == "blossom" and "triton" in available_attention_backends() else "sdpa"
+    config = BlossomRecConfig(vocab_size=300, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                              max_history_length=96, attention_type=attention_type, attn_implementation=backend)
+    model = BlossomRecModel(config).cuda().eval()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 300, (4, 96), generator=gen)
+    ids[1, 40:] = 0
+    ids = ids.cuda()
+
+    def syncs(fn) -> list[str]:
+        fn()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+
+    with torch.inference_mode():
+        serving = syncs(lambda: model(input_ids=ids, output_last_hidden_state=False))
+        assert len(serving) == 1 and "inputs_blossomrec" in serving[0], serving
+        labels = torch.where(ids > 0, ids % 7 + 1, 0)
+        training = syncs(lambda: model(input_ids=ids, labels=labels))
+        assert len([s for s in training if "inputs_blossomrec" in s]) == 1, training
+        assert len([s for s in training if "modeling_blossomrec" in s]) <= 3, training
+
+
+def test_interleaved_measurement_times_every_row_and_records_a_failure():
+    from blossom_hf.benchmarks.gpu import measure_interleaved
+
+    x = torch.randn(256, 256, device="cuda")
+    calls = {"a": 0, "b": 0}
+
+    def case(name):
+        def step():
+            calls[name] += 1
+            return x @ x
+        return step, None, {}
+
+    def broken():
+        raise RuntimeError("no such kernel")
+
+    results = measure_interleaved({"a": lambda: case("a"), "bad": broken, "b": lambda: case("b")}, 2, 7, 3)
+    assert list(results) == ["a", "bad", "b"]
+    assert results["bad"]["status"] == "failed" and "no such kernel" in results["bad"]["error"]
+    for name in ("a", "b"):
+        assert results[name]["status"] == "ok" and results[name]["steps"] == 7 and results[name]["rounds"] == 3
+        assert 0 < results[name]["ms_min"] <= results[name]["ms"] <= results[name]["ms_max"]
+        assert calls[name] == 2 + 7 + 1  # warm-up, the timed calls, the memory step

@@ -18,7 +18,11 @@ Tables (the rows compared at one L are always measured in the same process):
   B = 262144 // L // 4, in bf16 autocast and in fp32; the ``cuda-graph`` rows replay the same forward captured
   once (:class:`blossom_hf.cuda_graphs.CUDAGraphScorer`).
 
-Per row: median ms of the timed steps (CUDA events) after warm-up, and peak allocated MiB above the inputs.
+Per row: median ms of the timed steps (CUDA events) after warm-up, and peak allocated MiB above the inputs. With
+``--rounds N`` (N > 1) the layer, model and inference rows of one L are prepared together and timed in N interleaved
+rounds (:func:`measure_interleaved`), so that a drift of the lent machine's host or GPU speed during the run reaches
+every row of a comparison alike (the host-bound rows moved by up to 2x between one-after-the-other runs); the
+FlexAttention model rows, compiled per shape, and the operator rows stay one after the other.
 Failures (out of memory, compile errors) are recorded, not fatal. Writes ``benchmark.json``,
 ``benchmark.md`` (the tables) and ``benchmark.png`` into ``--out-dir``.
 
@@ -256,6 +260,19 @@ def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bo
     runs: the last layer computes the last real position only; scores of every item there),
     B = 262144 // L // 4. ``graph``: the same forward captured once and replayed
     (:class:`blossom_hf.cuda_graphs.CUDAGraphScorer`; the input checks run before every replay)."""
+    step, _, extra = inference_step(seq_len, attention_type, backend, autocast, graph)
+    return _with_extra(measure(step, warmup, steps), extra)
+
+
+def _with_extra(result: dict, extra: dict) -> dict:
+    """A CUDA graph allocates its working memory once, at capture: report its pool (the per-call peak is ~0)."""
+    if "graph_pool_mib" in extra:
+        return {**result, "peak_mib": max(result["peak_mib"], extra["graph_pool_mib"]), **extra}
+    return result
+
+
+def inference_step(seq_len: int, attention_type: str, backend: str, autocast: bool, graph: bool = False):
+    """:func:`inference_case`'s forward: ``(step, None, extra)`` (``extra``: the graph's memory pool)."""
     from blossom_hf import BlossomRecConfig, BlossomRecModel
 
     batch = max(1, TOKENS // seq_len // 4)
@@ -272,16 +289,75 @@ def inference_case(seq_len: int, attention_type: str, backend: str, autocast: bo
         scorer = CUDAGraphScorer(model, batch, seq_len, torch.bfloat16 if autocast else None)
         _cleanup()  # what stays reserved now is the graph's private memory pool
         held = (torch.cuda.memory_reserved() - before) / 2**20
-        res = measure(lambda: scorer(ids, copy=False), warmup, steps)
-        # a graph allocates its working memory once, at capture: report its pool (the per-call peak is ~0)
-        return {**res, "peak_mib": max(res["peak_mib"], held), "graph_pool_mib": held}
+        return (lambda: scorer(ids, copy=False)), None, {"graph_pool_mib": held}
 
     @torch.inference_mode()
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             return model(input_ids=ids, output_last_hidden_state=False).logits
 
-    return measure(step, warmup, steps)
+    return step, None, {}
+
+
+def _failure(err: BaseException, label: str) -> dict:
+    if isinstance(err, torch.OutOfMemoryError):
+        return {"status": "OOM"}
+    msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    logger.warning("%s failed:\n%s", label, "".join(traceback.format_exception(err, limit=3)))
+    return {"status": "failed", "error": msg}
+
+
+def measure_interleaved(cases: dict[str, Callable[[], tuple]], warmup: int, steps: int, rounds: int) -> dict:
+    """The rows of one L side by side: every case is prepared first (``factory() -> (step, clear, extra)``), warmed
+    up, then timed in ``rounds`` rounds that each run every case's share of the ``steps`` timed calls in turn, so
+    a drift of the machine's speed (host clocks, GPU clocks) over the minutes of a run reaches every row alike; then
+    each case's peak memory as in :func:`measure` (the other cases' tensors count as already allocated). Returns
+    ``{label: result}`` like :func:`_run`'s (a case that fails is recorded and leaves the rounds)."""
+    prepared, results, times = {}, {}, {}
+    started = {label: time.time() for label in cases}
+    for label, factory in cases.items():
+        try:
+            prepared[label] = factory()
+            step = prepared[label][0]
+            for _ in range(warmup):
+                step()
+            torch.cuda.synchronize()
+            times[label] = []
+        except Exception as err:  # an OOM or a compile failure is a result
+            prepared.pop(label, None)
+            results[label] = _failure(err, label)
+            _cleanup()
+    per_round = [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
+    for count in per_round:
+        for label in list(times):
+            try:
+                times[label] += step_times(prepared[label][0], count)
+            except Exception as err:
+                results[label] = _failure(err, label)
+                del times[label], prepared[label]
+                _cleanup()
+    for label, values in times.items():
+        step, clear, extra = prepared[label]
+        if clear is not None:
+            clear()
+        _cleanup()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        result = {"ms": statistics.median(values), "ms_min": min(values), "ms_max": max(values),
+                  "peak_mib": peak / 2**20, "steps": len(values), "rounds": rounds}
+        results[label] = {**_with_extra(result, extra), "status": "ok"}
+    prepared.clear()
+    _cleanup()
+    for label in cases:
+        result = results[label]
+        result["wall_s"] = round(time.time() - started[label], 1)
+        status = (f"{result['ms']:9.2f} ms {result['peak_mib']:10.0f} MiB" if result["status"] == "ok"
+                  else result["status"] + (" " + result.get("error", "") if result["status"] == "failed" else ""))
+        logger.info("  %-40s %s   (%d interleaved rounds)", label, status, rounds)
+    return {label: results[label] for label in cases}
 
 
 def _run(label: str, fn, *args) -> dict:
@@ -289,12 +365,8 @@ def _run(label: str, fn, *args) -> dict:
     try:
         result = fn(*args)
         result["status"] = "ok"
-    except torch.OutOfMemoryError:
-        result = {"status": "OOM"}
-    except Exception as err:  # compile failures etc. are results, not crashes
-        msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-        result = {"status": "failed", "error": msg}
-        logger.warning("%s failed:\n%s", label, traceback.format_exc(limit=3))
+    except Exception as err:  # out of memory, compile failures etc. are results, not crashes
+        result = _failure(err, label)
     _cleanup()
     result["wall_s"] = round(time.time() - t0, 1)
     status = (f"{result['ms']:9.2f} ms {result['peak_mib']:10.0f} MiB" if result["status"] == "ok"
@@ -380,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", type=int, nargs="*", default=[], help="profile the triton layer at these L")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="> 1: the layer, model and inference rows of one L prepared together and timed in this "
+                             "many interleaved rounds (measure_interleaved); 1: one row after the other")
     parser.add_argument("--time-budget", type=float, default=math.inf,
                         help="seconds; once spent, the remaining rows are listed as not run")
     parser.add_argument("--out-dir", type=Path, default=Path("."))
@@ -411,18 +486,38 @@ def main(argv: list[str] | None = None) -> int:
             return True
         return False
 
+    interleave = args.rounds > 1
+
+    def side_by_side(table: str, seq_len: int, cases: dict) -> None:
+        """``cases``: ``{key: (label, factory)}``, measured together in interleaved rounds."""
+        if over_budget(f"{table} L={seq_len} ({len(cases)} rows)"):
+            return
+        measured = measure_interleaved({label: factory for label, factory in cases.values()}, args.warmup,
+                                       args.steps, args.rounds)
+        for key, (label, _) in cases.items():
+            results[table].setdefault(key, {})[str(seq_len)] = measured[label]
+        save()
+
     layer_rows = [r for r in LAYER_ROWS if args.rows is None or any(r[0].startswith(p) for p in args.rows)]
     for seq_len in args.lengths:
         logger.info("L=%d B=%d", seq_len, TOKENS // seq_len)
+        cases = {}
         for key, attention_type, backend, dtype in layer_rows:
+            if backend == "eager" and not _eager_fits(seq_len):
+                results["layer"].setdefault(key, {})[str(seq_len)] = {
+                    "status": "skipped", "error": "dense L x L masks estimated larger than free memory"}
+                continue
+            if interleave:
+                cases[key] = (key, lambda a=attention_type, b=backend, d=dtype, L=seq_len: (*layer_step(L, a, b, d),
+                                                                                             {}))
+                continue
             if over_budget(f"layer {key} L={seq_len}"):
                 continue
-            if backend == "eager" and not _eager_fits(seq_len):
-                res = {"status": "skipped", "error": "dense L x L masks estimated larger than free memory"}
-            else:
-                res = _run(key, layer_case, seq_len, attention_type, backend, dtype, args.warmup, args.steps)
+            res = _run(key, layer_case, seq_len, attention_type, backend, dtype, args.warmup, args.steps)
             results["layer"].setdefault(key, {})[str(seq_len)] = res
             save()
+        if cases:
+            side_by_side("layer", seq_len, cases)
     model_rows = [r for r in MODEL_ROWS if args.model_rows is None or any(r[0].startswith(p) for p in args.model_rows)]
     # order (a time budget cuts from the end): layer rows, model rows without compilation, inference rows,
     # operator-only rows, FlexAttention model rows (one torch.compile per shape)
@@ -439,6 +534,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if group == "inference":
             for seq_len in args.inference_lengths:
+                if interleave:
+                    side_by_side("inference", seq_len, {
+                        key: (f"inference L={seq_len} {key}",
+                              lambda a=attention_type, b=backend, c=autocast, g=graph, L=seq_len: inference_step(
+                                  L, a, b, c, g))
+                        for key, attention_type, backend, autocast, graph in INFERENCE_ROWS})
+                    continue
                 for key, attention_type, backend, autocast, graph in INFERENCE_ROWS:
                     if over_budget(f"inference {key} L={seq_len}"):
                         continue
@@ -448,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
                     save()
             continue
         for seq_len in args.model_lengths:
+            if interleave and group is not compiled and group:
+                side_by_side("model", seq_len, {
+                    key: (f"model L={seq_len} {key}",
+                          lambda a=attention_type, b=backend, L=seq_len: (*model_step(L, a, b), {}))
+                    for key, attention_type, backend in group})
+                continue
             for key, attention_type, backend in group:
                 if over_budget(f"model {key} L={seq_len}"):
                     continue

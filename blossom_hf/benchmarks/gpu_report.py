@@ -86,12 +86,22 @@ def targets(results: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _interleaving(results: dict) -> str:
+    rounds = {r.get("rounds", 1) for table in ("layer", "model", "inference") for rows in results[table].values()
+              for r in rows.values() if r.get("status") == "ok"}
+    rounds.discard(1)
+    if not rounds:
+        return ""
+    return (f" The layer, model (FlexAttention's excepted) and inference rows of one L were timed side by side in "
+            f"{'/'.join(str(r) for r in sorted(rounds))} interleaved rounds.")
+
+
 def markdown(results: dict) -> str:
     env = results["env"]
     head = [f"Measured {env['date_utc']} UTC on {env['gpu']} ({env['sms']} SMs), torch {env['torch']} "
             f"(CUDA {env['cuda']}), triton {env['triton']}, transformers {env['transformers']}, "
-            f"Python {env['python']}. Command: `{env['command']}`. Entries are median ms / peak MiB above inputs.",
-            ""]
+            f"Python {env['python']}. Command: `{env['command']}`. Entries are median ms / peak MiB above inputs."
+            + _interleaving(results), ""]
     body = (_table(results["layer"], "One layer, fwd + bwd", lambda L: TOKENS // L)
             + _table(results["ops"], "Attention operator only, fwd + bwd, bf16", lambda L: TOKENS // L)
             + _table(results["model"], "Whole-model training step", lambda L: TOKENS // L)

@@ -5,7 +5,8 @@ model trains) with the PyTorch form (windows kernel + fc1/ReLU/fc2) against trit
 several configurations. Per variant and L: forward only (no grad, the serving path) and forward + backward, median
 ms of CUDA-event timings, ``--rounds`` interleaved rounds (median of the round medians).
 
-    python scripts/dev/compressor_ab.py --out OUT/compressor_ab.jsonl [--lengths 200 1024 4096] [--rounds 5]
+    python scripts/dev/compressor_ab.py --out OUT/compressor_ab.jsonl [--lengths 200 1024 4096] [--rounds 5] \
+        [--batch-divisor 4 --calls 10] [--variants pytorch default few32 ...]
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from blossom_hf.models.blossomrec import layers_blossomrec as layers
 from blossom_hf.models.blossomrec import triton_compressor as tc
 from blossom_hf.models.blossomrec.attention_patterns import BlossomPattern
 
-_KNOBS = ("BLOCK_ROWS", "FWD_BLOCK_COLS", "FWD_BLOCK_K", "FWD_WARPS", "BWD_BLOCK_COLS", "BWD_BLOCK_K", "BWD_WARPS",
-          "NUM_STAGES", "CAST_WEIGHTS", "DX_BY_GEMM")
+_KNOBS = ("BLOCK_ROWS", "FWD_BLOCK_COLS", "FWD_BLOCK_K", "FWD_WARPS", "BWD_BLOCK_COLS",
+          "BWD_BLOCK_K", "BWD_WARPS", "NUM_STAGES", "CAST_WEIGHTS", "DX_BY_GEMM")
 _DEFAULTS = {name: getattr(tc, name) for name in _KNOBS}  # the module's own configuration
 
 
 def _v(rows=64, cols=64, k=64, warps=4, stages=None, cast=False, gemm=False) -> dict:
     """One tile configuration for both kernels (as the round-v11 sweep measured them)."""
-    return dict(BLOCK_ROWS=rows, FWD_BLOCK_COLS=cols, FWD_BLOCK_K=k, FWD_WARPS=warps, BWD_BLOCK_COLS=cols,
-                BWD_BLOCK_K=k, BWD_WARPS=warps, NUM_STAGES=stages, CAST_WEIGHTS=cast, DX_BY_GEMM=gemm)
+    return dict(BLOCK_ROWS=rows, FWD_BLOCK_COLS=cols, FWD_BLOCK_K=k, FWD_WARPS=warps,
+                BWD_BLOCK_COLS=cols, BWD_BLOCK_K=k, BWD_WARPS=warps, NUM_STAGES=stages, CAST_WEIGHTS=cast,
+                DX_BY_GEMM=gemm)
 
 
 #: name -> triton_compressor's knobs ("pytorch": FUSED_COMPRESSOR_MLP off; "default": the module's configuration)
@@ -50,6 +52,12 @@ VARIANTS = {
     "r64-c128-k64-w8-cast": _v(cols=128, warps=8, cast=True),
     "r64-c128-k64-w8-gemm": _v(cols=128, warps=8, gemm=True),
     "r64-c256-k64-w8-cast-gemm": _v(cols=256, warps=8, cast=True, gemm=True),
+    # round v12: fewer windows per program where 64 leave SMs idle (the serving batches: 8192 windows, 128 programs
+    # on 132 SMs). Measured slower at every L (docs/BENCHMARKS.md, "Kernel round v12") and not kept in the library.
+    "r32-c256-k64-w8": _v(rows=32, cols=256, warps=8),
+    "r16-c256-k64-w8": _v(rows=16, cols=256, warps=8),
+    "r32-c128-k64-w8": _v(rows=32, cols=128, warps=8),
+    "r16-c128-k64-w4": _v(rows=16, cols=128, warps=4),
 }
 
 
@@ -62,7 +70,7 @@ def _set(variant: str) -> None:
 
 def _measure(seq_len: int, args) -> list[dict]:
     records = []
-    batch = TOKENS // seq_len
+    batch = max(1, TOKENS // seq_len // args.batch_divisor)
     config = BlossomRecConfig(max_history_length=seq_len)
     torch.manual_seed(0)
     module = layers.BlossomRecBlockCompressor(config).cuda()
@@ -84,6 +92,12 @@ def _measure(seq_len: int, args) -> list[dict]:
             out = module(key, lengths, pattern)
         out.backward(grad)
 
+    def repeated(fn):
+        def run():
+            for _ in range(args.calls):
+                fn()
+        return run
+
     times = {(v, c): [] for v in args.variants for c in ("fwd", "fwd+bwd")}
     failed: dict = {}
     for _ in range(args.rounds):
@@ -96,7 +110,7 @@ def _measure(seq_len: int, args) -> list[dict]:
                     for _ in range(3):
                         fn()
                     torch.cuda.synchronize()
-                    times[(variant, case)].append(statistics.median(step_times(fn, args.steps)))
+                    times[(variant, case)].append(statistics.median(step_times(repeated(fn), args.steps)) / args.calls)
                 except Exception as error:  # a configuration that does not compile (resources): recorded
                     failed[(variant, case)] = f"{type(error).__name__}: {str(error)[:200]}"
                     print(f"L={seq_len} {variant} {case}: {failed[(variant, case)]}", flush=True)
@@ -118,6 +132,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-divisor", type=int, default=1, help="B = 262144 // L // this (4: the inference rows)")
+    parser.add_argument("--calls", type=int, default=1, help="calls per timing (ms reported per call): several keep "
+                        "the GPU busy where one call's launch takes longer than its kernels")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     records = []

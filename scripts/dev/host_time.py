@@ -129,8 +129,9 @@ def main() -> None:
                 # host time per module / step
                 totals: dict = collections.defaultdict(float)
                 handles = _hooks(model, totals)
-                reals = {n: _wrap(inputs_blossomrec, n, totals) for n in ("validate_input_ids", "compact_histories")}
-                for n in ("validate_input_ids", "compact_histories"):
+                checks = next(n for n in ("checked_input_ids", "validate_input_ids") if hasattr(inputs_blossomrec, n))
+                reals = {n: _wrap(inputs_blossomrec, n, totals) for n in (checks, "compact_histories")}
+                for n in (checks, "compact_histories"):
                     setattr(modeling_blossomrec, n, getattr(inputs_blossomrec, n))
                 real_score = BlossomRecModel.score_items
 

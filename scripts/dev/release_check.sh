@@ -8,7 +8,8 @@
 #   epochs    ML-1M window-200 epoch times, BlossomRec (triton) and full attention (sdpa)
 # Wheels: datasets (+ dill, multiprocess) in .whl, the optional loss libraries in .whl/extra (pure Python).
 # Writes everything under $OUT. Knobs: SECTIONS, TESTS ("triton sdpa": which GPU test sets), TEST_TIMEOUT,
-# BENCH_BUDGET, LENGTHS, MODEL_LENGTHS, INFERENCE_LENGTHS, BENCH_ROWS, MODEL_ROWS, BENCH_OPS ("--no-ops" or empty).
+# BENCH_BUDGET, LENGTHS, MODEL_LENGTHS, INFERENCE_LENGTHS, BENCH_ROWS, MODEL_ROWS, BENCH_OPS ("--no-ops" or empty),
+# BENCH_EXTRA (more benchmark options, e.g. "--rounds 4").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -64,7 +65,7 @@ if [[ $SECTIONS == *" bench "* ]]; then
     --rows "${bench_rows[@]}" --model-lengths ${MODEL_LENGTHS:-200 1024 4096 8192} \
     --model-rows "${model_rows[@]}" --inference-lengths ${INFERENCE_LENGTHS:-200 1024 4096} \
     ${BENCH_OPS---no-ops} \
-    --warmup 2 --steps 8 --time-budget "${BENCH_BUDGET:-150}" --out-dir "$OUT/bench" > "$OUT/bench.log" 2>&1
+    --warmup 2 --steps 8 ${BENCH_EXTRA:-} --time-budget "${BENCH_BUDGET:-150}" --out-dir "$OUT/bench" > "$OUT/bench.log" 2>&1
   echo "benchmark: exit $?"; tail -n 40 "$OUT/bench/benchmark.md" 2>/dev/null || tail -n 20 "$OUT/bench.log"
 fi
 if [[ $SECTIONS == *" fused_ce "* ]]; then

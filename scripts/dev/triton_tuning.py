@@ -343,6 +343,8 @@ def main() -> int:
                         help="ops-ab: layer rows at these L")
     parser.add_argument("--ab-model-lengths", type=int, nargs="*", default=[200, 1024])
     parser.add_argument("--ab-inference-lengths", type=int, nargs="*", default=[200, 1024])
+    parser.add_argument("--ab-graph-lengths", type=int, nargs="*", default=[],
+                        help="ops-ab: the cuda-graph inference rows (bf16) at these L")
     parser.add_argument("--ab-variants", nargs="*", default=["fused", "ops-off"],
                         choices=list(OPS_VARIANTS))
     parser.add_argument("--ab-rounds", type=int, default=3)
@@ -389,7 +391,7 @@ def main() -> int:
         layer_ab(args.out_dir, args.profile_lengths)
     if "ops-ab" in args.sections:
         ops_ab(args.out_dir, args.ab_lengths, args.ab_model_lengths, args.ab_inference_lengths, args.ab_rounds,
-               args.tag, args.ab_variants)
+               args.tag, args.ab_variants, args.ab_graph_lengths)
     if "profile-layer" in args.sections:
         profile_layer(args.out_dir, args.profile_lengths)
     if "sweep" in args.sections:

@@ -64,6 +64,10 @@ OPS_VARIANTS = {
     "v11": _flags(True, True, True, True, compressor=True),
     # the committed default: the fused compressor where no gradient is recorded only
     "v11-serving": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False},
+    # v12: v11-serving with fewer windows per compressor program (call 2 of round v12 measured 32 rows against the
+    # committed 64 in the cuda-graph rows: slower, not kept)
+    "v12-r32": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False,
+                "tc.BLOCK_ROWS": 32},
 }
 
 
@@ -73,7 +77,14 @@ def _set_flags(flags: dict) -> None:
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
 
     for name, value in flags.items():
-        if name == "FAST_LAUNCH":
+        if name.startswith("tc."):  # a triton_compressor knob
+            try:
+                from blossom_hf.models.blossomrec import triton_compressor
+            except ImportError:  # an older checkout
+                continue
+            if hasattr(triton_compressor, name[3:]):
+                setattr(triton_compressor, name[3:], value)
+        elif name == "FAST_LAUNCH":
             try:
                 from blossom_hf.models.blossomrec import triton_fast_launch
             except ImportError:  # an older checkout
@@ -83,7 +94,7 @@ def _set_flags(flags: dict) -> None:
             setattr(layers, name, value)
 
 
-def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool):
+def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool, graph: bool = False):
     """The benchmark's model rows (blossom_hf.benchmarks.gpu.model_case / inference_case, bf16 autocast) as a
     step function, so that variants can be interleaved in one process. (Written out here rather than imported: the
     A/B runs this file against older checkouts of the library as its baseline, whose benchmark module has no
@@ -99,6 +110,11 @@ def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool
     ids, labels = _model_inputs(config, batch, seq_len, seq_len + (2 if inference else 1))
     if inference:
         model.eval()
+        if graph:  # the benchmark's cuda-graph rows: captured under the flags set now
+            from blossom_hf.cuda_graphs import CUDAGraphScorer
+
+            scorer = CUDAGraphScorer(model, batch, seq_len, torch.bfloat16)
+            return (lambda: scorer(ids, copy=False)), None
 
         @torch.inference_mode()
         def step():
@@ -123,7 +139,7 @@ def _model_step(seq_len: int, attention_type: str, backend: str, inference: bool
 
 
 def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3, tag: str = "",
-           variants=("fused", "ops-off")) -> None:
+           variants=("fused", "ops-off"), graph_lengths=()) -> None:
     """A/B of the fused layer ops (compressor windows, gate; :data:`OPS_VARIANTS`) on the benchmark's layer, model
     and bf16-autocast inference rows, full/sdpa beside them: per case and L, ``rounds`` interleaved rounds over
     the variants, median of the per-round medians. ``tag`` names the checkout (run once per tree)."""
@@ -132,16 +148,17 @@ def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3
     from blossom_hf.benchmarks.gpu import layer_step, measure
 
     cases = [("layer", L) for L in lengths] + [("model", L) for L in model_lengths] + [
-        ("inference", L) for L in inference_lengths]
+        ("inference", L) for L in inference_lengths] + [("graph", L) for L in graph_lengths]
     for kind, seq_len in cases:
         rows = [(f"blossom/triton {name}", "blossom", "triton", OPS_VARIANTS[name]) for name in variants]
         rows.append(("full/sdpa", "full", "sdpa", {}))
         steps = {}
-        for key, attention_type, backend, _ in rows:
+        for key, attention_type, backend, flags in rows:
+            _set_flags(flags)  # a CUDA graph keeps the kernels its capture launched
             if kind == "layer":
                 steps[key] = layer_step(seq_len, attention_type, backend, torch.bfloat16)
             else:
-                steps[key] = _model_step(seq_len, attention_type, backend, kind == "inference")
+                steps[key] = _model_step(seq_len, attention_type, backend, kind != "model", kind == "graph")
         times: dict = {r[0]: [] for r in rows}
         peaks: dict = {}
         for _ in range(rounds):
@@ -150,7 +167,7 @@ def ops_ab(out: Path, lengths, model_lengths, inference_lengths, rounds: int = 3
                 res = measure(steps[key][0], 3, 10, steps[key][1])
                 times[key].append(res["ms"])
                 peaks[key] = res["peak_mib"]
-        _set_flags(OPS_VARIANTS["v10"])
+        _set_flags(OPS_VARIANTS["v11-serving"])
         for key, *_ in rows:
             _emit(out, {"section": "ops-ab", "tree": tag, "case": kind, "L": seq_len, "row": key,
                         "ms": round(statistics.median(times[key]), 3), "rounds": [round(t, 3) for t in times[key]],

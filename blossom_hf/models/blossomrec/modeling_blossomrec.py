@@ -35,7 +35,7 @@ from transformers.utils import ModelOutput
 
 from .attention_patterns import BlossomPattern
 from .configuration_blossomrec import BlossomRecConfig
-from .inputs_blossomrec import CompactedBatch, compact_histories, validate_input_ids
+from .inputs_blossomrec import CompactedBatch, checked_input_ids, compact_histories, validate_input_ids
 from .item_vocabulary import ItemVocabulary
 from .layers_blossomrec import (  # noqa: F401  (BlossomRecAttention, BlossomRecRotaryEmbedding: public here too)
     BlossomRecAttention,
@@ -219,12 +219,14 @@ class BlossomRecModel(RecommendMixin, SaveLoadMixin, BlossomRecPreTrainedModel):
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
             input_ids = input_ids[None]
         compiling = torch.compiler.is_compiling()
+        longest = None
         if compiling:  # no data-dependent checks inside a graph (validate_inputs() does them)
             real = input_ids != 0
         else:
-            real = validate_input_ids(input_ids, self.config.vocab_size, attention_mask)
+            real, longest = checked_input_ids(input_ids, self.config.vocab_size, attention_mask)
         input_ids = input_ids.long()
-        compact = compact_histories(input_ids, real, self.config.max_history_length, static=compiling)
+        compact = compact_histories(input_ids, real, self.config.max_history_length, static=compiling,
+                                    longest=longest)
         output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
                                     else self.config.output_hidden_states)
         serving = labels is None and not output_last_hidden_state and not output_hidden_states
@@ -254,26 +256,30 @@ class BlossomRecModel(RecommendMixin, SaveLoadMixin, BlossomRecPreTrainedModel):
             raise TypeError("labels must be an integer tensor of item indices")
         labels = labels.to(hidden.device).long()
         vocab_size = self.config.vocab_size
+        per_row = labels.dim() == 1 and labels.shape[0] == input_shape[0]
+        if not per_row and tuple(labels.shape) != tuple(input_shape):
+            raise ValueError(
+                f"labels must have shape [batch]={input_shape[0]} or [batch, length]={tuple(input_shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
         bad = ((labels < 0) & (labels != _IGNORE_INDEX)) | (labels >= vocab_size)
-        if bool(bad.any()):
+        if per_row:
+            keep = labels > 0
+        else:
+            gathered = torch.gather(labels, 1, compact.source.clamp_min(0))
+            keep = compact.valid & (gathered > 0)
+        any_bad, any_target = torch.stack([bad.any(), keep.any()]).tolist()  # one wait for the device
+        if any_bad:
             where = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(
                 f"label {int(labels[where])} at {list(where)} is not an item index: labels must be in "
                 f"[1, {vocab_size}) or 0 / {_IGNORE_INDEX} for 'no target'"
             )
-        if labels.dim() == 1 and labels.shape[0] == input_shape[0]:
-            targets, scores = labels, logits
-        elif tuple(labels.shape) == tuple(input_shape):
-            gathered = torch.gather(labels, 1, compact.source.clamp_min(0))
-            keep = compact.valid & (gathered > 0)
-            targets, scores = gathered[keep], self.score_items(hidden[keep])
+        if per_row:
+            targets, scores = torch.where(keep, labels, _IGNORE_INDEX), logits
         else:
-            raise ValueError(
-                f"labels must have shape [batch]={input_shape[0]} or [batch, length]={tuple(input_shape)}, "
-                f"got {tuple(labels.shape)}"
-            )
-        targets = torch.where(targets > 0, targets, _IGNORE_INDEX)
-        if not bool((targets != _IGNORE_INDEX).any()):
+            targets, scores = gathered[keep], self.score_items(hidden[keep])
+        if not any_target:
             raise ValueError(
                 "labels hold no target (every entry is 0 or -100, or sits at a padded/dropped position): the loss "
                 "would be NaN; drop this batch or give at least one next-item label"
