@@ -64,11 +64,17 @@ OPS_VARIANTS = {
     "v11": _flags(True, True, True, True, compressor=True),
     # the committed default: the fused compressor where no gradient is recorded only
     "v11-serving": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False},
-    # v12: v11-serving with fewer windows per compressor program (call 2 of round v12 measured 32 rows against the
-    # committed 64 in the cuda-graph rows: slower, not kept)
-    "v12-r32": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False,
-                "tc.BLOCK_ROWS": 32},
+    # v12 (call 2 of round v12): v11-serving with 32 windows per compressor program ("v12"; call 2 applied it only
+    # below one program per SM, which at the inference batch is every case) and without ("v12-few-off"); slower, not
+    # kept in the library
+    "v12": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False,
+            "tc.BLOCK_ROWS": 32},
+    "v12-few-off": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False,
+                    "tc.BLOCK_ROWS": 64},
 }
+
+
+_TC_DEFAULTS: dict = {}
 
 
 def _set_flags(flags: dict) -> None:
@@ -76,13 +82,19 @@ def _set_flags(flags: dict) -> None:
     only where the checkout has it)."""
     from blossom_hf.models.blossomrec import layers_blossomrec as layers
 
+    try:
+        from blossom_hf.models.blossomrec import triton_compressor
+    except ImportError:  # an older checkout
+        triton_compressor = None
+    if triton_compressor is not None:  # every variant starts from the module's own compressor knobs
+        if not _TC_DEFAULTS:
+            _TC_DEFAULTS.update({k: v for k, v in vars(triton_compressor).items()
+                                 if k.isupper() and not k.startswith("_")})
+        for name, value in _TC_DEFAULTS.items():
+            setattr(triton_compressor, name, value)
     for name, value in flags.items():
         if name.startswith("tc."):  # a triton_compressor knob
-            try:
-                from blossom_hf.models.blossomrec import triton_compressor
-            except ImportError:  # an older checkout
-                continue
-            if hasattr(triton_compressor, name[3:]):
+            if triton_compressor is not None and hasattr(triton_compressor, name[3:]):
                 setattr(triton_compressor, name[3:], value)
         elif name == "FAST_LAUNCH":
             try:
