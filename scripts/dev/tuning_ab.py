@@ -71,6 +71,11 @@ OPS_VARIANTS = {
             "tc.BLOCK_ROWS": 32},
     "v12-few-off": {**_flags(True, True, True, True, compressor=True), "FUSED_COMPRESSOR_MLP_TRAINING": False,
                     "tc.BLOCK_ROWS": 64},
+    # the fused compressor in training too, with dx = dh W1 by a cuBLAS GEMM (the backward kernel gives dh only)
+    "v12-train-gemm": {**_flags(True, True, True, True, compressor=True), "tc.DX_BY_GEMM": True},
+    # the same with the weights cast once per call as well
+    "v12-train-gemm-cast": {**_flags(True, True, True, True, compressor=True), "tc.DX_BY_GEMM": True,
+                            "tc.CAST_WEIGHTS": True},
 }
 
 
