@@ -113,6 +113,11 @@ def measure(step: Callable[[], object], warmup: int, steps: int, clear: Callable
     torch.cuda.synchronize()
     times = step_times(step, steps)
     torch.cuda.synchronize()
+    return _summary(times, step, clear)
+
+
+def _summary(times: list[float], step: Callable[[], object], clear: Callable[[], None] | None) -> dict:
+    """Median / min / max of ``times`` and the peak MiB of one more ``step`` above what is allocated before it."""
     if clear is not None:
         clear()
     _cleanup()
@@ -122,7 +127,7 @@ def measure(step: Callable[[], object], warmup: int, steps: int, clear: Callable
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
     return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times),
-            "peak_mib": peak / 2**20, "steps": steps}
+            "peak_mib": peak / 2**20, "steps": len(times)}
 
 
 def _lengths(batch: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
@@ -338,16 +343,7 @@ def measure_interleaved(cases: dict[str, Callable[[], tuple]], warmup: int, step
                 _cleanup()
     for label, values in times.items():
         step, clear, extra = prepared[label]
-        if clear is not None:
-            clear()
-        _cleanup()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        result = {"ms": statistics.median(values), "ms_min": min(values), "ms_max": max(values),
-                  "peak_mib": peak / 2**20, "steps": len(values), "rounds": rounds}
+        result = {**_summary(values, step, clear), "rounds": rounds}
         results[label] = {**_with_extra(result, extra), "status": "ok"}
     prepared.clear()
     _cleanup()
