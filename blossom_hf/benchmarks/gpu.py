@@ -350,10 +350,15 @@ def measure_interleaved(cases: dict[str, Callable[[], tuple]], warmup: int, step
     for label in cases:
         result = results[label]
         result["wall_s"] = round(time.time() - started[label], 1)
-        status = (f"{result['ms']:9.2f} ms {result['peak_mib']:10.0f} MiB" if result["status"] == "ok"
-                  else result["status"] + (" " + result.get("error", "") if result["status"] == "failed" else ""))
-        logger.info("  %-40s %s   (%d interleaved rounds)", label, status, rounds)
+        logger.info("  %-40s %s   (%d interleaved rounds)", label, _status(result), rounds)
     return {label: results[label] for label in cases}
+
+
+def _status(result: dict) -> str:
+    """A result as its log line shows it: time and memory, or the status (and error)."""
+    if result["status"] == "ok":
+        return f"{result['ms']:9.2f} ms {result['peak_mib']:10.0f} MiB"
+    return result["status"] + (" " + result.get("error", "") if result["status"] == "failed" else "")
 
 
 def _run(label: str, fn, *args) -> dict:
@@ -365,9 +370,7 @@ def _run(label: str, fn, *args) -> dict:
         result = _failure(err, label)
     _cleanup()
     result["wall_s"] = round(time.time() - t0, 1)
-    status = (f"{result['ms']:9.2f} ms {result['peak_mib']:10.0f} MiB" if result["status"] == "ok"
-              else result["status"] + (" " + result.get("error", "") if result["status"] == "failed" else ""))
-    logger.info("  %-40s %s   (%s s)", label, status, result["wall_s"])
+    logger.info("  %-40s %s   (%s s)", label, _status(result), result["wall_s"])
     return result
 
 
